@@ -1,0 +1,34 @@
+"""Shared test helpers: the fixtures directory and a repository-root working directory."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _fixtures_or_skip() -> Path:
+    if FIXTURES.is_dir():
+        return FIXTURES
+    if os.getenv("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the reference fixtures are missing at {FIXTURES}")
+    pytest.skip(f"reference fixtures not found at {FIXTURES} (they live in ../shared/fixtures)")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Path to ../shared/fixtures; skips outside CI when absent, fails in CI."""
+    return _fixtures_or_skip()
+
+
+@pytest.fixture(scope="session")
+def reference(fixtures_dir):
+    """The tensors of reference_v6.0.pt (weights_only load: plain tensors)."""
+    import torch
+
+    return torch.load(fixtures_dir / "reference_v6.0.pt", weights_only=True, map_location="cpu")
