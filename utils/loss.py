@@ -1,0 +1,227 @@
+"""YOLOv5 v6.0 detection loss: target assignment, CIoU box loss, IoU-target objectness, BCE classes.
+
+Units used throughout:
+- targets: (N, 6) rows [img_idx, cls, x, y, w, h], xywh normalised to [0, 1] of the network input;
+- anchors: (nl, na, 2) in *grid units* of their level (pixels / stride), exactly the Detect buffer;
+- predictions: list of nl raw tensors (bs, na, ny, nx, 5 + nc) before any sigmoid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from utils.metrics import bbox_iou
+
+# Objectness weight per output level (P3 small objects weigh most), as in v6.0.
+_BALANCE = {3: [4.0, 1.0, 0.4]}
+_BALANCE_DEFAULT = [4.0, 1.0, 0.25, 0.06, 0.02]
+
+# Neighbour-cell offsets (own cell, then +x, +y, -x, -y), scaled by g = 0.5 in build_targets.
+_OFFSETS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def smooth_BCE(eps: float = 0.1) -> tuple[float, float]:
+    """Label-smoothed BCE targets (positive, negative) = (1 - eps/2, eps/2)."""
+    return 1.0 - 0.5 * eps, 0.5 * eps
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017, arXiv:1708.02002) wrapped around a BCEWithLogitsLoss criterion."""
+
+    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss, gamma: float = 1.5, alpha: float = 0.25):
+        super().__init__()
+        self.loss_fcn = loss_fcn
+        self.gamma = gamma
+        self.alpha = alpha
+        self.reduction = loss_fcn.reduction
+        self.loss_fcn.reduction = "none"  # the focal factor is applied element-wise before reducing
+
+    def forward(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fcn(pred, true)
+        p = torch.sigmoid(pred)
+        p_t = true * p + (1 - true) * (1 - p)
+        alpha_factor = true * self.alpha + (1 - true) * (1 - self.alpha)
+        loss = loss * alpha_factor * (1.0 - p_t) ** self.gamma
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+
+def scale_loss_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict:
+    """Return a copy of hyp with the box/cls/obj gains scaled for nc classes, nl levels and imgsz pixels.
+
+    This is what v6.0 train.py does once before building the loss (the v6.0 hyps are tuned for
+    COCO's 80 classes, 3 levels and 640 px): box *= 3/nl, cls *= nc/80 * 3/nl,
+    obj *= (imgsz/640)**2 * 3/nl. The input dict is not modified.
+    """
+    out = dict(hyp)
+    out["box"] = hyp["box"] * 3 / nl
+    out["cls"] = hyp["cls"] * nc / 80 * 3 / nl
+    out["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * 3 / nl
+    return out
+
+
+class ComputeLoss:
+    """v6.0 YOLOv5 loss. Call with (p, targets) -> (loss * bs of shape (1,), detached [box, obj, cls]).
+
+    hyp needs box, obj, cls, cls_pw, obj_pw, anchor_t and optionally fl_gamma (0) and
+    label_smoothing (0). The gains are used as given: scale them first with scale_loss_gains.
+    The loss is always computed in float32 (autocast is disabled inside), on the predictions' device.
+    """
+
+    sort_obj_iou = False  # v6.0 default: the last target written to a cell sets its objectness
+
+    def __init__(self, hyp: dict, anchors: torch.Tensor, nc: int, autobalance: bool = False,
+                 stride: list[float] | torch.Tensor | None = None, gr: float = 1.0):
+        anchors = torch.as_tensor(anchors, dtype=torch.float32).detach()
+        if anchors.ndim != 3 or anchors.shape[-1] != 2:
+            raise ValueError(f"anchors must have shape (nl, na, 2) in grid units, got {tuple(anchors.shape)}")
+        self.hyp = hyp
+        self.nc = int(nc)
+        self.nl, self.na = anchors.shape[:2]
+        self.anchors = anchors.clone()
+        self.gr = gr  # objectness target = (1 - gr) + gr * IoU
+        self.anchor_t = float(hyp["anchor_t"])
+        self.cp, self.cn = smooth_BCE(eps=hyp.get("label_smoothing", 0.0))
+        self.balance = list(_BALANCE.get(self.nl, _BALANCE_DEFAULT[: self.nl]))
+        self.autobalance = autobalance
+        # With autobalance the gains are renormalised to the stride-16 level (v6.0); index 0 otherwise.
+        strides = [float(s) for s in stride] if stride is not None else []
+        self.ssi = strides.index(16.0) if autobalance and 16.0 in strides else 0
+        self._cls_pw = float(hyp.get("cls_pw", 1.0))
+        self._obj_pw = float(hyp.get("obj_pw", 1.0))
+        self._fl_gamma = float(hyp.get("fl_gamma", 0.0))
+        self._device = None
+        self._to(torch.device("cpu"))
+
+    @classmethod
+    def from_model(cls, model: nn.Module, hyp: dict | None = None, autobalance: bool = False) -> "ComputeLoss":
+        """Build from a model whose last module (model.model[-1]) is Detect (nc, nl, na, anchors, stride).
+
+        hyp defaults to model.hyp (v6.0 attaches the scaled hyp to the model).
+        """
+        m = model.module if hasattr(model, "module") else model  # unwrap DP/DDP
+        det = m.model[-1]
+        hyp = hyp if hyp is not None else getattr(m, "hyp", None)
+        if hyp is None:
+            raise ValueError("ComputeLoss.from_model needs hyp (or a model with a .hyp attribute)")
+        anchors = det.anchors.detach().float().cpu()
+        if anchors.shape[:2] != (det.nl, det.na):
+            raise ValueError(f"Detect.anchors shape {tuple(anchors.shape)} does not match nl={det.nl}, na={det.na}")
+        stride = getattr(det, "stride", None)
+        stride = stride.tolist() if isinstance(stride, torch.Tensor) else stride
+        return cls(hyp, anchors, nc=det.nc, autobalance=autobalance, stride=stride)
+
+    def _to(self, device: torch.device) -> None:
+        """(Re)create the criteria and anchors on device; they hold pos_weight tensors."""
+        if device == self._device:
+            return
+        bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._cls_pw], device=device))
+        bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._obj_pw], device=device))
+        if self._fl_gamma > 0:
+            bce_cls, bce_obj = FocalLoss(bce_cls, self._fl_gamma), FocalLoss(bce_obj, self._fl_gamma)
+        self.BCEcls, self.BCEobj = bce_cls, bce_obj
+        self.anchors = self.anchors.to(device)
+        self._device = device
+
+    def __call__(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = p[0].device
+        self._to(device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            p = [pi.float() for pi in p]
+            targets = targets.to(device=device, dtype=torch.float32)
+            return self._loss(p, targets)
+
+    def _loss(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = targets.device
+        lcls, lbox, lobj = (torch.zeros(1, device=device) for _ in range(3))
+        tcls, tbox, indices, anch = self.build_targets(p, targets)
+        for i, pi in enumerate(p):  # pi: (bs, na, ny, nx, 5 + nc)
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros_like(pi[..., 0])
+            n = b.shape[0]
+            if n:
+                ps = pi[b, a, gj, gi]  # (n, 5 + nc) predictions at the assigned cells
+                pxy = ps[:, :2].sigmoid() * 2 - 0.5  # offset in (-0.5, 1.5) from the cell corner
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch[i]  # grid units, at most 4x the anchor
+                pbox = torch.cat((pxy, pwh), 1)
+                iou = bbox_iou(pbox, tbox[i], xywh=True, CIoU=True)  # (n,)
+                lbox += (1.0 - iou).mean()
+
+                score_iou = iou.detach().clamp(0).type(tobj.dtype)
+                if self.sort_obj_iou:  # write the best IoU last so that it wins the cell
+                    order = torch.argsort(score_iou)
+                    b, a, gj, gi, score_iou = b[order], a[order], gj[order], gi[order], score_iou[order]
+                tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score_iou
+
+                if self.nc > 1:  # a single class is fully described by objectness
+                    t = torch.full_like(ps[:, 5:], self.cn)
+                    t[torch.arange(n, device=device), tcls[i]] = self.cp
+                    lcls += self.BCEcls(ps[:, 5:], t)
+
+            obji = self.BCEobj(pi[..., 4], tobj)
+            lobj += obji * self.balance[i]
+            if self.autobalance:
+                self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
+
+        if self.autobalance:
+            self.balance = [x / self.balance[self.ssi] for x in self.balance]
+        lbox *= self.hyp["box"]
+        lobj *= self.hyp["obj"]
+        lcls *= self.hyp["cls"]
+        bs = p[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor):
+        """Assign targets to (image, anchor, cell) per level.
+
+        Returns four lists of length nl: tcls (n,) long class ids; tbox (n, 4) = (xy offset from the
+        cell corner in (-0.5, 1.5), wh) in grid units; indices (b, a, gj, gi) long (gj/gi clamped
+        to the grid); anch (n, 2) matched anchor wh in grid units.
+        """
+        device = targets.device
+        anchors_all = self.anchors.to(device)
+        na, nt = self.na, targets.shape[0]
+        tcls, tbox, indices, anch = [], [], [], []
+        gain = torch.ones(7, device=device)  # maps normalised xywh to grid units per level
+        ai = torch.arange(na, device=device, dtype=torch.float32).view(na, 1).repeat(1, nt)
+        # (na, nt, 7): every target once per anchor, with the anchor index appended
+        targets = torch.cat((targets.repeat(na, 1, 1), ai[:, :, None]), 2)
+        g = 0.5
+        off = torch.tensor(_OFFSETS, device=device, dtype=torch.float32) * g
+
+        for i in range(self.nl):
+            anchors = anchors_all[i]
+            ny, nx = p[i].shape[2], p[i].shape[3]
+            gain[2:6] = torch.tensor([nx, ny, nx, ny], device=device, dtype=torch.float32)
+            t = targets * gain
+            if nt:
+                r = t[:, :, 4:6] / anchors[:, None]  # wh ratio target/anchor, (na, nt, 2)
+                j = torch.max(r, 1 / r).max(2)[0] < self.anchor_t  # shape match, not IoU
+                t = t[j]  # (m, 7)
+                gxy = t[:, 2:4]
+                gxi = gain[[2, 3]] - gxy  # distance to the far border
+                j, k = ((gxy % 1 < g) & (gxy > 1)).T  # left / top neighbour
+                l, m = ((gxi % 1 < g) & (gxi > 1)).T  # right / bottom neighbour
+                j = torch.stack((torch.ones_like(j), j, k, l, m))  # (5, m)
+                t = t.repeat((5, 1, 1))[j]
+                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[j]
+            else:
+                t = targets[0]
+                offsets = 0
+
+            b, c = t[:, :2].long().T
+            gxy = t[:, 2:4]
+            gwh = t[:, 4:6]
+            gij = (gxy - offsets).long()
+            gi, gj = gij.T
+            a = t[:, 6].long()
+            # integer bounds: newer torch refuses float bounds on an integer clamp
+            indices.append((b, a, gj.clamp(0, ny - 1), gi.clamp(0, nx - 1)))
+            tbox.append(torch.cat((gxy - gij, gwh), 1))  # unclamped gij, as v6.0
+            anch.append(anchors[a])
+            tcls.append(c)
+        return tcls, tbox, indices, anch
