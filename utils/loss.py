@@ -9,7 +9,7 @@ Units used throughout:
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from utils.metrics import bbox_iou
 
@@ -98,7 +98,7 @@ class ComputeLoss:
         self._to(torch.device("cpu"))
 
     @classmethod
-    def from_model(cls, model: nn.Module, hyp: dict | None = None, autobalance: bool = False) -> "ComputeLoss":
+    def from_model(cls, model: nn.Module, hyp: dict | None = None, autobalance: bool = False) -> ComputeLoss:
         """Build from a model whose last module (model.model[-1]) is Detect (nc, nl, na, anchors, stride).
 
         hyp defaults to model.hyp (v6.0 attaches the scaled hyp to the model).
