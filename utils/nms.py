@@ -1,0 +1,184 @@
+"""Non-maximum suppression as in YOLOv5 v6.0, with an optional torchvision backend.
+
+torchvision is optional: when it imports and its `ops.nms` runs, it is used; otherwise a pure-torch
+greedy NMS gives the same kept indices in the same order (stable sort by score, descending; a box is
+suppressed by an earlier kept box when IoU > iou_thres, IoU computed in the same float arithmetic).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from utils.general import LOGGER, xywh2xyxy
+
+MAX_WH = 4096  # (pixels) class offset of the batched-NMS trick: boxes of different classes never overlap
+MAX_NMS = 30000  # at most this many boxes go into the NMS itself
+TIME_LIMIT = 10.0  # seconds for the whole batch before giving up with a warning
+_CHUNK = 1024  # boxes handled at once by the pure-torch NMS (bounds memory at CHUNK x kept IoUs)
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_nms() -> Callable | None:
+    """torchvision.ops.nms if torchvision is installed and its NMS actually runs here, else None."""
+    try:
+        import torchvision  # optional dependency
+
+        fn = torchvision.ops.nms
+        keep = fn(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([0.9, 0.8]), 0.5)
+        if keep.tolist() != [0]:
+            return None
+        return fn
+    except Exception:  # noqa: BLE001  missing, or built against another torch (operator not registered)
+        return None
+
+
+def torchvision_available() -> bool:
+    """True when torchvision.ops.nms imports and works (tests use this to skip that backend)."""
+    return _torchvision_nms() is not None
+
+
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
+    """IoU of xyxy boxes a (N,4) against b (M,4) -> (N,M), in torchvision's operation order (no eps)."""
+    w = (torch.min(a[:, None, 2], b[None, :, 2]) - torch.max(a[:, None, 0], b[None, :, 0])).clamp(min=0)
+    h = (torch.min(a[:, None, 3], b[None, :, 3]) - torch.max(a[:, None, 1], b[None, :, 1])).clamp(min=0)
+    inter = w * h
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _greedy(b: torch.Tensor, area: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """Greedy NMS of boxes already sorted by decreasing score -> kept positions (ascending).
+
+    Boxes are processed in chunks. A chunk is first pruned by the boxes already kept, then resolved
+    internally by iterating keep_j = alive_j and no kept i < j overlaps j; this map has exactly one
+    fixed point (the greedy answer) and reaches it because each pass settles at least one more box.
+    """
+    kept = []
+    kept_boxes, kept_area = b[:0], area[:0]
+    for s in range(0, b.shape[0], _CHUNK):
+        cb, ca = b[s:s + _CHUNK], area[s:s + _CHUNK]
+        alive = torch.ones(cb.shape[0], dtype=torch.bool, device=b.device)
+        if kept_boxes.shape[0]:
+            alive &= ~(_pairwise_iou(kept_boxes, cb, kept_area, ca) > iou_thres).any(0)
+        over = _pairwise_iou(cb, cb, ca, ca) > iou_thres
+        over = over.triu(diagonal=1) & alive[:, None] & alive[None, :]  # i suppresses j only for i < j
+        keep = alive.clone()
+        while True:
+            new = alive & ~(over & keep[:, None]).any(0)
+            if torch.equal(new, keep):
+                break
+            keep = new
+        idx = keep.nonzero().flatten()
+        kept.append(idx + s)
+        kept_boxes = torch.cat((kept_boxes, cb[idx]))
+        kept_area = torch.cat((kept_area, ca[idx]))
+    return torch.cat(kept)
+
+
+def _nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """Greedy NMS in plain torch: indices of kept boxes, by decreasing score (stable for ties).
+
+    Boxes whose x-ranges do not overlap have zero intersection, so they can never suppress each other
+    (IoU > iou_thres >= 0 needs a positive intersection). Boxes are therefore split into clusters of
+    overlapping x-ranges (with the class offset of the batched trick, at least one per class), packed
+    into groups of about _CHUNK boxes, and each group is solved exactly on its own.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True, stable=True)
+    b = boxes[order]  # positions 0..n-1 are now score ranks
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    xs = b[:, 0].argsort(stable=True)  # sweep along x1
+    reach = b[xs, 2].cummax(0).values  # right-most x2 seen so far
+    starts = torch.ones(n, dtype=torch.bool, device=b.device)
+    starts[1:] = b[xs[1:], 0] > reach[:-1]  # a gap in x: a new cluster begins
+    cluster = starts.long().cumsum(0) - 1
+    sizes = torch.bincount(cluster)
+    group_of_cluster = (sizes.cumsum(0) - sizes) // _CHUNK  # whole clusters only, so groups stay exact
+    group = torch.empty(n, dtype=torch.long, device=b.device)
+    group[xs] = group_of_cluster[cluster]
+
+    by_group = (group * n + torch.arange(n, device=b.device)).argsort()  # by group, then by score rank
+    counts = torch.bincount(group).tolist()
+    kept = [pos[_greedy(b[pos], area[pos], iou_thres)] for pos in by_group.split(counts) if len(pos)]
+    return order[torch.cat(kept).sort().values]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: str | None = None) -> torch.Tensor:
+    """Indices of the boxes kept by greedy NMS, by decreasing score.
+
+    boxes (N,4) xyxy pixels, scores (N,). backend: None (torchvision when it works, else torch),
+    'torch' or 'torchvision' (raises RuntimeError when torchvision is unusable).
+    """
+    if backend not in (None, "torch", "torchvision"):
+        raise ValueError(f"unknown NMS backend '{backend}', choose None, 'torch' or 'torchvision'")
+    tv = _torchvision_nms() if backend != "torch" else None
+    if backend == "torchvision" and tv is None:
+        raise RuntimeError("NMS backend 'torchvision' requested but torchvision is not installed or not working")
+    if tv is not None:
+        return tv(boxes, scores, iou_thres)
+    return _nms_torch(boxes, scores, iou_thres)
+
+
+def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.Tensor:
+    """(n, 5+nc) rows [xywh, obj, cls...] -> (m, 6) rows [xyxy, conf, cls] above conf_thres."""
+    x[:, 5:] *= x[:, 4:5]  # conf = obj_conf * cls_conf
+    box = xywh2xyxy(x[:, :4])
+    if multi_label:  # one row per (box, class) pair above the threshold
+        i, j = (x[:, 5:] > conf_thres).nonzero(as_tuple=False).T
+        return torch.cat((box[i], x[i, j + 5, None], j[:, None].float()), 1)
+    conf, j = x[:, 5:].max(1, keepdim=True)  # best class only
+    return torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+
+
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: Sequence[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                        labels: Sequence[torch.Tensor] = (), max_det: int = 300,
+                        backend: str | None = None) -> list[torch.Tensor]:
+    """YOLOv5 v6.0 NMS on decoded predictions.
+
+    prediction: (bs, N, 5+nc) rows [x, y, w, h (pixels), obj, class scores (sigmoids)].
+    labels: optional per-image (k, 5) [cls, x, y, w, h pixels] added as conf-1 boxes (autolabelling).
+    Returns a list of bs tensors (n, 6) [x1, y1, x2, y2 (pixels), conf, cls], by decreasing conf.
+    """
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres={conf_thres} must be in [0, 1]")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres={iou_thres} must be in [0, 1]")
+    nc = prediction.shape[2] - 5
+    xc = prediction[..., 4] > conf_thres  # objectness filter, before class scores are multiplied in
+    multi_label &= nc > 1
+
+    t = time.time()
+    output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]
+    for xi, x in enumerate(prediction):
+        x = x[xc[xi]]  # boolean indexing copies, so the caller's tensor is never modified
+        if labels and len(labels[xi]):
+            lb = labels[xi]
+            v = torch.zeros((len(lb), nc + 5), device=x.device)
+            v[:, :4] = lb[:, 1:5]
+            v[:, 4] = 1.0
+            v[range(len(lb)), lb[:, 0].long() + 5] = 1.0
+            x = torch.cat((x, v), 0)
+        if not x.shape[0]:
+            continue
+        x = _candidates(x, conf_thres, multi_label)
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        if not x.shape[0]:
+            continue
+        if x.shape[0] > MAX_NMS:
+            x = x[x[:, 4].argsort(descending=True, stable=True)[:MAX_NMS]]
+
+        c = x[:, 5:6] * (0 if agnostic else MAX_WH)  # offset boxes by class so classes never suppress each other
+        i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
+        output[xi] = x[i]
+        if (time.time() - t) > TIME_LIMIT:
+            LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
+            break
+    return output
