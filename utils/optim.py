@@ -1,0 +1,142 @@
+"""Optimizer, LR schedule and warmup of YOLOv5 v6.0 train.py.
+
+Parameter groups keep the v6.0 order, which warmup relies on:
+  0: normalisation-layer weights (no weight decay)
+  1: all other weights (weight decay = hyp['weight_decay'])
+  2: biases (no weight decay; warmup starts them at hyp['warmup_bias_lr'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.general import LOGGER, colorstr
+
+NBS = 64  # nominal batch size: gradients are accumulated to about this many images per step
+
+# Norm layers whose scale must not be decayed (v6.0 only has BatchNorm2d; adapters may use others).
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def nominal_accumulate(batch_size: int, nbs: int = NBS) -> int:
+    """Number of batches whose gradients are summed per optimizer step: max(round(nbs / bs), 1)."""
+    return max(round(nbs / batch_size), 1)
+
+
+def scale_weight_decay(weight_decay: float, batch_size: int, accumulate: int, nbs: int = NBS) -> float:
+    """Weight decay for the real images per step: wd * bs * accumulate / nbs (unchanged for bs=16)."""
+    scaled = weight_decay * batch_size * accumulate / nbs
+    LOGGER.info(f"Scaled weight_decay = {scaled}")
+    return scaled
+
+
+def _split_params(modules: Iterable[nn.Module], groups: tuple[list, list, list], seen: set[int]) -> None:
+    """Walk modules in order, appending to groups (norm weights, other weights, biases)."""
+    g0, g1, g2 = groups
+
+    def add(group: list, p: nn.Parameter) -> None:
+        if id(p) not in seen:  # a shared parameter may appear in only one group
+            seen.add(id(p))
+            group.append(p)
+
+    for v in modules:
+        if isinstance(getattr(v, "bias", None), nn.Parameter):
+            add(g2, v.bias)
+        if isinstance(v, _NORM_TYPES):
+            if isinstance(getattr(v, "weight", None), nn.Parameter):
+                add(g0, v.weight)
+        elif isinstance(getattr(v, "weight", None), nn.Parameter):
+            add(g1, v.weight)
+
+
+def _walk_extra(extra_params) -> list[nn.Module]:
+    """Expand extra_params (a module or an iterable of modules/parameters) into a module list."""
+    if isinstance(extra_params, nn.Module):
+        extra_params = [extra_params]
+    modules = []
+    for item in extra_params:
+        if isinstance(item, nn.Module):
+            modules.extend(item.modules())
+        elif isinstance(item, nn.Parameter):
+            # a bare parameter: matrices/kernels are decayed like weights, vectors/scalars like biases
+            holder = nn.Module()
+            setattr(holder, "weight" if item.ndim > 1 else "bias", item)
+            modules.append(holder)
+        else:
+            raise TypeError(f"extra_params must hold nn.Module or nn.Parameter objects, got {type(item).__name__}")
+    return modules
+
+
+def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False,
+                    extra_params: Iterable[nn.Module] | nn.Module = ()) -> torch.optim.Optimizer:
+    """SGD (nesterov) or Adam over model + extra modules, in the three v6.0 groups (see module docstring).
+
+    hyp needs lr0, momentum, weight_decay (pass the value already scaled by scale_weight_decay).
+    Parameters with requires_grad=False (frozen layers) are kept in the groups, as in v6.0: they get
+    no gradient, so the optimizer skips them.
+    """
+    groups: tuple[list, list, list] = ([], [], [])
+    seen: set[int] = set()
+    _split_params(model.modules(), groups, seen)
+    n_model = [len(g) for g in groups]
+    _split_params(_walk_extra(extra_params), groups, seen)
+    g0, g1, g2 = groups
+
+    if adam:
+        optimizer = torch.optim.Adam(g0, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
+    else:
+        optimizer = torch.optim.SGD(g0, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+    optimizer.add_param_group({"params": g1, "weight_decay": hyp["weight_decay"]})
+    optimizer.add_param_group({"params": g2})
+    extra = [len(g) - n for g, n in zip(groups, n_model)]
+    extra_txt = f" (extra modules: {extra[0]}/{extra[1]}/{extra[2]})" if any(extra) else ""
+    # v6.0 prints the first two labels swapped ("57 weight, 60 weight (no decay)"); these are correct.
+    LOGGER.info(f"{colorstr('optimizer:')} {type(optimizer).__name__} with parameter groups "
+                f"{len(g0)} weight (no decay), {len(g1)} weight, {len(g2)} bias{extra_txt}")
+    return optimizer
+
+
+def lr_lambda(epochs: int, lrf: float, linear: bool = False) -> Callable[[float], float]:
+    """LR multiplier per epoch for LambdaLR: 1 at epoch 0 falling to lrf.
+
+    cosine (default): ((1 - cos(pi * x / epochs)) / 2) * (lrf - 1) + 1   (reaches lrf at x = epochs)
+    linear:           (1 - x / (epochs - 1)) * (1 - lrf) + lrf          (reaches lrf at the last epoch)
+    For epochs == 1 the linear form would divide by zero (v6.0 crashes); it then stays at 1.
+    """
+    if linear:
+        span = max(epochs - 1, 1)
+        return lambda x: (1 - x / span) * (1.0 - lrf) + lrf
+    return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+
+
+def warmup_iterations(warmup_epochs: float, nb: int, minimum: int = 1000) -> int:
+    """Warmup length in iterations: max(round(warmup_epochs * nb), 1000) as in v6.0."""
+    return max(round(warmup_epochs * nb), minimum)
+
+
+def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, lf: Callable[[float], float],
+           hyp: dict, batch_size: int, nbs: int = NBS) -> int:
+    """Apply v6.0 warmup for global iteration ni (= i + nb * epoch) and return accumulate.
+
+    While ni <= nw: accumulate ramps from 1 to nbs / batch_size; the lr of group 2 (biases) falls
+    linearly from warmup_bias_lr and the others rise from 0, both towards initial_lr * lf(epoch);
+    SGD momentum rises from warmup_momentum to momentum (Adam betas are left alone).
+    After warmup nothing is changed (the scheduler owns the lr) and the nominal accumulate is returned.
+    Call it after the LambdaLR scheduler has been created (it sets 'initial_lr' on the groups).
+    """
+    if ni > nw:
+        return nominal_accumulate(batch_size, nbs)
+    xi = [0, nw]
+    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 2 else 0.0
+        target = group.get("initial_lr", hyp["lr0"]) * lf(epoch)
+        group["lr"] = float(np.interp(ni, xi, [start, target]))
+        if "momentum" in group:
+            group["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+    return accumulate
