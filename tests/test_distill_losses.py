@@ -1,0 +1,239 @@
+"""Distillation losses: zero (or minimal) at student == teacher, positive with gradients otherwise."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import LOSSES, OutputBCEKD, OutputKLKD, build_loss, level_balance
+
+NC, NA = 4, 3
+SHAPES = [(2, NA, 8, 8, 5 + NC), (2, NA, 4, 4, 5 + NC), (2, NA, 2, 2, 5 + NC)]
+ANCHORS = torch.tensor([[[1.25, 1.625], [2.0, 3.75], [4.125, 2.875]],
+                        [[1.875, 3.8125], [3.875, 2.8125], [3.6875, 7.4375]],
+                        [[3.625, 2.8125], [4.875, 6.1875], [11.65625, 10.1875]]])
+
+
+def _outputs(seed=0, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) * scale for s in SHAPES]
+
+
+def _feats(seed=0, channels=(8, 16)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, c, 8 >> i, 8 >> i, generator=g) for i, c in enumerate(channels)]
+
+
+def _evaluate(loss_fn, student, teacher):
+    """Scalar loss of any registered loss for the given inputs (output or feature kind)."""
+    if loss_fn.kind == "output":
+        return loss_fn(student, teacher, ANCHORS, ANCHORS)[0]
+    return loss_fn(student, teacher)
+
+
+def _inputs(loss_fn, seed):
+    if loss_fn.kind == "output":
+        return _outputs(seed)
+    # AT compares maps of any channel count; FitNet takes already-adapted (equal-channel) maps
+    return _feats(seed, channels=(8, 16) if loss_fn.needs_adapters else (4, 12))
+
+
+def _teacher_like(loss_fn, seed):
+    if loss_fn.kind == "output":
+        return _outputs(seed)
+    return _feats(seed, channels=(8, 16))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_minimum_at_equality(name):
+    torch.manual_seed(0)
+    loss_fn = build_loss(name)
+    teacher = _teacher_like(loss_fn, seed=1)
+    student = [t.clone().requires_grad_(True) for t in teacher]
+    loss = _evaluate(loss_fn, student, teacher)
+    loss.backward()
+    grad = max(s.grad.abs().max().item() for s in student)
+    assert grad < 1e-6, f"{name}: gradient {grad} at student == teacher"
+    if loss_fn.zero_at_optimum:
+        assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    # lower than at any perturbed point (bce sits at the teacher entropy, not at 0)
+    perturbed = [(t + 0.3 * torch.randn_like(t)).requires_grad_(True) for t in teacher]
+    assert _evaluate(loss_fn, perturbed, teacher).item() > loss.item()
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_positive_with_student_gradients(name):
+    torch.manual_seed(0)
+    loss_fn = build_loss(name)
+    teacher = _teacher_like(loss_fn, seed=1)
+    student = [x.requires_grad_(True) for x in _inputs(loss_fn, seed=2)]
+    if loss_fn.kind == "feature" and not loss_fn.needs_adapters:
+        assert student[0].shape[1] != teacher[0].shape[1]  # AT really runs across channel counts
+    loss = _evaluate(loss_fn, student, teacher)
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    for s in student:
+        assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_bce_minimum_is_weighted_teacher_entropy():
+    """bce(t, t) equals kl(t, t) (= 0) plus the teacher's gained, weighted binary entropy."""
+    teacher = _outputs(seed=3)
+    bce, kl = OutputBCEKD(temperature=2.0), OutputKLKD(temperature=2.0)
+    total, parts = bce(teacher, teacher, ANCHORS, ANCHORS)
+    assert kl(teacher, teacher, ANCHORS, ANCHORS)[0].item() == 0.0
+    obj = sum(b * F.binary_cross_entropy_with_logits(t[..., 4], t[..., 4].sigmoid())
+              for b, t in zip(level_balance(3), teacher)) * 1.0
+    assert parts["kd_obj"].item() == pytest.approx(obj.item(), rel=1e-5)
+    assert total.item() > 0
+    # identical gradients: the entropy is constant in the student
+    student = [(t + 0.5 * torch.randn_like(t)) for t in teacher]
+    grads = []
+    for fn in (bce, kl):
+        s = [x.clone().requires_grad_(True) for x in student]
+        fn(s, teacher, ANCHORS, ANCHORS)[0].backward()
+        grads.append(torch.cat([x.grad.flatten() for x in s]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def _scale_cls(outs, tau):
+    outs = [o.clone() for o in outs]
+    for o in outs:
+        o[..., 5:] /= tau
+    return outs
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"kl_softmax": True}])
+def test_temperature_squared_identity(kwargs):
+    """kd_cls(z_S, z_T; tau) == tau^2 * kd_cls(z_S / tau, z_T / tau; 1)."""
+    student, teacher = _outputs(seed=4), _outputs(seed=5)
+    tau = 4.0
+    hot = OutputKLKD(temperature=tau, **kwargs)(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"]
+    cold = OutputKLKD(temperature=1.0, **kwargs)(_scale_cls(student, tau), _scale_cls(teacher, tau),
+                                                 ANCHORS, ANCHORS)[1]["kd_cls"]
+    assert hot.item() > 0
+    assert hot.item() == pytest.approx(tau * tau * cold.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(OutputKLKD, {}), (OutputKLKD, {"kl_softmax": True}), (OutputBCEKD, {})])
+def test_temperature_squared_keeps_gradient_scale(cls, kwargs):
+    """With the tau^2 factor the class-logit gradients stay O(1) as tau grows (Hinton's argument)."""
+    student, teacher = _outputs(seed=4), _outputs(seed=5)
+
+    def cls_grad_norm(tau):
+        s = [x.clone().requires_grad_(True) for x in student]
+        cls(temperature=tau, **kwargs)(s, teacher, ANCHORS, ANCHORS)[0].backward()
+        return torch.cat([x.grad[..., 5:].flatten() for x in s]).norm().item()  # class channels only
+
+    g10, g40 = cls_grad_norm(10.0), cls_grad_norm(40.0)
+    assert g10 > 0
+    assert g40 == pytest.approx(g10, rel=0.15)  # without tau^2 it would shrink about 16x
+
+
+def test_bce_temperature_scaling_of_kl_part():
+    """BCE(tau) - entropy(tau) == tau^2 * binary KL at logits / tau: the scaled part is the KL."""
+    student, teacher = _outputs(seed=6), _outputs(seed=7)
+    tau = 3.0
+    bce_s = OutputBCEKD(temperature=tau)(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"]
+    bce_t = OutputBCEKD(temperature=tau)(teacher, teacher, ANCHORS, ANCHORS)[1]["kd_cls"]
+    kl_s = OutputKLKD(temperature=tau)(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"]
+    assert (bce_s - bce_t).item() == pytest.approx(kl_s.item(), rel=1e-4)
+
+
+def test_objectness_weighting_and_unweighted_obj():
+    """A cell with teacher objectness ~0 contributes to obj but not to box/cls."""
+    teacher = [torch.zeros(s) for s in SHAPES]
+    for t in teacher:
+        t[..., 4] = -30.0  # sigma ~ 1e-13: no weight anywhere
+    student = [t.clone() for t in teacher]
+    student[0][0, 0, 0, 0, :] = 3.0  # disagree on one cell, every channel (objectness ~0.95)
+    _, parts = build_loss("l2")(student, teacher, ANCHORS, ANCHORS)
+    assert parts["kd_box"].item() < 1e-10 and parts["kd_cls"].item() < 1e-10
+    assert parts["kd_obj"].item() > 1e-4
+
+
+def test_box_term_decoded_with_different_anchors():
+    """Same decoded boxes from different anchors -> zero box loss; same logits -> non-zero."""
+    teacher = _outputs(seed=8, scale=0.5)
+    anchors_s = ANCHORS * 2.0
+    student = [t.clone() for t in teacher]
+    for s, t, a_s, a_t in zip(student, teacher, anchors_s, ANCHORS):
+        # solve (2 sigma(z_s))^2 a_s = (2 sigma(z_t))^2 a_t for z_s
+        wh_t = (2 * t[..., 2:4].sigmoid()) ** 2 * a_t.view(1, NA, 1, 1, 2)
+        sig = (wh_t / a_s.view(1, NA, 1, 1, 2)).sqrt() / 2
+        s[..., 2:4] = torch.logit(sig.double()).float()
+    loss_fn = build_loss("l2")
+    assert loss_fn(student, teacher, anchors_s, ANCHORS)[1]["kd_box"].item() < 1e-9
+    assert loss_fn(teacher, teacher, anchors_s, ANCHORS)[1]["kd_box"].item() > 1e-4
+
+
+def test_gains_and_batch_scaling():
+    student, teacher = _outputs(seed=9), _outputs(seed=10)
+    base_total, base = build_loss("l2", hyp={"box": 0.05, "obj": 1.0, "cls": 0.5})(student, teacher, ANCHORS, ANCHORS)
+    hyp = {"box": 0.05, "giou": 0.1, "obj": 2.0, "cls": 0.25, "kd": 3.0}
+    total, parts = build_loss("l2", hyp=hyp)(student, teacher, ANCHORS, ANCHORS)
+    assert parts["kd_box"].item() == pytest.approx(base["kd_box"].item() * 2 * 3, rel=1e-5)  # giou wins
+    assert parts["kd_obj"].item() == pytest.approx(base["kd_obj"].item() * 2 * 3, rel=1e-5)
+    assert parts["kd_cls"].item() == pytest.approx(base["kd_cls"].item() * 0.5 * 3, rel=1e-5)
+    assert total.item() == pytest.approx(sum(p.item() for p in parts.values()) * SHAPES[0][0], rel=1e-5)
+    assert base_total.item() > 0
+
+
+def test_single_class_has_no_class_term():
+    teacher = [torch.randn(2, NA, 4, 4, 6) for _ in range(3)]
+    student = [torch.randn(2, NA, 4, 4, 6) for _ in range(3)]
+    assert build_loss("kl")(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"].item() == 0.0
+
+
+def test_fp16_inputs_computed_in_fp32():
+    student, teacher = _outputs(seed=11), _outputs(seed=12)
+    ref = build_loss("kl", temperature=2.0)(student, teacher, ANCHORS, ANCHORS)[0]
+    half = build_loss("kl", temperature=2.0)([s.half() for s in student], [t.half() for t in teacher],
+                                             ANCHORS, ANCHORS)[0]
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_attention_transfer_formula_and_resize():
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    qs = F.normalize(s.pow(2).mean(1).flatten(1), dim=1)
+    qt = F.normalize(t.pow(2).mean(1).flatten(1), dim=1)
+    expected = (qs - qt).pow(2).mean()
+    assert build_loss("at")([s], [t]).item() == pytest.approx(expected.item(), rel=1e-6)
+    # a student map at half resolution is resized to the teacher's
+    small = torch.randn(2, 3, 2, 2, requires_grad=True)
+    loss = build_loss("at")([small], [t])
+    loss.backward()
+    assert loss.item() > 0 and small.grad.abs().sum() > 0
+    # scale invariance of the normalised map: AT(c * A, A) == 0
+    assert build_loss("at")([3.0 * t], [t]).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fitnet_needs_matching_channels():
+    with pytest.raises(ValueError, match="adapters"):
+        build_loss("fitnet")([torch.randn(1, 3, 4, 4)], [torch.randn(1, 5, 4, 4)])
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="student shape"):
+        build_loss("l2")(_outputs()[:1], [torch.randn(2, NA, 8, 8, 6)], ANCHORS[:1], ANCHORS[:1])
+    with pytest.raises(ValueError, match="anchors"):
+        build_loss("l2")(_outputs(), _outputs(), ANCHORS[:2], ANCHORS)
+    with pytest.raises(ValueError, match="temperature"):
+        build_loss("kl", temperature=0)
+    with pytest.raises(ValueError, match="missing"):
+        build_loss("l2", hyp={"box": 0.05})
+
+
+def test_builder_lists_choices():
+    with pytest.raises(ValueError) as e:
+        build_loss("nope")
+    for name in LOSSES:
+        assert name in str(e.value)
+
+
+def test_level_balance():
+    assert level_balance(3) == [4.0, 1.0, 0.4]
+    assert level_balance(4) == [4.0, 1.0, 0.25, 0.06]
+    assert len(level_balance(7)) == 7 and math.isclose(level_balance(7)[-1], 0.02)
