@@ -13,8 +13,9 @@ features carry no graph.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 
-import torch.nn as nn
+from torch import nn
 
 _MAX_LISTED = 80  # cap on names listed in an error message for arbitrary modules
 
@@ -51,7 +52,7 @@ def resolve_layer_names(model: nn.Module, layers: Sequence[str | int]) -> list[s
     names = []
     for layer in layers:
         if isinstance(layer, bool):  # bool is an int subclass; never a layer index
-            raise ValueError(f"layer {layer!r} is not a layer name or index")
+            raise TypeError(f"layer {layer!r} is not a layer name or index")
         if isinstance(layer, str) and layer.strip().isdigit():
             layer = int(layer.strip())
         if isinstance(layer, int):
@@ -96,7 +97,7 @@ class FeatureHooks:
         self._captured: dict[str, object] = {}
         self._handles: list = []
 
-    def __enter__(self) -> FeatureHooks:
+    def __enter__(self) -> Self:
         if self._handles:
             raise RuntimeError("FeatureHooks is already active; use one `with` block at a time")
         self._captured.clear()

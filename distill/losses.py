@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 _V60_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # hyp.scratch.yaml, used when no hyp is given
 

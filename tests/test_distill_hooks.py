@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from distill.hooks import FeatureHooks, resolve_layer_names, valid_layer_names
 
@@ -77,10 +77,9 @@ def test_teacher_under_no_grad_has_no_graph():
 
 def test_hooks_removed_after_exception():
     model = TinyNet()
-    with pytest.raises(RuntimeError, match="boom"):
-        with FeatureHooks(model, ["stem", "head"]):
-            assert not _no_hooks(model)  # really registered inside the block
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), FeatureHooks(model, ["stem", "head"]):
+        assert not _no_hooks(model)  # really registered inside the block
+        raise RuntimeError("boom")
     assert _no_hooks(model)
 
 
@@ -103,7 +102,7 @@ def test_layer_that_did_not_run_is_reported():
     with FeatureHooks(model, ["head", "stem"]) as feats:
         model.stem(torch.randn(1, 3, 4, 4))  # head never runs
     with pytest.raises(RuntimeError, match="head"):
-        feats.outputs
+        _ = feats.outputs
 
 
 def test_wrapped_model_and_valid_names():
@@ -119,7 +118,6 @@ def test_wrapped_model_and_valid_names():
 def test_nested_use_is_refused():
     model = TinyNet()
     hooks = FeatureHooks(model, ["stem"])
-    with hooks:
-        with pytest.raises(RuntimeError, match="already active"):
-            hooks.__enter__()
+    with hooks, pytest.raises(RuntimeError, match="already active"):
+        hooks.__enter__()
     assert _no_hooks(model)
