@@ -6,10 +6,10 @@ import torch
 from utils.nms import nms, non_max_suppression, torchvision_available
 
 SETTINGS = {  # reference key -> the non_max_suppression arguments used to make it
-    "val": dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300),
-    "detect": dict(conf_thres=0.25, iou_thres=0.45, max_det=1000),
-    "agnostic": dict(conf_thres=0.25, iou_thres=0.45, agnostic=True, max_det=1000),
-    "classes": dict(conf_thres=0.25, iou_thres=0.45, classes=[0, 5, 17]),
+    "val": {"conf_thres": 0.001, "iou_thres": 0.6, "multi_label": True, "max_det": 300},
+    "detect": {"conf_thres": 0.25, "iou_thres": 0.45, "max_det": 1000},
+    "agnostic": {"conf_thres": 0.25, "iou_thres": 0.45, "agnostic": True, "max_det": 1000},
+    "classes": {"conf_thres": 0.25, "iou_thres": 0.45, "classes": [0, 5, 17]},
 }
 BACKENDS = [
     "torch",
