@@ -61,7 +61,7 @@ def check_anchors(dataset, model, thr: float = 4.0, imgsz: int = 640, gen: int =
     model yaml is not changed. Returns True when the anchors were replaced. Never raises for a
     poor dataset: too few labels leave the anchors as they are, with a warning.
     """
-    # imported here: models imports utils, so a module-level import would be circular
+    # imported lazily so that utils stays importable on its own (models depends on utils)
     from models.yolo import check_anchor_order
 
     m = model.module.model[-1] if hasattr(model, "module") else model.model[-1]  # Detect
