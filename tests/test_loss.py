@@ -183,3 +183,20 @@ def test_cuda_matches_cpu():
         gpu, gpu_items = loss_fn([pi.cuda() for pi in p], TARGETS)  # targets moved by the loss
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
     assert torch.allclose(gpu.cpu(), cpu, rtol=1e-4) and torch.allclose(gpu_items.cpu(), cpu_items, rtol=1e-4)
+
+
+def test_real_model_train_step():
+    """from_model on a tiny real Model: the loss reaches every trainable parameter."""
+    yolo = pytest.importorskip("models.yolo")
+    torch.manual_seed(0)
+    cfg = {"nc": 4, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": ANCHORS_PX.view(3, 6).tolist(),
+           "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
+                        [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]]],
+           "head": [[[2, 3, 4], 1, "Detect", ["nc", "anchors"]]]}
+    model = yolo.Model(cfg).train()
+    loss_fn = ComputeLoss.from_model(model, fixture_hyp())
+    assert torch.allclose(loss_fn.anchors, ANCHORS)
+    loss, items = loss_fn(model(torch.rand(2, 3, 64, 64)), TARGETS)
+    loss.backward()
+    assert torch.isfinite(loss).all() and (items > 0).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
