@@ -157,3 +157,11 @@ def test_adam_warmup_leaves_betas():
     warmup(opt, 100, 1000, 0, lf, HYP, 64)
     assert all("momentum" not in g and g["betas"] == (0.937, 0.999) for g in opt.param_groups)
     assert lrs(opt) == pytest.approx([0.001, 0.001, 0.1 + 0.1 * (0.01 - 0.1)])
+
+
+def test_yolov5n_groups_match_v60_log():
+    """v6.0 logs 57 BN weights, 60 weights and 60 biases for the P5 models (spec §8.1)."""
+    yolo = pytest.importorskip("models.yolo")
+    model = yolo.Model(yolo.MODELS_DIR / "yolov5n.yaml")
+    opt = build_optimizer(model, HYP)
+    assert [len(g["params"]) for g in opt.param_groups] == [57, 60, 60]
