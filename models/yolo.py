@@ -1,0 +1,335 @@
+"""YOLOv5 v6.0 detection model: Detect head, Model (alias DetectionModel) and the yaml parser.
+
+Box formats: Detect in eval mode returns xywh in **input-image pixels** (centre x, centre y, w, h),
+followed by the objectness and class sigmoids. Detect.anchors is stored in **grid units** (pixels /
+stride) as v6.0 does; the loss uses it directly, decoding multiplies it back by the stride.
+"""
+
+from __future__ import annotations
+
+import math
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models.common import (ASCBAM, C3, SPP, SPPF, Bottleneck, BottleneckCSP, CABlock, Concat, Conv, Conv1_1, DWConv,
+                           Focus, SELayer)
+from utils.general import LOGGER, UserError, make_divisible, yaml_load
+from utils.torch_utils import fuse_conv_and_bn, initialize_weights, model_info, scale_img, time_sync
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+
+class Detect(nn.Module):
+    """Per-level 1x1 conv to na*(nc+5) channels; decodes boxes in eval mode."""
+
+    stride = None  # set by Model after the dry run: tensor (nl,) of pixels per grid cell
+    onnx_dynamic = False  # rebuild grids every call (ONNX export with dynamic axes)
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5  # outputs per anchor: xywh, obj, classes
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.zeros(1)] * self.nl  # caches, rebuilt when the feature size changes
+        self.anchor_grid = [torch.zeros(1)] * self.nl
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))  # (nl, na, 2)
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+
+    def forward(self, xs):
+        """Train: list of (bs, na, ny, nx, no) raw maps. Eval: (decoded (bs, N, no), raw list)."""
+        raw, z = [], []
+        for i in range(self.nl):
+            x = self.m[i](xs[i])
+            bs, _, ny, nx = x.shape
+            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()  # -> (bs, na, ny, nx, no)
+            raw.append(x)
+            if not self.training:
+                g = self.grid[i]
+                if self.onnx_dynamic or g.shape[2:4] != x.shape[2:4] or g.device != x.device or g.dtype != x.dtype:
+                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i, x)
+                z.append(self._decode(x.sigmoid(), i).view(bs, -1, self.no))
+        return raw if self.training else (torch.cat(z, 1), raw)
+
+    def _decode(self, y, i):
+        # xy = (2*sigmoid - 0.5 + grid) * stride, wh = (2*sigmoid)^2 * anchor (pixels), v6.0 decoding
+        s = self.stride[i]
+        if self.inplace:
+            y[..., 0:2] = (y[..., 0:2] * 2 - 0.5 + self.grid[i]) * s
+            y[..., 2:4] = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
+            return y
+        xy = (y[..., 0:2] * 2 - 0.5 + self.grid[i]) * s
+        wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
+        return torch.cat((xy, wh, y[..., 4:]), -1)
+
+    def _make_grid(self, nx, ny, i, like):
+        d = self.anchors.device
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d), torch.arange(nx, device=d), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2).to(like.dtype)  # (x, y) cell offsets
+        anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)
+        return grid, anchor_grid.expand(1, self.na, ny, nx, 2).to(like.dtype)
+
+
+def check_anchor_order(m: Detect) -> None:
+    """Flip Detect anchors when their area order disagrees with the stride order (v6.0)."""
+    a = m.anchors.prod(-1).view(-1)  # anchor areas
+    da = a[-1] - a[0]
+    ds = m.stride[-1] - m.stride[0]
+    if da != 0 and da.sign() != ds.sign():
+        LOGGER.info("Reversing anchor order")
+        m.anchors[:] = m.anchors.flip(0)
+
+
+class Model(nn.Module):
+    """YOLOv5 model built from a yaml (path or dict). See module docstring for output formats."""
+
+    def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None,
+                 anchors: int | list | None = None):
+        super().__init__()
+        if isinstance(cfg, dict):
+            self.yaml = deepcopy(cfg)
+        else:
+            path = Path(cfg)
+            if not path.is_file() and (MODELS_DIR / path.name).is_file():
+                path = MODELS_DIR / path.name
+            self.yaml_file = path.name
+            self.yaml = yaml_load(path)
+        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
+        if nc and nc != self.yaml.get("nc"):
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml.get('nc')} with nc={nc}")
+            self.yaml["nc"] = nc
+        if anchors:
+            LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
+            self.yaml["anchors"] = round(anchors) if isinstance(anchors, (int, float)) else anchors
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
+        self.names = [str(i) for i in range(self.yaml["nc"])]
+        self.inplace = self.yaml.get("inplace", True)
+
+        m = self.model[-1]
+        if isinstance(m, Detect):
+            s = 256  # dry run in train mode: stride = input size / feature size per level
+            m.inplace = self.inplace
+            with torch.no_grad():
+                m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
+            m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> grid units
+            check_anchor_order(m)
+            self.stride = m.stride
+            self._initialize_biases()
+        initialize_weights(self)
+        self.info()
+        LOGGER.info("")
+
+    def forward(self, x, augment: bool = False, profile: bool = False, visualize: bool = False):
+        """x: (B, ch, H, W) float in [0, 1]. augment: test-time augmentation (returns (pred, None)).
+
+        `visualize` is accepted for v6.0 call compatibility; feature-map plots are not produced here.
+        """
+        if augment:
+            return self._forward_augment(x)
+        return self._forward_once(x, profile)
+
+    def _forward_once(self, x, profile: bool = False):
+        y, dt = [], []  # layer outputs kept for later layers (None where not in self.save)
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if profile:
+                t = time_sync()
+                x = m(x)
+                dt.append((time_sync() - t) * 1000)
+                LOGGER.info(f"{dt[-1]:10.2f} ms  {m.np:10.0f}  {m.type}")
+            else:
+                x = m(x)
+            y.append(x if m.i in self.save else None)
+        if profile:
+            LOGGER.info(f"{sum(dt):10.2f} ms  Total")
+        return x
+
+    def _forward_augment(self, x):
+        img_size = x.shape[-2:]  # (h, w)
+        gs = int(self.stride.max())
+        y = []
+        for si, fi in zip((1, 0.83, 0.67), (None, 3, None)):  # scales and flips (3 = left-right)
+            xi = scale_img(x.flip(fi) if fi else x, si, gs=gs)
+            yi = self._forward_once(xi)[0]
+            y.append(self._descale_pred(yi, fi, si, img_size))
+        return torch.cat(self._clip_augmented(y), 1), None
+
+    @staticmethod
+    def _descale_pred(p, flips, scale, img_size):
+        p = p.clone()
+        p[..., :4] /= scale
+        if flips == 2:
+            p[..., 1] = img_size[0] - p[..., 1]  # up-down
+        elif flips == 3:
+            p[..., 0] = img_size[1] - p[..., 0]  # left-right
+        return p
+
+    def _clip_augmented(self, y):
+        # drop the large-object tail of the full-scale output and the small-object head of the smallest
+        nl = self.model[-1].nl
+        g = sum(4 ** x for x in range(nl))  # grid cells per P-level unit
+        i = y[0].shape[1] // g
+        y[0] = y[0][:, :-i]
+        i = (y[-1].shape[1] // g) * 4 ** (nl - 1)
+        y[-1] = y[-1][:, i:]
+        return y
+
+    def _initialize_biases(self, cf: torch.Tensor | None = None) -> None:
+        """Add v6.0 priors to Detect biases: obj ln(8/(640/s)^2), cls ln(0.6/(nc-0.99)) or ln(cf/sum)."""
+        m = self.model[-1]
+        with torch.no_grad():
+            for mi, s in zip(m.m, m.stride):
+                b = mi.bias.view(m.na, -1)  # (na*no,) -> (na, no), a view: edits land in the bias
+                b[:, 4] += math.log(8 / (640 / s) ** 2)
+                b[:, 5:] += math.log(0.6 / (m.nc - 0.99)) if cf is None else torch.log(cf / cf.sum())
+
+    def fuse(self) -> Model:
+        """Fold every Conv/DWConv BatchNorm into its conv (eval-time speed-up); returns self."""
+        LOGGER.info("Fusing layers... ")
+        for m in self.model.modules():
+            if isinstance(m, Conv) and "bn" in m._modules:
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                delattr(m, "bn")
+        self.info()
+        return self
+
+    def info(self, verbose: bool = False, img_size: int | list[int] = 640) -> dict:
+        """Log layers, parameters, gradients and GFLOPs at img_size; returns them as a dict."""
+        return model_info(self, verbose, img_size)
+
+    def _apply(self, fn):
+        # stride and the grid caches are plain attributes, not buffers: move/cast them too
+        self = super()._apply(fn)
+        m = self.model[-1]
+        if isinstance(m, Detect):
+            m.stride = fn(m.stride)
+            m.grid = list(map(fn, m.grid))
+            if isinstance(m.anchor_grid, list):
+                m.anchor_grid = list(map(fn, m.anchor_grid))
+        return self
+
+
+DetectionModel = Model  # v7.0 name
+
+
+# ---------------------------------------------------------------------------------------------------
+# yaml -> layers. Module names are looked up in this explicit table; yaml strings are never eval'd.
+
+MODULES = {
+    "Conv": Conv, "DWConv": DWConv, "Bottleneck": Bottleneck, "BottleneckCSP": BottleneckCSP, "C3": C3,
+    "SPP": SPP, "SPPF": SPPF, "Focus": Focus, "Concat": Concat, "Conv1_1": Conv1_1,
+    "SELayer": SELayer, "ASCBAM": ASCBAM, "CABlock": CABlock, "Detect": Detect,
+    "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity,
+}
+_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, SPP, SPPF, Focus, Conv1_1)  # args[0] = out channels
+_REPEAT_INSIDE = (BottleneckCSP, C3)  # n goes in as an argument
+_ATTENTION = (SELayer, ASCBAM, CABlock)  # args = [channels, ratio, c2, need11, reverse]
+
+
+def _resolve(a, nc, anchors):
+    """The three yaml strings v6.0 evaluates; every other string stays a string."""
+    if isinstance(a, str):
+        return {"nc": nc, "anchors": anchors, "None": None, "True": True, "False": False}.get(a, a)
+    return a
+
+
+def _single_input(ch, f, i, name):
+    if not isinstance(f, int):
+        raise UserError(f"model yaml layer {i} ({name}): 'from' must be a single index, got {f}")
+    return ch[f]
+
+
+def _attention_args(args, c1, gw, no, i, name):
+    """Validate the yaml channel argument against the incoming width and scale the optional c2."""
+    if not args or not isinstance(args[0], int):
+        raise UserError(f"model yaml layer {i} ({name}): first argument must be the channel count, got {args}")
+    c = make_divisible(args[0] * gw, 8) if args[0] != no else args[0]
+    if c != c1:
+        raise UserError(f"model yaml layer {i} ({name}): channel argument {args[0]} scales to {c} with "
+                        f"width_multiple {gw}, but the incoming layer gives {c1} channels; fix args[0]")
+    rest = list(args[1:])
+    if len(rest) >= 2 and isinstance(rest[1], int):
+        rest[1] = make_divisible(rest[1] * gw, 8)  # optional 1x1 conv output width
+    return [c1, *rest]
+
+
+def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
+    """Build the layers of a model dict (yaml). Returns (nn.Sequential, sorted save list).
+
+    Depth: n > 1 becomes max(round(n * depth_multiple), 1). Width: c2 = ceil(c2 * width_multiple / 8) * 8
+    for the channel-changing modules (not for Detect's output). Each layer gets i, f, type, np.
+    """
+    LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+    try:
+        anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
+        rows = list(d["backbone"]) + list(d["head"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"model yaml is missing key {e}: needs nc, depth_multiple, width_multiple, anchors, "
+                        f"backbone, head") from None
+    na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
+    no = na * (nc + 5)
+    layers, save, c2 = [], [], ch[-1]
+    for i, row in enumerate(rows):
+        if not (isinstance(row, (list, tuple)) and len(row) == 4):
+            raise UserError(f"model yaml layer {i}: expected [from, number, module, args], got {row}")
+        f, n, name, args = row
+        m = MODULES.get(name)
+        if m is None:
+            raise UserError(f"model yaml layer {i}: unknown module '{name}'. Known modules: {', '.join(MODULES)}")
+        args = [_resolve(a, nc, anchors) for a in (args or [])]
+        n = n_ = max(round(n * gd), 1) if n > 1 else n
+        try:
+            m_, c2, args, n = _build_layer(m, name, f, n, args, ch, c2, gw, no, i)
+        except IndexError:
+            raise UserError(f"model yaml layer {i} ({name}): 'from' {f} refers to a layer that does not exist "
+                            f"yet (only {len(ch)} earlier layers)") from None
+        m_.i, m_.f, m_.type = i, f, f"{m.__module__}.{m.__qualname__}"
+        m_.np = sum(x.numel() for x in m_.parameters())
+        LOGGER.info(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{str(args):<30}")
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m_)
+        if i == 0:
+            ch = []  # from here on ch[i] is the output width of layer i
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(save)
+
+
+def _build_layer(m, name, f, n, args, ch, c2, gw, no, i):
+    """Channel bookkeeping for one row; returns (module, output channels, final args, n)."""
+    if m in _SCALED:
+        c1, c2 = _single_input(ch, f, i, name), args[0]
+        if c2 != no:
+            c2 = make_divisible(c2 * gw, 8)
+        args = [c1, c2, *args[1:]]
+        if m in _REPEAT_INSIDE:
+            args.insert(2, n)
+            n = 1
+    elif m in _ATTENTION:
+        args = _attention_args(args, _single_input(ch, f, i, name), gw, no, i, name)
+    elif m is nn.BatchNorm2d:
+        args = [c2 := _single_input(ch, f, i, name)]
+    elif m is Concat:
+        c2 = sum(ch[x] for x in ([f] if isinstance(f, int) else f))
+    elif m is Detect:
+        args.append([ch[x] for x in f])
+        if isinstance(args[1], int):  # anchors given as a count: placeholders for autoanchor
+            args[1] = [list(range(args[1] * 2))] * len(f)
+    else:
+        c2 = _single_input(ch, f, i, name)
+    try:
+        m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model yaml layer {i} ({name}): cannot build with args {args}: {e}") from None
+    if m in _ATTENTION:
+        c2 = (m_[-1] if n > 1 else m_).c2
+    return m_, c2, args, n
+
+
+__all__ = ["Detect", "Model", "DetectionModel", "parse_model", "check_anchor_order", "MODELS_DIR",
+           "ASCBAM", "C3", "SPP", "SPPF", "Bottleneck", "BottleneckCSP", "CABlock", "Concat", "Conv", "Conv1_1",
+           "DWConv", "Focus", "SELayer"]
