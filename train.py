@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Train a YOLOv5 model on a dataset in YOLO format (YOLOv5 v6.0 interface).
+
+Usage:
+    python train.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' --img 320 --epochs 30
+    python train.py --data coco128.yaml --weights weights/yolov5s.pt --img 640
+    python train.py --resume                      # continue the latest run
+    python train.py --resume runs/train/exp3/weights/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+FILE = Path(__file__).resolve()
+ROOT = FILE.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # entry point: make `models` and `utils` importable
+
+from utils.engine import prepare_opt, train  # noqa: E402
+from utils.general import run_cli  # noqa: E402
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The v6.0 train.py flags (W&B flags omitted). train_kd.py extends this parser."""
+    p = argparse.ArgumentParser(description="Train YOLOv5", add_help=add_help)
+    p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
+    p.add_argument("--cfg", type=str, default="", help="model.yaml path")
+    p.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset.yaml path")
+    p.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch.yaml"), help="hyperparameters path")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training, or a last.pt")
+    p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable autoanchor check")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, help="(not supported in yolov5-kd; refused)")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="--cache images in 'ram' (default) or 'disk'")
+    p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--adam", action="store_true", help="use torch.optim.Adam() optimizer")
+    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--workers", type=int, default=8, help="maximum number of dataloader workers")
+    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--quad", action="store_true", help="quad dataloader")
+    p.add_argument("--linear-lr", action="store_true", help="linear LR")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    p.add_argument("--freeze", type=int, default=0, help="Number of layers to freeze. backbone=10, all=24")
+    p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--local_rank", type=int, default=-1, help="DDP parameter, do not modify")
+    p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load --weights with full pickle (only for files you trust; unsafe)")
+    return p
+
+
+def parse_opt(known: bool = False, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or get_args_parser()
+    return parser.parse_known_args()[0] if known else parser.parse_args()
+
+
+def main(opt: argparse.Namespace, make_objective=None) -> Path:
+    """Train; returns the run directory. make_objective swaps the objective (see utils/objective.py)."""
+    opt = prepare_opt(opt)
+    return train(opt, make_objective=make_objective)
+
+
+def run(**kwargs) -> Path:
+    """Python entry: run(data='data/shapes.yaml', cfg='models/yolov5n.yaml', imgsz=320, epochs=3)."""
+    opt = parse_opt(True)
+    for k, v in kwargs.items():
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(parse_opt()))
