@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Train a student YOLOv5 by knowledge distillation from a trained teacher.
+
+Every train.py flag works here (shared parser), plus the distillation flags.
+
+Usage:
+    python train_kd.py --teacher_weight weights/yolov5m.pt --isL False --kd_loss_selected kl
+    python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
+        --teacher_weight weights/teacher-shapes-yolov5s.pt --img 256 --epochs 30
+    python train_kd.py --resume runs/train/exp3/weights/last.pt   # rebuilds the teacher, restores KD state
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+FILE = Path(__file__).resolve()
+ROOT = FILE.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+import train  # noqa: E402
+from utils.general import LOGGER, UserError, colorstr, run_cli  # noqa: E402
+from utils.train_setup import WEIGHTS_HINT  # noqa: E402
+
+KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
+
+
+def str2bool(v: str | bool) -> bool:
+    """--isL True/False (the seed's spelling); also yes/no, 1/0."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "t", "yes", "y", "1"):
+        return True
+    if s in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork."""
+    from distill.objective import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_TEMPERATURE
+
+    p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
+                                parents=[train.get_args_parser(add_help=False)])
+    p.set_defaults(cfg=str(ROOT / "models/yolov5s.yaml"))
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher_weight", "--teacher-weight", type=str, default=str(ROOT / "weights/yolov5m.pt"),
+                   help="trained teacher checkpoint (official v6.0/v7.0 or ours), same classes as --data")
+    g.add_argument("--isL", type=str2bool, default=False,
+                   help="teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred from the "
+                        "models, a value contradicting the teacher is reported")
+    g.add_argument("--kd_loss_selected", "--kd-loss", type=str, default="l2", choices=["l2", "kl", "bce"],
+                   help="output distillation loss on the teacher-objectness-weighted raw outputs")
+    g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help="softening temperature for kl/bce class terms (loss is scaled by T^2)")
+    g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the output KD loss")
+    g.add_argument("--beta", type=float, default=DEFAULT_BETA, help="weight of the feature (attention transfer) loss")
+    g.add_argument("--feature_loss", "--feature-loss", type=str, default="at", choices=["at", "fitnet", "none"],
+                   help="feature distillation on hooked layers: attention transfer, FitNet hints (1x1 adapters), none")
+    g.add_argument("--student_layers", "--student-layers", type=str, default=None,
+                   help="hooked student layers, e.g. 'model.4,model.6,model.17' (default: C3/SPPF outputs per stride)")
+    g.add_argument("--teacher_layers", "--teacher-layers", type=str, default=None,
+                   help="hooked teacher layers, paired by position with --student_layers")
+    g.add_argument("--weight_by_cls", action="store_true",
+                   help="weight cls/box KD by teacher objectness x max class probability (default: objectness)")
+    g.add_argument("--kl_softmax", action="store_true",
+                   help="kl: softmax over classes as in the public forks (default: per-class binary KL)")
+    g.add_argument("--kd", action="store_true", default=True, help="accepted for compatibility with the seed fork")
+    return p
+
+
+def make_kd_objective(ctx):
+    """Objective factory for utils.engine.train: load the teacher, sanity-check it, build the KD objective."""
+    import val as validate
+    from distill.objective import build_kd_objective, load_teacher
+
+    opt = ctx.opt
+    path = Path(opt.teacher_weight)
+    if not path.is_file():
+        raise UserError(f"--teacher_weight '{path}' not found. Train a teacher on your data first "
+                        f"(python train.py --cfg models/yolov5m.yaml ...), or for COCO-class data: {WEIGHTS_HINT}")
+    for k, v in KD_DEFAULTS.items():
+        ctx.hyp.setdefault(k, v)
+    teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False))
+    if ctx.val_loader is not None and not opt.resume:
+        LOGGER.info(f"{colorstr('teacher: ')}evaluating {path} on the val set (sanity check)...")
+        (_, _, map50, map_, *_), _, _ = validate.run(ctx.data_dict, model=teacher, dataloader=ctx.val_loader,
+                                                    imgsz=ctx.imgsz, plots=False, half=ctx.device.type == "cuda",
+                                                    single_cls=opt.single_cls)
+        LOGGER.info(f"{colorstr('teacher: ')}mAP@0.5 {map50:.4f}, mAP@0.5:0.95 {map_:.4f}")
+        if map50 < 0.05:
+            LOGGER.warning("WARNING: the teacher scores mAP@0.5 < 0.05 on this val set; is it trained on this data?")
+        teacher.eval()
+    return build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, opt)
+
+
+def main(opt: argparse.Namespace) -> Path:
+    return train.main(opt, make_objective=make_kd_objective)
+
+
+def run(**kwargs) -> Path:
+    opt = get_args_parser().parse_args([])
+    for k, v in kwargs.items():
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
