@@ -1,0 +1,207 @@
+"""Dataset yaml handling (v6.0 keys: path, train, val, test, nc, names, download).
+
+Differences from v6.0 (see spec §14):
+- a relative `path:` (and relative train/val/test without `path:`) is tried relative to the current
+  directory first (v6.0) and then relative to the yaml file; errors list every path tried;
+- an http(s) `download:` URL is fetched only when autodownload=True AND the environment variable
+  YOLOV5_DOWNLOAD=1 is set; otherwise a UserError names the URL and what to do. `bash ...` commands
+  and Python source (exec'd with `yaml` bound to the data dict, as v6.0) run when autodownload=True.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from utils.general import LOGGER, ROOT, UserError, yaml_load
+
+DOWNLOAD_ENV = "YOLOV5_DOWNLOAD"  # set to 1 to allow dataset downloads from the internet
+
+
+def downloads_allowed() -> bool:
+    """True only when the user opted in to network downloads (YOLOV5_DOWNLOAD=1)."""
+    return os.getenv(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def download_urls(urls: str | list[str], dir: str | Path, unzip: bool = True) -> None:
+    """Download files (and unzip .zip archives) into dir; refuses unless downloads_allowed().
+
+    Used by the `download:` entries of data/*.yaml. Raises UserError naming the URLs when offline.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    dir = Path(dir)
+    if not downloads_allowed():
+        raise UserError(
+            f"dataset download needed from {', '.join(urls)} into {dir}, but downloads are off. "
+            f"Set {DOWNLOAD_ENV}=1 to allow it, or download and unzip the files there yourself.")
+    dir.mkdir(parents=True, exist_ok=True)
+    for url in urls:
+        f = dir / Path(url.split("?")[0]).name
+        if not f.exists():
+            LOGGER.info(f"Downloading {url} to {f}...")
+            try:
+                urllib.request.urlretrieve(url, f)  # noqa: S310 (the user asked for it)
+            except OSError as e:
+                f.unlink(missing_ok=True)
+                raise UserError(f"download of {url} failed ({e}); download it manually into {dir}") from None
+        if unzip and f.suffix == ".zip":
+            with zipfile.ZipFile(f) as z:
+                z.extractall(dir)
+            f.unlink()
+
+
+def _resolve(p: str | Path, bases: list[Path]) -> tuple[Path, list[Path]]:
+    """Return the first existing candidate of p under bases (or the first candidate) and all tried."""
+    p = Path(p).expanduser()
+    if p.is_absolute():
+        return p, [p]
+    tried = [(b / p).resolve() for b in bases]
+    tried = list(dict.fromkeys(tried))  # drop duplicates, keep order
+    return next((t for t in tried if t.exists()), tried[0]), tried
+
+
+def _load(data: str | Path | dict) -> tuple[dict, Path | None]:
+    if isinstance(data, dict):
+        return dict(data), None
+    from utils.general import check_file
+
+    file = check_file(data, "data yaml").resolve()
+    return yaml_load(file), file
+
+
+def _check_names(data: dict, where: str) -> None:
+    """nc is required; names defaults to class0..; a dict {i: name} (v7.0) becomes a list."""
+    names = data.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if "nc" not in data:
+        if names is None:
+            raise UserError(f"{where}: 'nc' (number of classes) is missing; add e.g. 'nc: 80' and 'names: [...]'")
+        data["nc"] = len(names)  # v7.0 behaviour; v6.0 asserted here
+    try:
+        data["nc"] = int(data["nc"])
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'nc' must be an integer, got {data['nc']!r}") from None
+    if names is None:
+        names = [f"class{i}" for i in range(data["nc"])]
+    if not isinstance(names, (list, tuple)):
+        raise UserError(f"{where}: 'names' must be a list of class names, got {type(names).__name__}")
+    if len(names) != data["nc"]:
+        raise UserError(f"{where}: nc={data['nc']} but {len(names)} names are given; make them agree")
+    data["names"] = [str(n) for n in names]
+
+
+def _resolve_splits(data: dict, yaml_dir: Path | None) -> dict[str, list[Path]]:
+    """Make path/train/val/test absolute. Returns {split: [paths tried that do not exist]}."""
+    bases = [Path.cwd()] + ([yaml_dir] if yaml_dir else [])
+    tried_root: list[Path] = []
+    if data.get("path"):
+        root, tried_root = _resolve(data["path"], bases)
+        data["path"] = str(root)
+        bases = [root]
+    missing: dict[str, list[Path]] = {}
+    for k in ("train", "val", "test"):
+        v = data.get(k)
+        if not v:
+            data[k] = None if k == "test" else v
+            continue
+        out, bad = [], []
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            p, tried = _resolve(item, bases)
+            out.append(str(p))
+            if not p.exists():
+                bad += tried if not tried_root else [p] + [t for t in tried_root if not t.exists()]
+        data[k] = out if isinstance(v, (list, tuple)) else out[0]
+        if bad:
+            missing[k] = list(dict.fromkeys(bad))
+    return missing
+
+
+def _run_download(data: dict, s: str, where: str) -> None:
+    """Run a `download:` entry: URL (only when allowed), `bash ...` command, or Python source."""
+    if s.startswith(("http://", "https://")):
+        root = Path(data["path"]).parent if data.get("path") else ROOT.parent / "datasets"
+        download_urls(s, root, unzip=True)
+    elif s.startswith("bash "):
+        LOGGER.info(f"Running {s} ...")
+        if subprocess.run(s, shell=True, cwd=ROOT).returncode != 0:  # noqa: S602 (the yaml asks for it)
+            raise UserError(f"{where}: download command failed: {s}")
+    else:
+        LOGGER.info(f"{where}: building/downloading the dataset with its 'download:' script...")
+        exec(s, {"yaml": data, "__name__": "__download__"})  # noqa: S102 (v6.0 semantics)
+
+
+def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
+    """Load and validate a data yaml (or dict); download/build the data if missing and allowed.
+
+    Returns the dict with absolute 'train'/'val'/'test' (str, list of str, or None for test),
+    'nc' (int), 'names' (list[str]), 'path' (str or absent) and 'yaml_file' (str or None).
+    """
+    data, file = _load(data)
+    where = str(file) if file else "data dict"
+    for k in ("train", "val"):
+        if not data.get(k):
+            raise UserError(f"{where}: '{k}' is missing; give a directory, a *.txt list of images, or a list")
+    _check_names(data, where)
+    raw = {k: data.get(k) for k in ("path", "train", "val", "test")}
+    missing = _resolve_splits(data, file.parent if file else None)
+    if missing:
+        dl = data.get("download")
+        if not dl:
+            raise UserError(_missing_msg(where, missing, "and it has no 'download:' entry"))
+        if not autodownload:
+            raise UserError(_missing_msg(where, missing, "(autodownload is off)"))
+        try:
+            _run_download(data, str(dl).strip(), where)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        except Exception as e:  # a broken download script is the yaml's fault: name it
+            raise UserError(f"{where}: its 'download:' entry failed: {type(e).__name__}: {e}") from e
+        data.update(raw)  # resolve again now that the data exist
+        missing = _resolve_splits(data, file.parent if file else None)
+        if missing:
+            raise UserError(_missing_msg(where, missing, "even after running its 'download:' entry"))
+    data["yaml_file"] = str(file) if file else None
+    return data
+
+
+def _missing_msg(where: str, missing: dict[str, list[Path]], why: str) -> str:
+    lines = "; ".join(f"{k}: tried {', '.join(map(str, v))}" for k, v in missing.items())
+    return f"{where}: dataset paths not found {why}. {lines}"
+
+
+def convert_voc_labels(devkit: str | Path, root: str | Path, year: str, image_set: str, names: list[str]) -> Path:
+    """Convert devkit/VOC{year} XML annotations of one image set to YOLO labels (difficult objects skipped).
+
+    Copies the images to root/images/{image_set}{year}/ and writes root/labels/{image_set}{year}/*.txt
+    with normalised cls-xywh rows; returns the images directory. Used by data/VOC.yaml's download script.
+    """
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    root = Path(root)
+    voc = Path(devkit) / f"VOC{year}"
+    img_dir = root / "images" / f"{image_set}{year}"
+    lbl_dir = root / "labels" / f"{image_set}{year}"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lbl_dir.mkdir(parents=True, exist_ok=True)
+    ids = (voc / "ImageSets" / "Main" / f"{image_set}.txt").read_text().split()
+    for i in ids:
+        tree = ET.parse(voc / "Annotations" / f"{i}.xml").getroot()
+        w = int(tree.find("size/width").text)
+        h = int(tree.find("size/height").text)
+        rows = []
+        for obj in tree.iter("object"):
+            cls = obj.find("name").text
+            if cls not in names or int(getattr(obj.find("difficult"), "text", 0)) == 1:
+                continue
+            b = [float(obj.find(f"bndbox/{t}").text) for t in ("xmin", "xmax", "ymin", "ymax")]
+            x, y = (b[0] + b[1]) / 2 / w, (b[2] + b[3]) / 2 / h
+            bw, bh = (b[1] - b[0]) / w, (b[3] - b[2]) / h
+            rows.append(f"{names.index(cls)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}")
+        (lbl_dir / f"{i}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
+        shutil.copy(voc / "JPEGImages" / f"{i}.jpg", img_dir / f"{i}.jpg")
+    return img_dir
