@@ -164,7 +164,7 @@ def copy_paste(im: np.ndarray, labels: np.ndarray, segments: list, p: float = 0.
     n = len(segments)
     if not (p and n):
         return im, labels, segments
-    h, w, _ = im.shape
+    w = im.shape[1]
     mask = np.zeros(im.shape, np.uint8)
     for j in random.sample(range(n), k=round(p * n)):
         lab, seg = labels[j], segments[j]

@@ -16,11 +16,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
-from utils.augmentations import Albumentations, augment_hsv, copy_paste, letterbox, mixup, random_perspective
+from utils.augmentations import (
+    Albumentations,
+    augment_hsv,
+    copy_paste,
+    letterbox,
+    mixup,
+    random_perspective,
+)
 from utils.general import LOGGER, UserError, xyn2xy, xywhn2xyxy, xyxy2xywhn
 from utils.image_loaders import LoadImages, LoadStreams  # noqa: F401 (public API of utils.datasets)
-from utils.label_cache import (IMG_FORMATS, NUM_THREADS, VID_FORMATS, build_cache,  # noqa: F401
-                               cache_path_for, get_hash, get_image_files, img2label_paths, load_cache, report)
+from utils.label_cache import (  # noqa: F401
+    IMG_FORMATS,
+    NUM_THREADS,
+    VID_FORMATS,
+    build_cache,
+    cache_path_for,
+    get_hash,
+    get_image_files,
+    img2label_paths,
+    load_cache,
+    report,
+)
 
 # v6.0 hyp.scratch augmentation values, used for keys a hyp dict does not give
 DEFAULT_AUG_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
@@ -55,7 +72,7 @@ class LoadImagesAndLabels(Dataset):
         if not found:
             cache = build_cache(self.im_files, self.label_files, cache_path, prefix)
         report(cache, cache_path, prefix, found_cache=found)
-        nf, nm, ne, nc, n, _ = cache["results"]
+        nf, *_, n, _ = cache["results"]  # found, missing, empty, corrupt, total, dups
         if nf == 0 and augment:
             raise UserError(f"{prefix}no labels found next to {path} (labels go in .../labels/ beside .../images/)")
         for k in ("hash", "version", "msgs", "results"):

@@ -51,7 +51,7 @@ def _list_sources(path: str | Path | list) -> list[str]:
             for ln in Path(p).read_text(errors="ignore").splitlines():
                 ln = ln.strip()
                 if ln:
-                    q = Path(ln[2:] if ln.startswith("./") else ln)
+                    q = Path(ln.removeprefix("./"))
                     files.append(str(q if q.is_absolute() or q.exists() else parent / q))
         elif os.path.isfile(p):
             files.append(p)

@@ -70,7 +70,7 @@ def exif_size(img: Image.Image) -> tuple[int, int]:
     try:
         if img.getexif().get(274) in (6, 8):
             w, h = h, w
-    except Exception:  # broken EXIF must not make the image unusable
+    except (AttributeError, KeyError, OSError, ValueError):  # broken EXIF must not make the image unusable
         pass
     return w, h
 
@@ -144,14 +144,17 @@ def _box_polygon(r: np.ndarray) -> np.ndarray:
 
 def verify_image_label(args: tuple[str, str, str]) -> list:
     """Check one image/label pair -> [im_file|None, labels, shape, segments, nm, nf, ne, nc, nd, msg]."""
-    im_file, lb_file, prefix = args
+    im_file, lb_file, _prefix = args
     nm = nf = ne = nd = 0
     segments: list = []
     try:
         shape, msg = _check_image(im_file)
         if os.path.isfile(lb_file):
             nf = 1
-            lb, segments, nd = parse_label_rows(lb_file)
+            try:
+                lb, segments, nd = parse_label_rows(lb_file)
+            except ValueError as e:
+                raise ValueError(f"{lb_file} {e}") from None  # name the label file and line
             if nd:
                 msg = f"WARNING: {lb_file}: {nd} duplicate row(s) removed"
             ne = int(len(lb) == 0)
@@ -208,7 +211,7 @@ def build_cache(im_files: list[str], label_files: list[str], cache_path: Path, p
 
 def report(cache: dict, cache_path: Path, prefix: str = "", found_cache: bool = False) -> None:
     """One summary line, plus one warning with a few examples when files were skipped or fixed."""
-    nf, nm, ne, nc, n, nd = cache["results"]
+    nf, nm, ne, nc, _, nd = cache["results"]
     src = f"cache '{cache_path}'" if found_cache else f"'{cache_path.parent / cache_path.stem}'"
     line = f"{prefix}Scanning {src} images and labels... {nf} found, {nm} missing, {ne} empty, {nc} corrupt"
     LOGGER.info(line + (f", {nd} duplicate label rows removed" if nd else ""))

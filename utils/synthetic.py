@@ -192,7 +192,7 @@ def _write_one(args: tuple) -> None:
     rng = np.random.default_rng([seed, split_id, i])
     im, lb = render_image(rng, img_size, classes)
     q = int(rng.integers(60, 96))
-    ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q])
+    _, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q])
     (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
     rows = "".join(f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n" for r in lb)
     (lb_dir / f"{i:06d}.txt").write_text(rows)
