@@ -160,7 +160,8 @@ class LoadStreams:
                 raise StopIteration  # stream ended or dropped
             frames.append(im)
         self.frame += 1
-        img = np.stack([letterbox(x, self.img_size, stride=self.stride, auto=self.auto)[0] for x in frames])
+        auto = self.auto and len(frames) == 1  # several sources must share one shape to be stacked
+        img = np.stack([letterbox(x, self.img_size, stride=self.stride, auto=auto)[0] for x in frames])
         img = np.ascontiguousarray(img[..., ::-1].transpose((0, 3, 1, 2)))  # BHWC BGR -> BCHW RGB
         return self.sources, img, frames, None, f"frame {self.frame}: "
 
