@@ -18,7 +18,8 @@ from utils.general import LOGGER, xywh2xyxy
 MAX_WH = 4096  # (pixels) class offset of the batched-NMS trick: boxes of different classes never overlap
 MAX_NMS = 30000  # at most this many boxes go into the NMS itself
 TIME_LIMIT = 10.0  # seconds for the whole batch before giving up with a warning
-_CHUNK = 1024  # boxes handled at once by the pure-torch NMS (bounds memory at CHUNK x kept IoUs)
+_CHUNK = 512  # boxes resolved at once by the pure-torch NMS (memory: CHUNK x kept IoUs)
+_GROUP = 256  # clusters of x-overlapping boxes are packed into groups of about this many
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,35 +44,36 @@ def torchvision_available() -> bool:
 
 def _pairwise_iou(a: torch.Tensor, b: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
     """IoU of xyxy boxes a (N,4) against b (M,4) -> (N,M), in torchvision's operation order (no eps)."""
-    w = (torch.min(a[:, None, 2], b[None, :, 2]) - torch.max(a[:, None, 0], b[None, :, 0])).clamp(min=0)
-    h = (torch.min(a[:, None, 3], b[None, :, 3]) - torch.max(a[:, None, 1], b[None, :, 1])).clamp(min=0)
-    inter = w * h
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    ax1, ay1, ax2, ay2 = (c.contiguous()[:, None] for c in a.unbind(1))  # (N,1) columns broadcast fast
+    bx1, by1, bx2, by2 = (c.contiguous() for c in b.unbind(1))
+    w = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp_(min=0)
+    h = (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp_(min=0)
+    inter = w.mul_(h)
+    return inter / (area_a[:, None] + area_b).sub_(inter)
 
 
 def _greedy(b: torch.Tensor, area: torch.Tensor, iou_thres: float) -> torch.Tensor:
     """Greedy NMS of boxes already sorted by decreasing score -> kept positions (ascending).
 
-    Boxes are processed in chunks. A chunk is first pruned by the boxes already kept, then resolved
-    internally by iterating keep_j = alive_j and no kept i < j overlaps j; this map has exactly one
-    fixed point (the greedy answer) and reaches it because each pass settles at least one more box.
+    Boxes are processed in chunks: a chunk is first pruned by the boxes already kept (one matrix
+    op), then its overlap matrix is scanned in order, each kept box removing the later ones it
+    overlaps (a cheap loop over numpy rows, the same scan torchvision's CUDA kernel does on its mask).
     """
     kept = []
     kept_boxes, kept_area = b[:0], area[:0]
     for s in range(0, b.shape[0], _CHUNK):
         cb, ca = b[s:s + _CHUNK], area[s:s + _CHUNK]
-        alive = torch.ones(cb.shape[0], dtype=torch.bool, device=b.device)
+        removed = torch.zeros(cb.shape[0], dtype=torch.bool, device=b.device)
         if kept_boxes.shape[0]:
-            alive &= ~(_pairwise_iou(kept_boxes, cb, kept_area, ca) > iou_thres).any(0)
-        over = _pairwise_iou(cb, cb, ca, ca) > iou_thres
-        over = over.triu(diagonal=1) & alive[:, None] & alive[None, :]  # i suppresses j only for i < j
-        keep = alive.clone()
-        while True:
-            new = alive & ~(over & keep[:, None]).any(0)
-            if torch.equal(new, keep):
-                break
-            keep = new
-        idx = keep.nonzero().flatten()
+            removed = (_pairwise_iou(kept_boxes, cb, kept_area, ca) > iou_thres).any(0)
+        over = (_pairwise_iou(cb, cb, ca, ca) > iou_thres).triu(diagonal=1).cpu().numpy()
+        removed = removed.cpu().numpy()
+        keep = []
+        for i in range(len(removed)):
+            if not removed[i]:
+                keep.append(i)
+                removed |= over[i]
+        idx = torch.tensor(keep, dtype=torch.long, device=b.device)
         kept.append(idx + s)
         kept_boxes = torch.cat((kept_boxes, cb[idx]))
         kept_area = torch.cat((kept_area, ca[idx]))
@@ -84,7 +86,7 @@ def _nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> t
     Boxes whose x-ranges do not overlap have zero intersection, so they can never suppress each other
     (IoU > iou_thres >= 0 needs a positive intersection). Boxes are therefore split into clusters of
     overlapping x-ranges (with the class offset of the batched trick, at least one per class), packed
-    into groups of about _CHUNK boxes, and each group is solved exactly on its own.
+    into groups of about _GROUP boxes, and each group is solved exactly on its own.
     """
     n = boxes.shape[0]
     if n == 0:
@@ -99,7 +101,7 @@ def _nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> t
     starts[1:] = b[xs[1:], 0] > reach[:-1]  # a gap in x: a new cluster begins
     cluster = starts.long().cumsum(0) - 1
     sizes = torch.bincount(cluster)
-    group_of_cluster = (sizes.cumsum(0) - sizes) // _CHUNK  # whole clusters only, so groups stay exact
+    group_of_cluster = (sizes.cumsum(0) - sizes) // _GROUP  # whole clusters only, so groups stay exact
     group = torch.empty(n, dtype=torch.long, device=b.device)
     group[xs] = group_of_cluster[cluster]
 
