@@ -1,0 +1,210 @@
+"""KDObjective with real small YOLOv5 models (yolov5n student, yolov5s teacher, 64x64 images, CPU)."""
+
+import logging
+from copy import deepcopy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from distill.objective import (
+    KDObjective,
+    build_kd_objective,
+    check_compatible,
+    load_teacher,
+)
+from distill.pairing import default_feature_layers, infer_is_large, pair_layers
+from models.yolo import Model
+from utils.general import LOGGER, UserError
+from utils.loss import ComputeLoss
+
+NC = 3
+HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}
+P5_LAYERS = [f"model.{i}" for i in (2, 4, 6, 8, 9, 13, 17, 20, 23)]
+
+
+_BUILT = {}
+
+
+def _build(cfg, nc=NC):
+    """Each yaml is built once per test session (building runs a FLOP count); tests get copies."""
+    if (cfg, nc) not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[cfg, nc] = Model(cfg, nc=nc)
+    return deepcopy(_BUILT[cfg, nc])
+
+
+def _models(teacher_cfg="yolov5s.yaml", teacher_nc=NC):
+    return _build("yolov5n.yaml"), _build(teacher_cfg, teacher_nc)
+
+
+def _batch(seed=0, bs=2):
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(bs, 3, 64, 64, generator=g)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.3], [1, 2, 0.3, 0.6, 0.2, 0.5], [1, 0, 0.7, 0.3, 0.3, 0.3]])
+    return imgs, targets
+
+
+def _objective(student, teacher, **opt):
+    return build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), HYP, SimpleNamespace(**opt))
+
+
+class Counter:
+    def __init__(self, module):
+        self.calls, self.modes = 0, []
+        self.handle = module.register_forward_pre_hook(self)
+
+    def __call__(self, module, inputs):
+        self.calls += 1
+        self.modes.append(module.training)
+
+
+def test_teacher_frozen_and_called_once_per_batch():
+    student, teacher = _models()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}  # params and BN buffers
+    objective = _objective(student, teacher, feature_loss="fitnet", kd_loss="kl")
+    optimizer = torch.optim.SGD(list(student.parameters()) + list(objective.parameters()), lr=0.1, momentum=0.9)
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not teacher_ids & opt_ids
+    assert {id(p) for p in objective.adapters.parameters()} <= opt_ids and len(objective.adapters) == len(P5_LAYERS)
+    adapter_before = objective.adapters[0].conv.weight.detach().clone()
+
+    counter = Counter(teacher)
+    nn.ModuleList([student, objective]).train()  # a wrapper putting "everything" in train mode
+    teacher.train()  # even an explicit flip is undone by the objective
+    steps = 3
+    for step in range(steps):
+        imgs, targets = _batch(step)
+        out = objective(student, imgs, targets)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    assert counter.calls == steps and counter.modes == [False] * steps
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher {k} changed"
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not torch.equal(objective.adapters[0].conv.weight, adapter_before)  # adapters really train
+
+
+def test_state_dict_and_parameters_exclude_teacher():
+    student, teacher = _models()
+    at = _objective(student, teacher)  # AT needs no adapters
+    assert at.state_dict() == {} and list(at.parameters()) == []
+    assert at.teacher is teacher and teacher not in list(at.modules())
+    fit = _objective(student, teacher, feature_loss="fitnet")
+    keys = list(fit.state_dict())
+    assert keys and all(k.startswith("adapters.") for k in keys)
+    n_adapter = sum(p.numel() for p in fit.adapters.parameters())
+    assert sum(p.numel() for p in fit.parameters()) == n_adapter
+    fit.load_state_dict(fit.state_dict())  # round trip for 'kd_state'
+
+
+def test_loss_dict_and_scaling():
+    student, teacher = _models()
+    objective = _objective(student, teacher, kd_loss="l2", beta=10.0)
+    student.train()
+    imgs, targets = _batch()
+    out = objective(student, imgs, targets)
+    assert list(out) == ["loss", "box", "obj", "cls", "kd", "at"]
+    assert all(not v.requires_grad for k, v in out.items() if k != "loss")
+    logged = sum(float(v) for k, v in out.items() if k != "loss")
+    assert out["loss"].item() == pytest.approx(logged * imgs.shape[0], rel=1e-5)
+    assert float(out["kd"]) > 0 and float(out["at"]) > 0
+    det, _ = ComputeLoss.from_model(student, HYP)(student(imgs), targets)
+    assert out["loss"].item() > det.item()
+
+
+def test_distillation_terms_reach_the_student():
+    """Only the KD terms (detection loss replaced by zero): the student still gets gradients."""
+    student, teacher = _models()
+
+    def zero_loss(pred, targets):
+        return pred[0].sum() * 0, torch.zeros(3)
+
+    layers = default_feature_layers(student)
+    objective = KDObjective(teacher, zero_loss, HYP, kd_loss="bce", feature_loss="at",
+                            student_layers=layers, teacher_layers=default_feature_layers(teacher))
+    student.train()
+    objective(student, *_batch())["loss"].backward()
+    assert student.model[2].cv1.conv.weight.grad.abs().sum() > 0  # reached through AT only
+    assert student.model[-1].m[0].weight.grad.abs().sum() > 0  # reached through output KD
+
+
+def test_self_distillation_is_zero():
+    """Teacher == student (same weights, both eval): every KD term is exactly 0."""
+    student, teacher = _build("yolov5n.yaml"), _build("yolov5n.yaml")
+    student.eval()
+    for kd_loss in ("l2", "kl"):
+        objective = _objective(student, teacher, kd_loss=kd_loss)
+        out = objective(student, *_batch())
+        assert float(out["kd"]) == 0.0 and float(out["at"]) == 0.0
+
+
+def test_default_pairing_by_type_and_stride():
+    student, teacher = _models()
+    pairing = pair_layers(student, teacher)
+    assert pairing.student.names == P5_LAYERS == pairing.teacher.names
+    assert pairing.student.strides == [4, 8, 16, 32, 32, 16, 8, 16, 32]
+    assert pairing.student.channels == [32, 64, 128, 256, 256, 128, 64, 128, 256]
+    assert pairing.teacher.channels == [2 * c for c in pairing.student.channels]
+    se = _build("yolov5s-se.yaml")
+    assert default_feature_layers(se) == [f"model.{i}" for i in (3, 6, 9, 12, 13, 18, 23, 27, 31)]
+    assert pair_layers(student, se).teacher.strides == pairing.student.strides  # plain vs attention yaml
+    assert student.training and teacher.training  # probing restored the modes
+
+
+def test_explicit_layers_and_count_mismatch():
+    student, teacher = _models()
+    pairing = pair_layers(student, teacher, "model.4,model.6", "4,6")
+    assert pairing.student.names == ["model.4", "model.6"] == pairing.teacher.names
+    with pytest.raises(UserError, match="paired by position"):
+        pair_layers(student, teacher, "model.4,model.6", None)
+    with pytest.raises(UserError, match="model.99"):
+        pair_layers(student, teacher, "model.99", "model.4")
+
+
+def test_class_count_mismatch_is_a_user_error():
+    student, teacher = _models(teacher_nc=NC + 2)
+    with pytest.raises(UserError, match="classes"):
+        check_compatible(student, teacher)
+    with pytest.raises(UserError, match="classes"):
+        _objective(student, teacher)
+
+
+def test_unknown_or_wrong_kind_loss():
+    student, teacher = _models()
+    with pytest.raises(UserError, match="l2, kl, bce"):
+        _objective(student, teacher, kd_loss="at")
+    with pytest.raises(UserError, match="at, fitnet"):
+        _objective(student, teacher, feature_loss="mse")
+
+
+def test_is_large_flag_is_only_a_warning():
+    student, teacher = _models()
+    assert infer_is_large(teacher) is False
+    assert infer_is_large(SimpleNamespace(yaml={"depth_multiple": 1.0, "width_multiple": 1.0})) is True
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    LOGGER.addHandler(handler)
+    try:
+        plain = _objective(student, teacher).student_layers
+        flagged = _objective(student, teacher, isL="True").student_layers
+    finally:
+        LOGGER.removeHandler(handler)
+    assert plain == flagged  # the flag never changes the pairing
+    assert any("--isL" in r.getMessage() for r in records)
+
+
+def test_load_teacher_checks_classes(tmp_path):
+    checkpoint = pytest.importorskip("utils.checkpoint")
+    _, teacher = _models()
+    path = tmp_path / "teacher.pt"
+    checkpoint.save_checkpoint({"epoch": -1, "model": teacher.half(), "ema": None}, path)
+    loaded = load_teacher(path, "cpu", nc=NC)
+    assert not loaded.training and all(not p.requires_grad for p in loaded.parameters())
+    assert next(loaded.parameters()).dtype == torch.float32
+    with pytest.raises(UserError, match="classes"):
+        load_teacher(path, "cpu", nc=NC + 1)
