@@ -237,3 +237,16 @@ def test_level_balance():
     assert level_balance(3) == [4.0, 1.0, 0.4]
     assert level_balance(4) == [4.0, 1.0, 0.25, 0.06]
     assert len(level_balance(7)) == 7 and math.isclose(level_balance(7)[-1], 0.02)
+
+
+def test_weight_by_cls_scales_box_and_cls_not_obj():
+    """w = sigma(t_obj) * max_c sigma(t_cls): a teacher unsure of every class down-weights box/cls only."""
+    student, teacher = _outputs(seed=13), _outputs(seed=14)
+    for t in teacher:
+        t[..., 5:] = -4.0  # max class probability sigma(-4) ~ 0.018
+    _, plain = build_loss("l2")(student, teacher, ANCHORS, ANCHORS)
+    _, by_cls = build_loss("l2", weight_by_cls=True)(student, teacher, ANCHORS, ANCHORS)
+    ratio = torch.sigmoid(torch.tensor(-4.0)).item()
+    assert by_cls["kd_box"].item() == pytest.approx(plain["kd_box"].item() * ratio, rel=1e-5)
+    assert by_cls["kd_cls"].item() == pytest.approx(plain["kd_cls"].item() * ratio, rel=1e-5)
+    assert by_cls["kd_obj"].item() == pytest.approx(plain["kd_obj"].item(), rel=1e-6)
