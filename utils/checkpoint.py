@@ -53,8 +53,10 @@ def allowed_globals() -> list:
 
 
 def _refused_global(msg: str) -> str | None:
-    m = re.search(r"(?:GLOBAL|global) ([\w.]+[ .][\w.]+)", msg)
-    return m.group(1).replace(" ", ".") if m else None
+    # torch phrases it "Unsupported global: GLOBAL a.b.C was not an allowed global" or
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    return m.group(1) if m else None
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False):
@@ -86,8 +88,11 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def _first_line(e: Exception) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}"[:300]
+    """The informative part of a torch.load error (skipping its generic weights_only preamble)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [m.group(1)] if m else [x for x in text.strip().splitlines() if x.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _is_state_dict(x) -> bool:
