@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
-from utils.train_setup import (build_model, check_label_classes, ddp_env, describe_start, freeze_layers,
+from utils.train_setup import (build_model, ddp_env, describe_start, freeze_layers,
                                labels_array, load_hyp, log_header, prepare_opt, write_run_files)
 
 __all__ = ["prepare_opt", "train", "train_one_epoch"]
@@ -44,7 +44,7 @@ def train(opt, make_objective=None) -> Path:
     from utils.loggers import ResultsLogger
     from utils.loss import ComputeLoss, scale_loss_gains
     from utils.objective import DetectionObjective
-    from utils.optim import build_optimizer, lr_lambda
+    from utils.optim import build_optimizer, lr_lambda, warmup_iterations
     from utils.torch_utils import EarlyStopping, ModelEMA, select_device
 
     local_rank, rank, world_size = ddp_env()
@@ -79,8 +79,7 @@ def train(opt, make_objective=None) -> Path:
     train_loader, dataset = create_dataloader(
         data_dict["train"], imgsz, batch_size, gs, opt.single_cls, hyp=hyp, augment=True, cache=opt.cache,
         rect=opt.rect, rank=local_rank, workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad,
-        prefix=colorstr("train: "), shuffle=True, seed=opt.seed)
-    check_label_classes(dataset, nc, opt.data)
+        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc, data_file=opt.data)
     nb = len(train_loader)
     val_loader = None
     if rank in (-1, 0):
@@ -134,7 +133,8 @@ def train(opt, make_objective=None) -> Path:
         logger.truncate_from(start_epoch)
     stopper = EarlyStopping(patience=opt.patience)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    nw = max(round(hyp["warmup_epochs"] * nb), 1000)
+    # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
+    nw = warmup_iterations(hyp["warmup_epochs"], nb, minimum=int(hyp.get("warmup_min_iters", 1000)))
     results = (0, 0, 0, 0, 0, 0, 0)
     describe_start(opt, save_dir)
     t0 = time.time()
@@ -168,7 +168,7 @@ def train(opt, make_objective=None) -> Path:
     if rank in (-1, 0):
         LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         logger.close()
-        _finish(last, best, save_dir, data_dict, batch_size, imgsz, opt, compute_loss, device, validate)
+        _finish(last, best, save_dir, data_dict, val_loader, batch_size, imgsz, opt, compute_loss, device, validate)
     torch.cuda.empty_cache()
     return save_dir
 
@@ -301,7 +301,7 @@ def _save(epoch, best_fitness, fi, model, ema, optimizer, objective, opt, wdir: 
         save_checkpoint(ckpt, wdir / f"epoch{epoch}.pt")
 
 
-def _finish(last, best, save_dir, data_dict, batch_size, imgsz, opt, compute_loss, device, validate) -> None:
+def _finish(last, best, save_dir, data_dict, val_loader, batch_size, imgsz, opt, compute_loss, device, validate) -> None:
     """Strip optimizers, validate best.pt with plots, draw results.png."""
     from utils.checkpoint import attempt_load, strip_optimizer
     from utils.plots import plot_results
@@ -315,7 +315,7 @@ def _finish(last, best, save_dir, data_dict, batch_size, imgsz, opt, compute_los
         model = attempt_load(best, device)
         validate.run(data_dict, batch_size=batch_size * 2, imgsz=imgsz, model=model,
                      iou_thres=0.65 if is_coco else 0.60, single_cls=opt.single_cls,
-                     dataloader=None, save_dir=save_dir, save_json=is_coco, verbose=True, plots=True,
+                     dataloader=val_loader, save_dir=save_dir, save_json=is_coco, verbose=True, plots=True,
                      compute_loss=compute_loss, half=device.type == "cuda", workers=opt.workers)
     try:
         plot_results(file=save_dir / "results.csv")

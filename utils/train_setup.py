@@ -137,17 +137,6 @@ def freeze_layers(model: torch.nn.Module, n: int) -> None:
             p.requires_grad = False
 
 
-def check_label_classes(dataset, nc: int, data_file: str) -> None:
-    """Every label class must be < nc; name the offending label file otherwise."""
-    for labels, im_file in zip(dataset.labels, dataset.im_files):
-        if len(labels) and labels[:, 0].max() >= nc:
-            from utils.datasets import img2label_paths
-
-            lbl = img2label_paths([im_file])[0]
-            raise UserError(f"label class {int(labels[:, 0].max())} in {lbl} exceeds nc={nc} in {data_file}; "
-                            f"possible class labels are 0-{nc - 1}")
-
-
 def write_run_files(save_dir: Path, hyp: dict, opt) -> None:
     """hyp.yaml (before gain scaling) and opt.yaml, as v6.0."""
     with open(save_dir / "hyp.yaml", "w") as f:
@@ -171,5 +160,4 @@ def describe_start(opt, save_dir: Path) -> None:
                 f"Starting training for {opt.epochs} epochs...")
 
 
-__all__ = ["ROOT", "prepare_opt", "load_hyp", "build_model", "freeze_layers", "check_label_classes",
-           "write_run_files", "labels_array", "log_header", "describe_start", "ddp_env", "WEIGHTS_HINT"]
+__all__ = ["ROOT", "prepare_opt", "load_hyp", "build_model", "freeze_layers", "write_run_files", "labels_array", "log_header", "describe_start", "ddp_env", "WEIGHTS_HINT"]
