@@ -1,0 +1,202 @@
+"""Checkpoint loading/saving: official v6.0/v7.0 files vs reference outputs, safety, round trips."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.common import Focus, SPP
+from models.experimental import Ensemble, attempt_load
+from models.yolo import MODELS_DIR, Detect, Model
+from utils.checkpoint import load_state_into, safe_torch_load, save_checkpoint, strip_optimizer
+from utils.general import UserError, yaml_load
+
+XYWH_TOL, SIG_TOL = 1e-3, 1e-5
+
+
+def assert_pred_close(pred, ref):
+    assert pred.shape == ref.shape
+    assert (pred[..., :4] - ref[..., :4]).abs().max() <= XYWH_TOL  # pixel xywh
+    assert (pred[..., 4:] - ref[..., 4:]).abs().max() <= SIG_TOL  # obj/cls sigmoids
+
+
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5s"])
+def test_v60_checkpoint_reproduces_reference(fixtures_dir, reference, name):
+    ckpt = safe_torch_load(fixtures_dir / f"{name}_v6.0.pt")  # the allow-listed loader, no trust
+    assert ckpt["epoch"] == -1 and isinstance(ckpt["best_fitness"], np.ndarray)
+    model = attempt_load(fixtures_dir / f"{name}_v6.0.pt", fuse=False)
+    assert isinstance(model, Model) and next(model.parameters()).dtype == torch.float32
+    assert sum(p.numel() for p in model.parameters()) == int(reference[f"{name}/n_params"])
+    with torch.no_grad():
+        assert_pred_close(model(reference["x_eval"])[0], reference[f"{name}/eval_pred"])
+        # train_raw was made with model.train(): BatchNorm normalises with the batch statistics (and
+        # updates its running stats, momentum 0.03). The reference then fused *that* model, so
+        # fused_eval_pred reflects the updated running stats; we follow the same order.
+        model.train()
+        raw = model(reference["x_train"])
+        for r, ref in zip(raw, reference[f"{name}/train_raw"]):
+            assert r.shape == ref.shape and (r - ref).abs().max() <= SIG_TOL
+        model.eval().fuse()
+        assert sum(p.numel() for p in model.parameters()) == int(reference[f"{name}/fused_n_params"])
+        assert_pred_close(model(reference["x_eval"])[0], reference[f"{name}/fused_eval_pred"])
+
+
+def test_v70_checkpoint_reproduces_reference(fixtures_dir):
+    ref = torch.load(fixtures_dir / "reference_v7.0.pt", weights_only=True)
+    model = attempt_load(fixtures_dir / "yolov5n_v7.0.pt", fuse=True)
+    assert type(model).__name__ == "Model"  # DetectionModel is an alias
+    with torch.no_grad():
+        assert_pred_close(model(ref["x_eval"])[0], ref["eval_pred"])
+
+
+def test_stale_v70_grid_cache_is_dropped(fixtures_dir, reference, tmp_path):
+    """A cached grid with v7.0's folded -0.5 would shift boxes; the loader must rebuild it."""
+    ckpt = safe_torch_load(fixtures_dir / "yolov5n_v6.0.pt")
+    det = ckpt["model"].model[-1]
+    det.grid = [torch.zeros(1, 3, ny, nx, 2, dtype=torch.half) - 0.5 for ny, nx in ((32, 40), (16, 20), (8, 10))]
+    save_checkpoint(ckpt, tmp_path / "cached.pt")
+    model = attempt_load(tmp_path / "cached.pt", fuse=False)
+    with torch.no_grad():
+        assert_pred_close(model(reference["x_eval"])[0], reference["yolov5n/eval_pred"])
+
+
+def test_own_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = yaml_load(MODELS_DIR / "yolov5s-cbam.yaml")
+    cfg["width_multiple"] = 0.25  # attention channel args scale with the width: a small CBAM model
+    model = Model(cfg).eval()
+    model.names = [f"c{i}" for i in range(80)]
+    x = torch.rand(1, 3, 64, 64)
+    ckpt = {"epoch": 3, "best_fitness": np.array([0.5]), "model": model, "ema": None, "updates": 7,
+            "optimizer": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9).state_dict(),
+            "wandb_id": None, "opt": {"weights": tmp_path / "x.pt", "epochs": 3}}
+    path = save_checkpoint(ckpt, tmp_path / "weights" / "last.pt")
+    assert not list(path.parent.glob("*.tmp*"))  # atomic write leaves no temp file
+    loaded = safe_torch_load(path)
+    assert loaded["epoch"] == 3 and loaded["updates"] == 7 and loaded["opt"]["weights"] == str(tmp_path / "x.pt")
+    back = attempt_load(path, fuse=False)
+    assert back.names == model.names
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], model(x)[0])
+        assert torch.allclose(attempt_load(path, fuse=True)(x)[0], model(x)[0], atol=1e-3)
+
+
+def test_strip_optimizer(tmp_path):
+    model = Model("yolov5n.yaml")
+    ema = Model("yolov5n.yaml")
+    f = save_checkpoint({"epoch": 5, "best_fitness": np.array([0.1]), "model": model, "ema": ema, "updates": 9,
+                         "optimizer": {"state": {}}, "wandb_id": None}, tmp_path / "best.pt")
+    strip_optimizer(f)
+    x = safe_torch_load(f)
+    assert x["epoch"] == -1 and x["optimizer"] is None and x["ema"] is None and x["updates"] is None
+    assert "training_results" in x and x["training_results"] is None
+    p = next(x["model"].parameters())
+    assert p.dtype == torch.float16 and not p.requires_grad
+    assert torch.equal(p.float(), next(ema.parameters()).half().float())  # ema replaced model
+
+
+def test_state_dict_only_needs_cfg(tmp_path):
+    torch.manual_seed(1)
+    model = Model("yolov5n.yaml", nc=5).eval()
+    f = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), f)
+    with pytest.raises(UserError, match="cfg"):
+        attempt_load(f)
+    back = attempt_load(f, cfg="yolov5n.yaml", fuse=False)  # nc=5 inferred from the Detect width
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert back.model[-1].nc == 5 and torch.equal(back(x)[0], model(x)[0])
+
+
+def test_v5x_style_checkpoint(tmp_path):
+    """v5.x files: Focus/SPP layers and a persisted Detect.anchor_grid buffer."""
+    torch.manual_seed(0)
+    cfg = {"nc": 4, "depth_multiple": 0.33, "width_multiple": 0.25,
+           "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+           "backbone": [[-1, 1, "Focus", [64, 3]], [-1, 1, "Conv", [128, 3, 2]], [-1, 3, "C3", [128]],
+                        [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "Conv", [512, 3, 2]], [-1, 1, "SPP", [512, [5, 9, 13]]]],
+           "head": [[[2, 3, 5], 1, "Detect", ["nc", "anchors"]]]}
+    cfg["head"][0][0] = [3, 4, 5]
+    model = Model(cfg).eval()
+    assert isinstance(model.model[0], Focus) and isinstance(model.model[5], SPP)
+    det = model.model[-1]
+    del det.anchor_grid
+    det.register_buffer("anchor_grid", torch.ones(3, 1, 3, 1, 1, 2))  # as v5.x saved it
+    x = torch.rand(1, 3, 64, 64)
+    f = save_checkpoint({"epoch": -1, "model": model.half()}, tmp_path / "v5.pt")
+    back = attempt_load(f, fuse=False)
+    bdet = back.model[-1]
+    assert "anchor_grid" not in bdet._buffers and isinstance(bdet.anchor_grid, list)
+    del det._buffers["anchor_grid"]
+    det.anchor_grid = [torch.zeros(1)] * 3
+    with torch.no_grad():
+        assert torch.allclose(back(x)[0], model.float()(x)[0], atol=1e-3)
+
+
+def test_ensemble(fixtures_dir, reference):
+    ens = attempt_load([fixtures_dir / "yolov5n_v6.0.pt", fixtures_dir / "yolov5n_v7.0.pt"])
+    assert isinstance(ens, Ensemble) and len(ens) == 2 and torch.equal(ens.stride, torch.tensor([8.0, 16.0, 32.0]))
+    with torch.no_grad():
+        y, _ = ens(reference["x_eval"])
+    assert y.shape == (1, 2 * 5040, 85)
+
+
+def test_missing_truncated_random_files(tmp_path, fixtures_dir):
+    with pytest.raises(UserError, match="nope.pt.*not found"):
+        attempt_load(tmp_path / "nope.pt")
+    trunc = tmp_path / "trunc.pt"
+    data = (fixtures_dir / "yolov5n_v6.0.pt").read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="trunc.pt"):
+        attempt_load(trunc)
+    rnd = tmp_path / "random.pt"
+    rnd.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(UserError, match="random.pt"):
+        safe_torch_load(rnd)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="notes.pt"):
+        safe_torch_load(text)
+
+
+class _Evil:
+    """Pickles as a call to os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_before_running(tmp_path):
+    marker = tmp_path / "pwned"
+    f = tmp_path / "evil.pt"
+    torch.save({"epoch": 0, "model": _Evil(marker)}, f)
+    with pytest.raises(UserError, match=r"evil\.pt.*(posix|nt)\.system"):
+        safe_torch_load(f)
+    with pytest.raises(UserError, match=r"(posix|nt)\.system"):
+        attempt_load(f)
+    assert not marker.exists()  # the payload never ran
+    # the marker mechanism itself works: the explicit opt-in runs the pickle (and says so)
+    if shutil.which("touch"):
+        safe_torch_load(f, trust=True)
+        assert marker.exists()
+
+
+def test_unknown_class_names_global(tmp_path):
+    f = tmp_path / "odd.pt"
+    torch.save({"model": torch.nn.GRU(2, 2)}, f)  # a real torch module, but not one YOLOv5 pickles
+    with pytest.raises(UserError, match=r"torch\.nn\.modules\.rnn\.GRU"):
+        safe_torch_load(f)
+
+
+def test_load_state_into_transfers_matching(fixtures_dir):
+    ckpt = safe_torch_load(fixtures_dir / "yolov5n_v6.0.pt")
+    model = Model("yolov5n.yaml", nc=3)  # different nc: the Detect convs do not transfer
+    n, total = load_state_into(model, ckpt, exclude=("anchor",))
+    assert total == len(model.state_dict()) and n == total - 7  # 3 weights + 3 biases + anchors
+    assert torch.equal(model.model[0].conv.weight, ckpt["model"].model[0].conv.weight.float())
+    assert isinstance(model.model[-1], Detect)
