@@ -30,6 +30,8 @@ from utils.general import LOGGER, UserError
 DEFAULT_TEMPERATURE = 20.0  # the fork's --temperature; only the 'kl'/'bce' class terms use it
 DEFAULT_ALPHA = 1.0  # output KD weight on top of hyp['kd'] (the fork's alpha)
 DEFAULT_BETA = 100.0  # feature (AT) weight; see README: authors' code uses beta/2 = 500 on the same form
+# beta=None picks the feature loss's own default: FitNet's raw-feature MSE is ~1e3x larger than AT
+FEATURE_DEFAULT_BETA = {"at": DEFAULT_BETA, "fitnet": 0.1}
 
 
 def detect_layer(model: nn.Module) -> nn.Module:
@@ -75,14 +77,15 @@ class KDObjective(nn.Module):
         hyp: (scaled) hyperparameters; gains box/'giou', obj, cls and 'kd' weight the output KD terms.
         kd_loss: output loss name ('l2', 'kl', 'bce'); temperature for kl/bce; alpha its weight.
         feature_loss: 'at' (default), 'fitnet' (needs student/teacher_channels for its adapters) or
-            None; beta its weight. student_layers/teacher_layers: paired hooked layer names.
+            None; beta its weight (None: FEATURE_DEFAULT_BETA[feature_loss]).
+        student_layers/teacher_layers: paired hooked layer names.
         student_anchors/teacher_anchors: (nl, na, 2) grid units; None = read from the models each call
             (so autoanchor changes to the student are seen).
     """
 
     def __init__(self, teacher: nn.Module, compute_loss, hyp: dict, kd_loss: str = "l2",
                  temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA,
-                 beta: float = DEFAULT_BETA, feature_loss: str | None = "at",
+                 beta: float | None = None, feature_loss: str | None = "at",
                  student_layers: Sequence[str] = (), teacher_layers: Sequence[str] = (),
                  student_channels: Sequence[int] | None = None, teacher_channels: Sequence[int] | None = None,
                  student_anchors: torch.Tensor | None = None, teacher_anchors: torch.Tensor | None = None,
@@ -99,8 +102,9 @@ class KDObjective(nn.Module):
         if kd_loss == "kl":
             out_kw["kl_softmax"] = kl_softmax
         self.output_loss = _build(kd_loss, "output", "--kd_loss", **out_kw)
-        self.alpha, self.beta = float(alpha), float(beta)
         self.feature_name = feature_loss or None
+        self.alpha = float(alpha)
+        self.beta = float(FEATURE_DEFAULT_BETA.get(self.feature_name, DEFAULT_BETA) if beta is None else beta)
         self.feature_loss = _build(feature_loss, "feature", "--feature-loss") if self.feature_name else None
         self.student_layers, self.teacher_layers = list(student_layers), list(teacher_layers)
         if self.feature_loss is not None and (not self.student_layers or
@@ -174,7 +178,8 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     """KDObjective for train_kd.py: pairs layers, checks compatibility, infers adapter channels.
 
     Reads from opt_like (argparse Namespace or any object; missing attributes take the defaults):
-    kd_loss or kd_loss_selected ('l2'), temperature (20), alpha (1.0), beta (100), feature_loss
+    kd_loss or kd_loss_selected ('l2'), temperature (20), alpha (1.0), beta (None: 100 for 'at', 0.1 for
+    'fitnet'), feature_loss
     ('at'; 'none' disables), student_layers / teacher_layers ('model.4,model.6' strings, default
     inferred), isL (checked against the teacher, warning only), weight_by_cls, kl_softmax.
     """
@@ -196,7 +201,7 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
                        kd_loss=_opt(opt_like, "kd_loss", "kd_loss_selected", default="l2"),
                        temperature=float(_opt(opt_like, "temperature", default=DEFAULT_TEMPERATURE)),
                        alpha=float(_opt(opt_like, "alpha", default=DEFAULT_ALPHA)),
-                       beta=float(_opt(opt_like, "beta", default=DEFAULT_BETA)),
+                       beta=_opt(opt_like, "beta"),
                        feature_loss=feature_loss, weight_by_cls=bool(_opt(opt_like, "weight_by_cls", default=False)),
                        kl_softmax=bool(_opt(opt_like, "kl_softmax", default=False)), device=device, **kw)
 
