@@ -42,7 +42,7 @@ def str2bool(v: str | bool) -> bool:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork."""
-    from distill.objective import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_TEMPERATURE
+    from distill.objective import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, FEATURE_DEFAULT_BETA
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
                                 parents=[train.get_args_parser(add_help=False)])
@@ -58,7 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="softening temperature for kl/bce class terms (loss is scaled by T^2)")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the output KD loss")
-    g.add_argument("--beta", type=float, default=DEFAULT_BETA, help="weight of the feature (attention transfer) loss")
+    g.add_argument("--beta", type=float, default=None,
+                   help="weight of the feature loss (default: " +
+                        ", ".join(f"{k} {v:g}" for k, v in FEATURE_DEFAULT_BETA.items()) + ")")
     g.add_argument("--feature_loss", "--feature-loss", type=str, default="at", choices=["at", "fitnet", "none"],
                    help="feature distillation on hooked layers: attention transfer, FitNet hints (1x1 adapters), none")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,
