@@ -1,5 +1,7 @@
 """NMS against the v6.0 reference outputs, for both backends, plus hand-made cases."""
 
+import logging
+
 import pytest
 import torch
 
@@ -20,7 +22,10 @@ BACKENDS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_matches_reference(reference, setting, backend):
+def test_matches_reference(reference, setting, backend, monkeypatch):
+    import utils.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "TIME_LIMIT", 1e9)  # a busy CI machine must not truncate the output
     pred = reference["nms/pred"]
     before = pred.clone()
     out = non_max_suppression(pred, backend=backend, **SETTINGS[setting])
@@ -92,6 +97,22 @@ def test_objectness_filter_comes_first():
     pred[0, :, 5] = torch.tensor([1.0, 0.4])
     assert len(non_max_suppression(pred, 0.25, 0.45, backend="torch")[0]) == 0
     assert len(non_max_suppression(pred, 0.15, 0.45, backend="torch")[0]) == 2
+
+
+def test_time_limit_stops_with_a_warning(monkeypatch, caplog):
+    import utils.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "TIME_LIMIT", -1.0)  # exceeded after the first image
+    pred = torch.zeros(2, 1, 6)
+    pred[:, 0] = torch.tensor([10, 10, 4, 4, 0.9, 1.0])
+    logger = logging.getLogger("yolov5")
+    logger.addHandler(caplog.handler)  # works even when set_logging() turned propagation off
+    try:
+        out = non_max_suppression(pred, backend="torch")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(out[0]) == 1 and len(out[1]) == 0
+    assert "NMS time limit" in caplog.text
 
 
 def test_bad_arguments():

@@ -1,8 +1,9 @@
 """Non-maximum suppression as in YOLOv5 v6.0, with an optional torchvision backend.
 
-torchvision is optional: when it imports and its `ops.nms` runs, it is used; otherwise a pure-torch
-greedy NMS gives the same kept indices in the same order (stable sort by score, descending; a box is
-suppressed by an earlier kept box when IoU > iou_thres, IoU computed in the same float arithmetic).
+torchvision is optional: when it imports and its `ops.nms` runs, it is used; otherwise a greedy NMS
+in torch + numpy (backend 'torch') gives the same kept indices in the same order (stable sort by
+score, descending; a box is suppressed by an earlier kept box when IoU > iou_thres, IoU computed in
+the same float32 arithmetic).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from utils.general import LOGGER, xywh2xyxy
@@ -42,73 +44,74 @@ def torchvision_available() -> bool:
     return _torchvision_nms() is not None
 
 
-def _pairwise_iou(a: torch.Tensor, b: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
-    """IoU of xyxy boxes a (N,4) against b (M,4) -> (N,M), in torchvision's operation order (no eps)."""
-    ax1, ay1, ax2, ay2 = (c.contiguous()[:, None] for c in a.unbind(1))  # (N,1) columns broadcast fast
-    bx1, by1, bx2, by2 = (c.contiguous() for c in b.unbind(1))
-    w = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp_(min=0)
-    h = (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp_(min=0)
-    inter = w.mul_(h)
-    return inter / (area_a[:, None] + area_b).sub_(inter)
+def _pairwise_iou(a: np.ndarray, b: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """IoU of float32 xyxy boxes a (N,4) against b (M,4) -> (N,M), in torchvision's operation order (no eps)."""
+    w = np.minimum(a[:, 2:3], b[:, 2]) - np.maximum(a[:, 0:1], b[:, 0])
+    h = np.minimum(a[:, 3:4], b[:, 3]) - np.maximum(a[:, 1:2], b[:, 1])
+    inter = np.maximum(w, 0, out=w) * np.maximum(h, 0, out=h)
+    return inter / ((area_a[:, None] + area_b) - inter)
 
 
-def _greedy(b: torch.Tensor, area: torch.Tensor, iou_thres: float) -> torch.Tensor:
+def _greedy(b: np.ndarray, area: np.ndarray, iou_thres: float) -> np.ndarray:
     """Greedy NMS of boxes already sorted by decreasing score -> kept positions (ascending).
 
     Boxes are processed in chunks: a chunk is first pruned by the boxes already kept (one matrix
     op), then its overlap matrix is scanned in order, each kept box removing the later ones it
-    overlaps (a cheap loop over numpy rows, the same scan torchvision's CUDA kernel does on its mask).
+    overlaps (the same scan torchvision's CUDA kernel does on its overlap mask).
     """
     kept = []
     kept_boxes, kept_area = b[:0], area[:0]
     for s in range(0, b.shape[0], _CHUNK):
         cb, ca = b[s:s + _CHUNK], area[s:s + _CHUNK]
-        removed = torch.zeros(cb.shape[0], dtype=torch.bool, device=b.device)
         if kept_boxes.shape[0]:
             removed = (_pairwise_iou(kept_boxes, cb, kept_area, ca) > iou_thres).any(0)
-        over = (_pairwise_iou(cb, cb, ca, ca) > iou_thres).triu(diagonal=1).cpu().numpy()
-        removed = removed.cpu().numpy()
+        else:
+            removed = np.zeros(cb.shape[0], dtype=bool)
+        over = np.triu(_pairwise_iou(cb, cb, ca, ca) > iou_thres, k=1)
         keep = []
-        for i in range(len(removed)):
+        for i in range(cb.shape[0]):
             if not removed[i]:
                 keep.append(i)
                 removed |= over[i]
-        idx = torch.tensor(keep, dtype=torch.long, device=b.device)
-        kept.append(idx + s)
-        kept_boxes = torch.cat((kept_boxes, cb[idx]))
-        kept_area = torch.cat((kept_area, ca[idx]))
-    return torch.cat(kept)
+        kept.append(np.asarray(keep, dtype=np.int64) + s)
+        kept_boxes = np.concatenate((kept_boxes, cb[keep]))
+        kept_area = np.concatenate((kept_area, ca[keep]))
+    return np.concatenate(kept)
 
 
 def _nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
-    """Greedy NMS in plain torch: indices of kept boxes, by decreasing score (stable for ties).
+    """Greedy NMS without torchvision: indices of kept boxes, by decreasing score (stable for ties).
 
-    Boxes whose x-ranges do not overlap have zero intersection, so they can never suppress each other
-    (IoU > iou_thres >= 0 needs a positive intersection). Boxes are therefore split into clusters of
-    overlapping x-ranges (with the class offset of the batched trick, at least one per class), packed
-    into groups of about _GROUP boxes, and each group is solved exactly on its own.
+    The score sort is torch's stable sort; the overlap tests run in float32 numpy on the CPU, which
+    gives the same IEEE results as torchvision's kernel and, unlike many tiny multi-threaded torch
+    ops, stays fast when the CPU is shared. Boxes whose x-ranges do not overlap have zero
+    intersection, so they can never suppress each other (IoU > iou_thres >= 0 needs a positive
+    intersection): boxes are split into clusters of overlapping x-ranges (with the class offset of
+    the batched trick, at least one per class), packed into groups of about _GROUP boxes, and each
+    group is solved exactly on its own.
     """
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
-    b = boxes[order]  # positions 0..n-1 are now score ranks
+    b = boxes[order].detach().float().cpu().numpy()  # positions 0..n-1 are now score ranks
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
-    xs = b[:, 0].argsort(stable=True)  # sweep along x1
-    reach = b[xs, 2].cummax(0).values  # right-most x2 seen so far
-    starts = torch.ones(n, dtype=torch.bool, device=b.device)
+    xs = np.argsort(b[:, 0], kind="stable")  # sweep along x1
+    reach = np.maximum.accumulate(b[xs, 2])  # right-most x2 seen so far
+    starts = np.ones(n, dtype=bool)
     starts[1:] = b[xs[1:], 0] > reach[:-1]  # a gap in x: a new cluster begins
-    cluster = starts.long().cumsum(0) - 1
-    sizes = torch.bincount(cluster)
-    group_of_cluster = (sizes.cumsum(0) - sizes) // _GROUP  # whole clusters only, so groups stay exact
-    group = torch.empty(n, dtype=torch.long, device=b.device)
+    cluster = np.cumsum(starts) - 1
+    sizes = np.bincount(cluster)
+    group_of_cluster = (np.cumsum(sizes) - sizes) // _GROUP  # whole clusters only, so groups stay exact
+    group = np.empty(n, dtype=np.int64)
     group[xs] = group_of_cluster[cluster]
 
-    by_group = (group * n + torch.arange(n, device=b.device)).argsort()  # by group, then by score rank
-    counts = torch.bincount(group).tolist()
-    kept = [pos[_greedy(b[pos], area[pos], iou_thres)] for pos in by_group.split(counts) if len(pos)]
-    return order[torch.cat(kept).sort().values]
+    by_group = np.argsort(group * n + np.arange(n), kind="stable")  # by group, then by score rank
+    bounds = np.cumsum(np.bincount(group))[:-1]
+    kept = [pos[_greedy(b[pos], area[pos], iou_thres)] for pos in np.split(by_group, bounds) if len(pos)]
+    keep = torch.from_numpy(np.sort(np.concatenate(kept))).to(order.device)
+    return order[keep]
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, backend: str | None = None) -> torch.Tensor:
