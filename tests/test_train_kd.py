@@ -1,0 +1,97 @@
+"""End to end: the real train_kd.py for one epoch at --img 64 on generated nc=80 data."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.loggers import V6_COLUMNS, read_results_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _md5(p: Path) -> str:
+    return hashlib.md5(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def coco_like(tmp_path_factory):
+    """Generated shapes (classes 0-5) declared as an 80-class dataset, like a COCO-class custom set."""
+    import yaml
+
+    from utils.synthetic import build_synthetic_dataset
+
+    f = build_synthetic_dataset(tmp_path_factory.mktemp("kd_data"), n_train=8, n_val=4, img_size=64, nc=6, seed=2)
+    d = yaml.safe_load(f.read_text())
+    d.update(nc=80, names=[f"class{i}" for i in range(80)])
+    d.pop("download", None)
+    f.write_text(yaml.safe_dump(d))
+    return f
+
+
+def _kd(cwd, data, teacher, *extra):
+    cmd = [sys.executable, str(ROOT / "train_kd.py"), "--teacher_weight", str(teacher), "--data", str(data),
+           "--img", "64", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--project", str(cwd / "runs"),
+           "--name", "kd", "--noautoanchor", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
+    teacher = fixtures_dir / "yolov5s_v6.0.pt"
+    before = _md5(teacher)
+    r = _kd(tmp_path, coco_like, teacher, "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "runs/kd"
+    for f in ["weights/last.pt", "weights/best.pt", "hyp.yaml", "opt.yaml", "results.csv", "results.png"]:
+        assert (run / f).exists(), f
+    names, rows = read_results_csv(run / "results.csv")
+    assert names[:14] == V6_COLUMNS
+    assert "train/kd_loss" in names[14:] and "train/at_loss" in names[14:]
+    assert rows[0][names.index("train/kd_loss")] > 0
+    assert "teacher: mAP@0.5" in r.stdout  # sanity check of the teacher before epoch 0
+    assert _md5(teacher) == before  # the teacher file is never written
+
+    from utils.checkpoint import attempt_load, safe_torch_load
+
+    ckpt = safe_torch_load(run / "weights/best.pt")
+    assert "kd_state" not in ckpt and ckpt["optimizer"] is None
+    student = ckpt["model"]
+    assert sum(p.numel() for p in student.parameters()) == 1_872_157  # yolov5n at nc=80: student only
+    assert attempt_load(run / "weights/best.pt").model[-1].nc == 80
+
+
+def test_card_command_with_yolov5m_teacher(coco_like, tmp_path):
+    """`python train_kd.py --teacher_weight weights/yolov5m.pt --isL False --kd_loss_selected kl` (+ data flags)."""
+    import torch
+
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+
+    (tmp_path / "weights").mkdir()
+    torch.manual_seed(0)
+    m = Model(ROOT / "models/yolov5m.yaml", nc=80).half()
+    save_checkpoint({"epoch": -1, "best_fitness": None, "model": m, "ema": None, "updates": None,
+                     "optimizer": None, "wandb_id": None}, tmp_path / "weights/yolov5m.pt")
+    r = _kd(tmp_path, coco_like, "weights/yolov5m.pt", "--isL", "False", "--kd_loss_selected", "kl")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "runs/kd/weights/best.pt").exists()
+
+
+def test_isl_contradiction_is_reported(coco_like, fixtures_dir, tmp_path):
+    r = _kd(tmp_path, coco_like, fixtures_dir / "yolov5s_v6.0.pt", "--isL", "True", "--cfg",
+            str(ROOT / "models/yolov5n.yaml"), "--weights", "", "--epochs", "1", "--noval", "--nosave")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "isL" in (r.stdout + r.stderr)
+
+
+def test_teacher_errors_are_clear(coco_like, tmp_path):
+    r = _kd(tmp_path, coco_like, tmp_path / "weights/none.pt", "--cfg", str(ROOT / "models/yolov5n.yaml"))
+    assert r.returncode == 2 and "none.pt" in r.stderr and "Traceback" not in r.stderr
+    from utils.synthetic import build_synthetic_dataset
+
+    six = build_synthetic_dataset(tmp_path / "six", n_train=4, n_val=2, img_size=64, nc=6, seed=3)
+    r = _kd(tmp_path, six, ROOT.parent / "shared/fixtures/yolov5s_v6.0.pt", "--cfg", str(ROOT / "models/yolov5n.yaml"))
+    if (ROOT.parent / "shared/fixtures").is_dir():
+        assert r.returncode == 2 and "80 classes" in r.stderr and "nc=6" in r.stderr, r.stderr[-2000:]
