@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # scripts import models.* / utils.* from the repository root
 
-from models.yolo import MODELS_DIR, Model  # noqa: E402
-from utils.general import LOGGER, run_cli  # noqa: E402
-from utils.torch_utils import get_flops  # noqa: E402
+from models.yolo import MODELS_DIR, Model
+from utils.general import LOGGER, run_cli
+from utils.torch_utils import get_flops
 
 
 def bench_one(cfg: Path, imgsz: int, runs: int, budget: float) -> dict:

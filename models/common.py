@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def autopad(k: int | list[int], p: int | list[int] | None = None) -> int | list[int]:
@@ -257,14 +257,14 @@ class ASCBAM(_Attention):
         return self.sa(self.ca(x))
 
 
-class h_sigmoid(nn.Module):  # noqa: N801 (name kept from the seed fork for pickles)
+class h_sigmoid(nn.Module):
     """Hard sigmoid relu6(x + 3) / 6."""
 
     def forward(self, x):
         return F.relu6(x + 3) / 6
 
 
-class h_swish(nn.Module):  # noqa: N801
+class h_swish(nn.Module):
     """Hard swish x * relu6(x + 3) / 6 (its own module so CABlock pickles stay self-contained)."""
 
     def __init__(self):

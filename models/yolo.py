@@ -12,12 +12,31 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from models.common import (ASCBAM, C3, SPP, SPPF, Bottleneck, BottleneckCSP, CABlock, Concat, Conv, Conv1_1, DWConv,
-                           Focus, SELayer)
+from models.common import (
+    ASCBAM,
+    C3,
+    SPP,
+    SPPF,
+    Bottleneck,
+    BottleneckCSP,
+    CABlock,
+    Concat,
+    Conv,
+    Conv1_1,
+    DWConv,
+    Focus,
+    SELayer,
+)
 from utils.general import LOGGER, UserError, make_divisible, yaml_load
-from utils.torch_utils import fuse_conv_and_bn, initialize_weights, model_info, scale_img, time_sync
+from utils.torch_utils import (
+    fuse_conv_and_bn,
+    initialize_weights,
+    model_info,
+    scale_img,
+    time_sync,
+)
 
 MODELS_DIR = Path(__file__).resolve().parent
 
@@ -204,9 +223,9 @@ class Model(nn.Module):
 
     def _apply(self, fn):
         # stride and the grid caches are plain attributes, not buffers: move/cast them too
-        self = super()._apply(fn)
+        super()._apply(fn)
         m = self.model[-1]
-        if isinstance(m, Detect):
+        if isinstance(m, Detect) and m.stride is not None:
             m.stride = fn(m.stride)
             m.grid = list(map(fn, m.grid))
             if isinstance(m.anchor_grid, list):
@@ -290,7 +309,7 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
                             f"yet (only {len(ch)} earlier layers)") from None
         m_.i, m_.f, m_.type = i, f, f"{m.__module__}.{m.__qualname__}"
         m_.np = sum(x.numel() for x in m_.parameters())
-        LOGGER.info(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{str(args):<30}")
+        LOGGER.info(f"{i:>3}{f!s:>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{args!s:<30}")
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
         if i == 0:
@@ -330,6 +349,24 @@ def _build_layer(m, name, f, n, args, ch, c2, gw, no, i):
     return m_, c2, args, n
 
 
-__all__ = ["Detect", "Model", "DetectionModel", "parse_model", "check_anchor_order", "MODELS_DIR",
-           "ASCBAM", "C3", "SPP", "SPPF", "Bottleneck", "BottleneckCSP", "CABlock", "Concat", "Conv", "Conv1_1",
-           "DWConv", "Focus", "SELayer"]
+__all__ = [
+    "ASCBAM",
+    "C3",
+    "MODELS_DIR",
+    "SPP",
+    "SPPF",
+    "Bottleneck",
+    "BottleneckCSP",
+    "CABlock",
+    "Concat",
+    "Conv",
+    "Conv1_1",
+    "DWConv",
+    "Detect",
+    "DetectionModel",
+    "Focus",
+    "Model",
+    "SELayer",
+    "check_anchor_order",
+    "parse_model",
+]

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.common import Focus, SPP
+from models.common import SPP, Focus
 from models.experimental import Ensemble, attempt_load
 from models.yolo import MODELS_DIR, Detect, Model
-from utils.checkpoint import load_state_into, safe_torch_load, save_checkpoint, strip_optimizer
+from utils.checkpoint import (
+    load_state_into,
+    safe_torch_load,
+    save_checkpoint,
+    strip_optimizer,
+)
 from utils.general import UserError, yaml_load
 
 XYWH_TOL, SIG_TOL = 1e-3, 1e-5

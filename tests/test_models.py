@@ -9,7 +9,7 @@ import torch
 from models.common import ASCBAM, CABlock, Conv1_1, SELayer
 from models.yolo import MODELS_DIR, Detect, Model
 from utils.general import UserError, yaml_load
-from utils.torch_utils import ModelEMA, EarlyStopping, get_flops
+from utils.torch_utils import EarlyStopping, ModelEMA, get_flops
 
 V60_PARAMS = {"n": 1_872_157, "s": 7_235_389, "m": 21_190_557, "l": 46_563_709, "x": 86_749_405}
 V60_FUSED = {"n": 1_867_405, "s": 7_225_885, "m": 21_172_173, "l": 46_533_693, "x": 86_705_005}  # spec §4.1
@@ -22,7 +22,7 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(name: str) -> Model:
     """Each yaml is built once per test session (l and x take seconds); tests deepcopy before mutating."""
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def test_attention_variants(base, att, capsys):
     kinds = {"se": SELayer, "cbam": ASCBAM, "ca": CABlock}
     blocks = [m for m in variant.model if isinstance(m, kinds[att])]
     assert len(blocks) == 8  # one after every C3
-    assert [m.i for m in variant.model if isinstance(m, Detect)][0] == 32 and variant.model[-1].f == [23, 27, 31]
+    assert next(m.i for m in variant.model if isinstance(m, Detect)) == 32 and variant.model[-1].f == [23, 27, 31]
     with capsys.disabled():
         print(f"\nyolov5{base}-{att}: {n_params(variant):,} parameters (yolov5{base}: {n_params(plain):,})")
     assert n_params(variant) > n_params(plain)

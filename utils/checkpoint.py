@@ -16,7 +16,7 @@ from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from models import common
 from models.yolo import Detect, Model

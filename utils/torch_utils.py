@@ -9,8 +9,8 @@ from copy import deepcopy
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from utils.general import LOGGER, UserError
 
@@ -120,12 +120,12 @@ def model_info(model: nn.Module, verbose: bool = False, img_size: int | list[int
         LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} {'mu':>10} {'sigma':>10}")
         for i, (name, p) in enumerate(model.named_parameters()):
             name = name.replace("module_list.", "")
-            LOGGER.info(f"{i:5g} {name:>40} {str(p.requires_grad):>9} {p.numel():12g} {str(list(p.shape)):>20} "
+            LOGGER.info(f"{i:5g} {name:>40} {p.requires_grad!s:>9} {p.numel():12g} {list(p.shape)!s:>20} "
                         f"{p.mean():10.3g} {p.std() if p.numel() > 1 else 0.0:10.3g}")
     try:
         gflops = get_flops(model, img_size)
         fs = f", {gflops:.1f} GFLOPs"
-    except Exception as e:  # a custom module FlopCounterMode cannot trace must not break a summary
+    except Exception as e:  # noqa: BLE001  (a module FlopCounterMode cannot trace must not break a summary)
         gflops, fs = None, ""
         LOGGER.debug(f"GFLOPs not computed: {e}")
     LOGGER.info(f"Model Summary: {n_l} layers, {n_p} parameters, {n_g} gradients{fs}")
