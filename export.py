@@ -111,15 +111,25 @@ def export_torchscript(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: d
         if optimize:
             from torch.utils.mobile_optimizer import optimize_for_mobile
 
-            try:
-                optimize_for_mobile(ts)._save_for_lite_interpreter(str(f), _extra_files=extra)
-            except RuntimeError as e:
-                raise UserError(f"--optimize: this PyTorch build cannot optimize for mobile "
-                                f"({str(e).strip().splitlines()[-1][:160]}); export without --optimize") from None
+            optimize_for_mobile(ts)._save_for_lite_interpreter(str(f), _extra_files=extra)
         else:
             ts.save(str(f), _extra_files=extra)
     LOGGER.info(f"{prefix} export success, saved as {f} ({f.stat().st_size / 1e6:.1f} MB)")
     return f
+
+
+def check_mobile_optimizer() -> None:
+    """UserError up front when --optimize cannot work (PyTorch wheels built without XNNPACK)."""
+    from torch.utils.mobile_optimizer import optimize_for_mobile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            optimize_for_mobile(torch.jit.script(nn.Identity()))
+    except RuntimeError as e:
+        why = "it was built without XNNPACK" if "XNNPACK" in str(e) else str(e).strip().splitlines()[0][:120]
+        raise UserError(f"--optimize: this PyTorch build cannot optimize for mobile ({why}); "
+                        f"export without --optimize") from None
 
 
 def export_onnx(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, opset: int = 12,
@@ -269,6 +279,8 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         why = " (not implemented in this project)" if set(bad) & set(UNSUPPORTED) else ""
         raise UserError(f"--include {' '.join(bad)}: unknown format{why}; {known}")
     device = select_device(device)
+    if optimize and "torchscript" in include:
+        check_mobile_optimizer()
     if half and device.type == "cpu":
         raise UserError("--half exports need a CUDA device (e.g. --device 0); CPU FP16 export is not supported")
     if half and dynamic:

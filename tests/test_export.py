@@ -179,6 +179,11 @@ def test_export_errors(ckpt, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--half"):
             export.run(weights=ckpt, include=("onnx",), half=True, device="cpu")
+    try:
+        export.check_mobile_optimizer()
+    except UserError:  # wheels without XNNPACK: a clear error before any work, not an internal assert
+        with pytest.raises(UserError, match="--optimize.*without --optimize"):
+            export.run(weights=ckpt, include=("torchscript",), optimize=True)
     r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(tmp_path / "none.pt")],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "none.pt" in r.stderr
@@ -191,3 +196,24 @@ def test_export_silu_swap_is_exact():
     assert torch.allclose(export.ExportSiLU()(x), torch.nn.SiLU()(x), atol=1e-6)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU(), torch.nn.Sequential(torch.nn.SiLU()))
     assert export.swap_silu(net) == 2 and not any(isinstance(m, torch.nn.SiLU) for m in net.modules())
+
+
+@needs_onnx
+def test_backend_metadata_and_fallback_names(static_export, tmp_path):
+    """Names/stride come from the ONNX metadata; a file without it gets stride 32 and class0..class{nc-1}."""
+    import onnx
+
+    from utils.backend import DetectBackend
+
+    b = DetectBackend(static_export[".onnx"])
+    assert (b.fmt, b.names, b.stride, b.fixed_shape) == ("onnx", NAMES, 32, (128, 128))
+    model = onnx.load(str(static_export[".onnx"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    b = DetectBackend(bare)
+    assert b.names == ["class0", "class1", "class2"] and b.stride == 32
+    y = b(torch.rand(1, 3, 128, 128))
+    assert y.shape == (1, 1008, 8) and y.dtype == torch.float32
+    ts = DetectBackend(static_export["ts"])
+    assert (ts.fmt, ts.names, ts.fixed_shape) == ("torchscript", NAMES, (128, 128))
