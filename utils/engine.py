@@ -105,8 +105,9 @@ def train(opt, make_objective=None) -> Path:
                           data_dict=data_dict, val_loader=val_loader, imgsz=imgsz, nc=nc, names=names)
     objective = (make_objective(ctx) if make_objective else DetectionObjective(compute_loss)).to(device)
 
-    # Optimizer: nominal batch 64 (gradient accumulation), weight decay scaled to match
-    nbs = 64
+    # Optimizer: nominal batch 64 (gradient accumulation), weight decay scaled to match.
+    # hyp key nbs (ours, default 64 as v6.0) lowers it for short schedules on small data.
+    nbs = int(hyp.get("nbs", 64))
     accumulate = max(round(nbs / opt.batch_size), 1)
     hyp["weight_decay"] *= opt.batch_size * accumulate / nbs
     optimizer = build_optimizer(model, hyp, adam=opt.adam, extra_params=[objective])
@@ -142,7 +143,7 @@ def train(opt, make_objective=None) -> Path:
     for epoch in range(start_epoch, opt.epochs):
         model.train()
         state = SimpleNamespace(epoch=epoch, epochs=opt.epochs, nb=nb, nw=nw, lf=lf, hyp=hyp,
-                                batch_size=opt.batch_size, imgsz=imgsz, gs=gs, cuda=cuda, rank=rank,
+                                batch_size=opt.batch_size, nbs=nbs, imgsz=imgsz, gs=gs, cuda=cuda, rank=rank,
                                 world_size=world_size, multi_scale=opt.multi_scale, quad=opt.quad,
                                 plot_dir=None if opt.resume or epoch > start_epoch else save_dir,
                                 last=last)
@@ -183,7 +184,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
     if s.rank in (-1, 0):
         pbar = tqdm(pbar, total=s.nb, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
     mean: dict[str, float] = {}
-    accumulate = max(round(64 / s.batch_size), 1)
+    accumulate = max(round(s.nbs / s.batch_size), 1)
     optimizer.zero_grad()
     last_opt_step = -1
     for i, (imgs, targets, paths, _) in pbar:
@@ -191,7 +192,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
         imgs = imgs.to(next(model.parameters()).device, non_blocking=True).float() / 255  # uint8 -> [0, 1]
         targets = targets.to(imgs.device)
         if ni <= s.nw:
-            accumulate = warmup(optimizer, ni, s.nw, s.epoch, s.lf, s.hyp, s.batch_size)
+            accumulate = warmup(optimizer, ni, s.nw, s.epoch, s.lf, s.hyp, s.batch_size, nbs=s.nbs)
         if s.multi_scale:
             imgs = _rescale(imgs, s.imgsz, s.gs)
         with torch.autocast("cuda", enabled=s.cuda):

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Distillation step-time overhead: KD step (teacher forward + output KD + AT) vs plain training of the
+same student, next to the compute bound 1 + F_teacher / (3 F_student) from the models' GFLOPs.
+
+Usage:
+    python bench/bench_kd.py                       # n<-s and s<-m at 320, batch 8
+    python bench/bench_kd.py --pairs yolov5n:yolov5s --img 256 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.append(str(p))
+
+from bench_train import build, synthetic_batch, time_steps  # noqa: E402
+from distill.objective import build_kd_objective  # noqa: E402
+from models.yolo import Model  # noqa: E402
+from utils.general import yaml_load  # noqa: E402
+from utils.objective import DetectionObjective  # noqa: E402
+from utils.optim import build_optimizer  # noqa: E402
+from utils.torch_utils import get_flops  # noqa: E402
+
+
+def bench_pair(student_cfg: str, teacher_cfg: str, imgsz: int, batch: int, steps: int, kd_loss: str,
+               nc: int = 80) -> dict:
+    hyp = yaml_load(ROOT / "data/hyps/hyp.scratch.yaml")
+    imgs, targets = synthetic_batch(batch, imgsz, nc)
+    model, loss, h = build(student_cfg, nc, imgsz, hyp)
+    plain = DetectionObjective(loss)
+    t_plain = statistics.median(time_steps(model, plain, imgs, targets, build_optimizer(model, h), steps))
+
+    teacher = Model(ROOT / "models" / f"{teacher_cfg}.yaml", nc=nc)
+    kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(kd_loss=kd_loss, feature_loss="at"))
+    t_kd = statistics.median(time_steps(model, kd, imgs, targets, build_optimizer(model, h, extra_params=[kd]), steps))
+    fs, ft = get_flops(model, imgsz), get_flops(teacher, imgsz)
+    return {"pair": f"{student_cfg}<-{teacher_cfg}", "imgsz": imgsz, "plain": t_plain, "kd": t_kd,
+            "ratio": t_kd / t_plain, "bound": 1 + ft / (3 * fs), "gflops_s": fs, "gflops_t": ft}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", default=["yolov5n:yolov5s", "yolov5s:yolov5m"], help="student:teacher")
+    p.add_argument("--img", type=int, default=320)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--kd-loss", default="l2", choices=["l2", "kl", "bce"])
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    opt = p.parse_args(argv)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {opt.batch}, imgsz {opt.img}, "
+          f"median of {opt.steps} steps, KD = output {opt.kd_loss} + AT on 9 layer pairs")
+    print("| student <- teacher | GFLOPs S / T | plain s/step | KD s/step | KD / plain | bound 1+F_T/(3F_S) |")
+    print("|---|---|---|---|---|---|")
+    for pair in opt.pairs:
+        s, t = pair.split(":")
+        r = bench_pair(s, t, opt.img, opt.batch, opt.steps, opt.kd_loss)
+        print(f"| {r['pair']} | {r['gflops_s']:.2f} / {r['gflops_t']:.2f} | {r['plain']:.2f} | {r['kd']:.2f} | "
+              f"{r['ratio']:.2f}x | {r['bound']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# yolov5-kd quick start: distil a yolov5n student from the committed yolov5s teacher on the embedded,
+# offline shapes dataset (built on first use), then compare it with a plain yolov5n trained on the same
+# schedule. CPU only, a few minutes. Short-schedule overrides (used by the tests): QS_EPOCHS, QS_IMG.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+EPOCHS="${QS_EPOCHS:-3}"
+IMG="${QS_IMG:-192}"
+NAME="quickstart-kd"
+TEACHER="weights/teacher-shapes-yolov5s.pt"
+BASELINE="bench/results/quickstart-baseline-yolov5n.csv"   # plain train.py, same flags (bench/RESULTS.md)
+
+python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
+    --teacher_weight "$TEACHER" --kd_loss_selected l2 \
+    --img "$IMG" --epochs "$EPOCHS" --batch-size 16 --workers 2 --cache ram \
+    --hyp data/hyps/hyp.short.yaml --project runs/train --name "$NAME" --exist-ok
+
+python plot_curves.py "$BASELINE" "runs/train/$NAME" --labels baseline-yolov5n distilled-yolov5n \
+    --out runs/quickstart_compare.png
+echo "Quick start done: student weights runs/train/$NAME/weights/best.pt, comparison runs/quickstart_compare.png"
