@@ -21,8 +21,17 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
-from utils.train_setup import (build_model, ddp_env, describe_start, freeze_layers,
-                               labels_array, load_hyp, log_header, prepare_opt, write_run_files)
+from utils.train_setup import (
+    build_model,
+    ddp_env,
+    describe_start,
+    freeze_layers,
+    labels_array,
+    load_hyp,
+    log_header,
+    prepare_opt,
+    write_run_files,
+)
 
 __all__ = ["prepare_opt", "train", "train_one_epoch"]
 
@@ -35,143 +44,168 @@ def train(opt, make_objective=None) -> Path:
     """Train a model as YOLOv5 v6.0's train.py does; returns the run directory.
 
     make_objective(ctx) -> nn.Module builds the objective from a context holding model, compute_loss,
-    hyp, opt, device, data_dict, val_loader, imgsz (default: utils.objective.DetectionObjective).
+    hyp, opt, device, data_dict, val_loader, imgsz, nc, names (default: utils.objective.DetectionObjective).
     """
-    import val as validate  # repository root module
-    from utils.checkpoint import safe_torch_load
+    from utils.optim import warmup_iterations
+
+    r = _setup(opt)
+    model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
+    freeze_layers(model, opt.freeze)
+    r.gs = max(int(model.stride.max()), 32)
+    r.imgsz = check_img_size(opt.imgsz, r.gs, floor=r.gs * 2)
+    r.batch_size = opt.batch_size // r.world_size
+    train_loader, dataset, val_loader = _loaders(opt, r, model)
+    objective, compute_loss = _objective(opt, r, model, dataset, val_loader, make_objective)
+    optimizer, scheduler, lf = _optimizer(opt, r, model, objective)
+    ema = None
+    if r.rank in (-1, 0):
+        from utils.torch_utils import ModelEMA
+
+        ema = ModelEMA(model)
+    start_epoch, best_fitness = _restore(ckpt, opt, optimizer, ema, objective) if ckpt else (0, 0.0)
+    del ckpt
+    scheduler.last_epoch = start_epoch - 1
+    if r.cuda and r.local_rank != -1:
+        if opt.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(r.device)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[r.local_rank], output_device=r.local_rank)
+
+    r.lf, r.nb = lf, len(train_loader)
+    # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
+    r.nw = warmup_iterations(r.hyp["warmup_epochs"], r.nb, minimum=int(r.hyp.get("warmup_min_iters", 1000)))
+    loop = SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                           train_loader=train_loader, dataset=dataset, val_loader=val_loader,
+                           compute_loss=compute_loss)
+    _fit(opt, r, loop, start_epoch, best_fitness)
+    if r.rank in (-1, 0):
+        _finish(r, opt, val_loader, compute_loss)
+    torch.cuda.empty_cache()
+    return r.save_dir
+
+
+def _setup(opt) -> SimpleNamespace:
+    """Device, run folders, hyperparameters (+ hyp.yaml/opt.yaml), seeds and the dataset dict."""
     from utils.dataset_config import check_dataset
-    from utils.datasets import create_dataloader
-    from utils.loggers import ResultsLogger
-    from utils.loss import ComputeLoss, scale_loss_gains
-    from utils.objective import DetectionObjective
-    from utils.optim import build_optimizer, lr_lambda, warmup_iterations
-    from utils.torch_utils import EarlyStopping, ModelEMA, select_device
+    from utils.torch_utils import select_device
 
     local_rank, rank, world_size = ddp_env()
     device = select_device(opt.device, batch_size=opt.batch_size)
-    cuda = device.type == "cuda"
     save_dir = Path(opt.save_dir)
     wdir = save_dir / "weights"
     wdir.mkdir(parents=True, exist_ok=True)
-    last, best = wdir / "last.pt", wdir / "best.pt"
-
-    # Hyperparameters and run files
     hyp = load_hyp(opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
     opt.hyp = dict(hyp)  # opt.yaml keeps the values, so --resume does not depend on the hyp file
     if not opt.resume:
         write_run_files(save_dir, hyp, opt)
     init_seeds(opt.seed + 1 + rank, deterministic=True)
-
-    # Data
     data_dict = check_dataset(opt.data)
     nc = 1 if opt.single_cls else int(data_dict["nc"])
     names = ["item"] if opt.single_cls and len(data_dict["names"]) != 1 else list(data_dict["names"])
+    return SimpleNamespace(local_rank=local_rank, rank=rank, world_size=world_size, device=device,
+                           cuda=device.type == "cuda", save_dir=save_dir, wdir=wdir, last=wdir / "last.pt",
+                           best=wdir / "best.pt", hyp=hyp, data_dict=data_dict, nc=nc, names=names)
 
-    # Model
-    model, ckpt = build_model(opt, nc, hyp, device)
-    freeze_layers(model, opt.freeze)
-    gs = max(int(model.stride.max()), 32)
-    imgsz = check_img_size(opt.imgsz, gs, floor=gs * 2)
-    batch_size = opt.batch_size // world_size
 
-    # Data loaders
+def _loaders(opt, r, model):
+    """Shuffled augmented train loader; rect val loader, label plots and autoanchor on the main process."""
+    from utils.datasets import create_dataloader
+
     train_loader, dataset = create_dataloader(
-        data_dict["train"], imgsz, batch_size, gs, opt.single_cls, hyp=hyp, augment=True, cache=opt.cache,
-        rect=opt.rect, rank=local_rank, workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad,
-        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc, data_file=opt.data)
-    nb = len(train_loader)
+        r.data_dict["train"], r.imgsz, r.batch_size, r.gs, opt.single_cls, hyp=r.hyp, augment=True,
+        cache=opt.cache, rect=opt.rect, rank=r.local_rank, workers=opt.workers, image_weights=opt.image_weights,
+        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=r.nc, data_file=opt.data)
     val_loader = None
-    if rank in (-1, 0):
+    if r.rank in (-1, 0):
         val_loader = create_dataloader(
-            data_dict["val"], imgsz, batch_size * 2, gs, opt.single_cls, hyp=hyp,
+            r.data_dict["val"], r.imgsz, r.batch_size * 2, r.gs, opt.single_cls, hyp=r.hyp,
             cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers, pad=0.5,
             prefix=colorstr("val: "))[0]
         if not opt.resume:
-            _plot_labels(dataset, names, save_dir)
+            _plot_labels(dataset, r.names, r.save_dir)
             if not opt.noautoanchor:
                 from utils.autoanchor import check_anchors
 
-                check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=imgsz)
+                check_anchors(dataset, model=model, thr=r.hyp["anchor_t"], imgsz=r.imgsz)
             model.half().float()  # pre-reduce anchor precision (v6.0)
+    return train_loader, dataset, val_loader
 
-    # Loss gains scaled to the model and image size, then the objective
-    nl = model.model[-1].nl
-    hyp = scale_loss_gains(hyp, nc, nl, imgsz)
-    model.nc, model.hyp, model.names = nc, hyp, names
-    model.class_weights = _class_weights(dataset.labels, nc).to(device)
-    compute_loss = ComputeLoss.from_model(model, hyp)
-    ctx = SimpleNamespace(model=model, compute_loss=compute_loss, hyp=hyp, opt=opt, device=device,
-                          data_dict=data_dict, val_loader=val_loader, imgsz=imgsz, nc=nc, names=names)
-    objective = (make_objective(ctx) if make_objective else DetectionObjective(compute_loss)).to(device)
 
-    # Optimizer: nominal batch 64 (gradient accumulation), weight decay scaled to match.
-    # hyp key nbs (ours, default 64 as v6.0) lowers it for short schedules on small data.
-    nbs = int(hyp.get("nbs", 64))
-    accumulate = max(round(nbs / opt.batch_size), 1)
-    hyp["weight_decay"] *= opt.batch_size * accumulate / nbs
-    optimizer = build_optimizer(model, hyp, adam=opt.adam, extra_params=[objective])
-    lf = lr_lambda(opt.epochs, hyp["lrf"], linear=opt.linear_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    ema = ModelEMA(model) if rank in (-1, 0) else None
+def _objective(opt, r, model, dataset, val_loader, make_objective):
+    """Scale the loss gains to the model and image size, then build the loss and the objective."""
+    from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.objective import DetectionObjective
 
-    # Resume
-    start_epoch, best_fitness = 0, 0.0
-    if ckpt is not None:
-        start_epoch, best_fitness = _restore(ckpt, opt, optimizer, ema, objective, last)
-        del ckpt
-    scheduler.last_epoch = start_epoch - 1
+    r.hyp = scale_loss_gains(r.hyp, r.nc, model.model[-1].nl, r.imgsz)
+    model.nc, model.hyp, model.names = r.nc, r.hyp, r.names
+    model.class_weights = _class_weights(dataset.labels, r.nc).to(r.device)
+    compute_loss = ComputeLoss.from_model(model, r.hyp)
+    ctx = SimpleNamespace(model=model, compute_loss=compute_loss, hyp=r.hyp, opt=opt, device=r.device,
+                          data_dict=r.data_dict, val_loader=val_loader, imgsz=r.imgsz, nc=r.nc, names=r.names)
+    objective = make_objective(ctx) if make_objective else DetectionObjective(compute_loss)
+    return objective.to(r.device), compute_loss
 
-    # DDP
-    if cuda and local_rank != -1:
-        if opt.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank], output_device=local_rank)
 
-    # Train
-    logger = ResultsLogger(save_dir) if rank in (-1, 0) else None
+def _optimizer(opt, r, model, objective):
+    """SGD/Adam over the model and the objective's own parameters (KD adapters), LR schedule.
+
+    Nominal batch 64 (gradient accumulation) with weight decay scaled to match; the hyp key nbs (ours,
+    default 64 as v6.0) lowers it for short schedules on small data.
+    """
+    from utils.optim import build_optimizer, lr_lambda
+
+    r.nbs = int(r.hyp.get("nbs", 64))
+    accumulate = max(round(r.nbs / opt.batch_size), 1)
+    r.hyp["weight_decay"] *= opt.batch_size * accumulate / r.nbs
+    optimizer = build_optimizer(model, r.hyp, adam=opt.adam, extra_params=[objective])
+    lf = lr_lambda(opt.epochs, r.hyp["lrf"], linear=opt.linear_lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf), lf
+
+
+def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
+    """The epochs: train, validate the EMA, log, checkpoint, early stop."""
+    import val as validate  # repository root module
+    from utils.loggers import ResultsLogger
+    from utils.torch_utils import EarlyStopping
+
+    logger = ResultsLogger(r.save_dir) if r.rank in (-1, 0) else None
     if logger and opt.resume:
         logger.truncate_from(start_epoch)
     stopper = EarlyStopping(patience=opt.patience)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
-    nw = warmup_iterations(hyp["warmup_epochs"], nb, minimum=int(hyp.get("warmup_min_iters", 1000)))
-    results = (0, 0, 0, 0, 0, 0, 0)
-    describe_start(opt, save_dir)
-    t0 = time.time()
-    epoch = start_epoch - 1
+    scaler = torch.amp.GradScaler("cuda", enabled=r.cuda)
+    results, maps = (0, 0, 0, 0, 0, 0, 0), np.zeros(r.nc)
+    describe_start(opt, r.save_dir)
+    t0, epoch = time.time(), start_epoch - 1
     for epoch in range(start_epoch, opt.epochs):
-        model.train()
-        state = SimpleNamespace(epoch=epoch, epochs=opt.epochs, nb=nb, nw=nw, lf=lf, hyp=hyp,
-                                batch_size=opt.batch_size, nbs=nbs, imgsz=imgsz, gs=gs, cuda=cuda, rank=rank,
-                                world_size=world_size, multi_scale=opt.multi_scale, quad=opt.quad,
-                                plot_dir=None if opt.resume or epoch > start_epoch else save_dir,
-                                last=last)
-        mloss = train_one_epoch(model, objective, train_loader, optimizer, scaler, ema, state)
-        lrs = [x["lr"] for x in optimizer.param_groups][:3]
-        scheduler.step()
-        if rank not in (-1, 0):
+        loop.model.train()
+        if opt.image_weights:
+            _reweight_images(loop.dataset, loop.model, maps, r.nc)
+        state = SimpleNamespace(**{**vars(r), "batch_size": opt.batch_size}, epoch=epoch, epochs=opt.epochs,
+                                multi_scale=opt.multi_scale, quad=opt.quad,
+                                plot_dir=None if opt.resume or epoch > start_epoch else r.save_dir)
+        mloss = train_one_epoch(loop.model, loop.objective, loop.train_loader, loop.optimizer, scaler, loop.ema,
+                                state)
+        lrs = [x["lr"] for x in loop.optimizer.param_groups][:3]
+        loop.scheduler.step()
+        if r.rank not in (-1, 0):
             continue
-        ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+        loop.ema.update_attr(loop.model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
         final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
         if not opt.noval or final_epoch:
-            results, _, _ = validate.run(data_dict, batch_size=batch_size * 2, imgsz=imgsz, model=ema.ema,
-                                         single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
-                                         plots=False, compute_loss=compute_loss, half=cuda)
+            results, maps, _ = validate.run(r.data_dict, batch_size=r.batch_size * 2, imgsz=r.imgsz,
+                                            model=loop.ema.ema, single_cls=opt.single_cls,
+                                            dataloader=loop.val_loader, save_dir=r.save_dir, plots=False,
+                                            compute_loss=loop.compute_loss, half=r.cuda)
         fi = _fitness(results)
         best_fitness = max(best_fitness, fi)
         logger.log_epoch(epoch, mloss, results, lrs)
         if not opt.nosave or final_epoch:
-            _save(epoch, best_fitness, fi, model, ema, optimizer, objective, opt, wdir)
+            _save(epoch, best_fitness, fi, loop, opt, r.wdir)
         if stopper(epoch=epoch, fitness=fi):
             break
-
-    if rank in (-1, 0):
+    if logger:
         LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         logger.close()
-        _finish(last, best, save_dir, data_dict, val_loader, batch_size, imgsz, opt, compute_loss, device, validate)
-    torch.cuda.empty_cache()
-    return save_dir
 
 
 def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict[str, float]:
@@ -219,6 +253,8 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             if k != "loss":
                 mean[k] = (mean.get(k, 0.0) * i + float(v)) / (i + 1)
         if s.rank in (-1, 0):
+            if i == 0:  # v6.0 column header, with the objective's extra terms (kd, at, ...)
+                pbar.write(log_header([k for k in mean if k not in ("box", "obj", "cls")]))
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
             pbar.set_description(("%10s" * 2 + "%10.4g" * (len(mean) + 2)) % (
                 f"{s.epoch}/{s.epochs - 1}", mem, *mean.values(), targets.shape[0], imgs.shape[-1]))
@@ -257,7 +293,7 @@ def _rescale(imgs: torch.Tensor, imgsz: int, gs: int) -> torch.Tensor:
     return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
 
 
-def _restore(ckpt: dict, opt, optimizer, ema, objective, last: Path) -> tuple[int, float]:
+def _restore(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
     """--resume: restore optimizer, EMA, objective state, epoch and best fitness from last.pt.
 
     Starting from a checkpoint without --resume (fine-tuning) restores only the weights.
@@ -283,15 +319,15 @@ def _restore(ckpt: dict, opt, optimizer, ema, objective, last: Path) -> tuple[in
     return start_epoch, best_fitness
 
 
-def _save(epoch, best_fitness, fi, model, ema, optimizer, objective, opt, wdir: Path) -> None:
+def _save(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> None:
     """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state)."""
     from utils.checkpoint import save_checkpoint
     from utils.torch_utils import de_parallel
 
-    extra = objective.state_dict()
+    extra = loop.objective.state_dict()
     ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
-            "model": deepcopy(de_parallel(model)).half(), "ema": deepcopy(ema.ema).half(),
-            "updates": ema.updates, "optimizer": optimizer.state_dict(), "wandb_id": None,
+            "model": deepcopy(de_parallel(loop.model)).half(), "ema": deepcopy(loop.ema.ema).half(),
+            "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
             "date": datetime.now().isoformat()}
     if len(extra):
         ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
@@ -302,27 +338,38 @@ def _save(epoch, best_fitness, fi, model, ema, optimizer, objective, opt, wdir: 
         save_checkpoint(ckpt, wdir / f"epoch{epoch}.pt")
 
 
-def _finish(last, best, save_dir, data_dict, val_loader, batch_size, imgsz, opt, compute_loss, device, validate) -> None:
+def _finish(r, opt, val_loader, compute_loss) -> None:
     """Strip optimizers, validate best.pt with plots, draw results.png."""
+    import val as validate
     from utils.checkpoint import attempt_load, strip_optimizer
     from utils.plots import plot_results
 
-    for f in (last, best):
+    for f in (r.last, r.best):
         if f.exists():
             strip_optimizer(f)
-    if best.exists():
-        LOGGER.info(f"\nValidating {best}...")
-        is_coco = str(opt.data).endswith("coco.yaml") and int(data_dict["nc"]) == 80
-        model = attempt_load(best, device)
-        validate.run(data_dict, batch_size=batch_size * 2, imgsz=imgsz, model=model,
+    if r.best.exists():
+        LOGGER.info(f"\nValidating {r.best}...")
+        is_coco = str(opt.data).endswith("coco.yaml") and int(r.data_dict["nc"]) == 80
+        model = attempt_load(r.best, r.device)
+        validate.run(r.data_dict, batch_size=r.batch_size * 2, imgsz=r.imgsz, model=model,
                      iou_thres=0.65 if is_coco else 0.60, single_cls=opt.single_cls,
-                     dataloader=val_loader, save_dir=save_dir, save_json=is_coco, verbose=True, plots=True,
-                     compute_loss=compute_loss, half=device.type == "cuda", workers=opt.workers)
+                     dataloader=val_loader, save_dir=r.save_dir, save_json=is_coco, verbose=True, plots=True,
+                     compute_loss=compute_loss, half=r.cuda, workers=opt.workers)
     try:
-        plot_results(file=save_dir / "results.csv")
+        plot_results(file=r.save_dir / "results.csv")
     except Exception as e:  # a plot must never lose a finished run
         LOGGER.warning(f"WARNING: results.png not written: {e}")
-    LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}")
+    LOGGER.info(f"Results saved to {colorstr('bold', str(r.save_dir))}")
+
+
+def _reweight_images(dataset, model, maps: np.ndarray, nc: int) -> None:
+    """--image-weights: draw this epoch's images by class weight x (1 - class mAP)^2 (v6.0)."""
+    from utils.torch_utils import de_parallel
+
+    cw = de_parallel(model).class_weights.cpu().numpy() * (1 - maps) ** 2 / nc
+    counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in dataset.labels]).reshape(-1, nc)
+    iw = (cw.reshape(1, nc) * counts).sum(1) + 1e-9  # images without labels keep a tiny weight
+    dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
 
 
 def _plot_labels(dataset, names, save_dir: Path) -> None:
