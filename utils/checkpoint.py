@@ -221,6 +221,7 @@ def strip_optimizer(f: str | Path = "best.pt", s: str | Path = "") -> None:
         x["model"] = x["ema"]
     for k in ("optimizer", "training_results", "wandb_id", "ema", "updates"):
         x[k] = None
+    x.pop("kd_state", None)  # distillation adapters are for resuming only: the final file is the student alone
     x["epoch"] = -1
     x["model"].half()
     for p in x["model"].parameters():
