@@ -42,7 +42,7 @@ def str2bool(v: str | bool) -> bool:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork."""
-    from distill.objective import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, FEATURE_DEFAULT_BETA
+    from distill.objective import DEFAULT_TEMPERATURE, FEATURE_DEFAULT_BETA, OUTPUT_DEFAULT_ALPHA
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
                                 parents=[train.get_args_parser(add_help=False)])
@@ -57,7 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="output distillation loss on the teacher-objectness-weighted raw outputs")
     g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="softening temperature for kl/bce class terms (loss is scaled by T^2)")
-    g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weight of the output KD loss")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="weight of the output KD loss (default: " +
+                        ", ".join(f"{k} {v:g}" for k, v in OUTPUT_DEFAULT_ALPHA.items()) + ")")
     g.add_argument("--beta", type=float, default=None,
                    help="weight of the feature loss (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in FEATURE_DEFAULT_BETA.items()) + ")")

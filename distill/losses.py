@@ -212,12 +212,14 @@ def _check_pairs(student_feats, teacher_feats) -> None:
 
 
 class AttentionTransfer(nn.Module):
-    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017, arXiv:1612.03928), the authors' code form.
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017, arXiv:1612.03928).
 
     Q = mean_c |A_c|^p (p = 2) per sample, (B, H, W); the student map is resized (bilinear) to the
     teacher's H x W if they differ; flattened and L2-normalised per sample. Loss = sum over pairs of
-    mean((Q_S - Q_T)^2) over batch and positions. Channel counts may differ. The authors multiply this by
-    beta/2 with beta = 1000; here the weight is the objective's `beta`.
+    the squared L2 distance ||Q_S - Q_T||^2 (summed over positions, as in the paper), averaged over the
+    batch. Summing rather than averaging over positions (the authors' code) keeps the loss independent
+    of the image size: each pair lies in [0, 4]. Channel counts may differ. The weight is the
+    objective's `beta`.
     """
 
     kind = "feature"
@@ -243,7 +245,7 @@ class AttentionTransfer(nn.Module):
             for s, t in zip(student_feats, teacher_feats):
                 qt = self.attention(t.detach())
                 qs = self.attention(s, size=tuple(t.shape[-2:]))
-                loss = loss + (qs - qt).pow(2).mean()
+                loss = loss + (qs - qt).pow(2).sum(1).mean()
         return loss
 
 

@@ -199,7 +199,7 @@ def test_attention_transfer_formula_and_resize():
     s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
     qs = F.normalize(s.pow(2).mean(1).flatten(1), dim=1)
     qt = F.normalize(t.pow(2).mean(1).flatten(1), dim=1)
-    expected = (qs - qt).pow(2).mean()
+    expected = (qs - qt).pow(2).sum(1).mean()  # squared L2 distance per sample (paper form), batch mean
     assert build_loss("at")([s], [t]).item() == pytest.approx(expected.item(), rel=1e-6)
     # a student map at half resolution is resized to the teacher's
     small = torch.randn(2, 3, 2, 2, requires_grad=True)

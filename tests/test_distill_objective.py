@@ -99,7 +99,7 @@ def test_state_dict_and_parameters_exclude_teacher():
     n_adapter = sum(p.numel() for p in fit.adapters.parameters())
     assert sum(p.numel() for p in fit.parameters()) == n_adapter
     fit.load_state_dict(fit.state_dict())  # round trip for 'kd_state'
-    assert (at.beta, fit.beta) == (100.0, 0.1)  # per-feature-loss defaults when no --beta is given
+    assert (at.beta, fit.beta) == (0.01, 0.1)  # per-feature-loss defaults when no --beta is given
     assert _objective(student, teacher, feature_loss="fitnet", beta=2.0).beta == 2.0
 
 
