@@ -5,14 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-EPOCHS="${QS_EPOCHS:-3}"
-IMG="${QS_IMG:-192}"
+EPOCHS="${QS_EPOCHS:-8}"
+IMG="${QS_IMG:-160}"
 NAME="quickstart-kd"
 TEACHER="weights/teacher-shapes-yolov5s.pt"
 BASELINE="bench/results/quickstart-baseline-yolov5n.csv"   # plain train.py, same flags (bench/RESULTS.md)
 
 python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
-    --teacher_weight "$TEACHER" --kd_loss_selected l2 \
+    --teacher_weight "$TEACHER" --kd_loss_selected kl \
     --img "$IMG" --epochs "$EPOCHS" --batch-size 16 --workers 2 --cache ram \
     --hyp data/hyps/hyp.short.yaml --project runs/train --name "$NAME" --exist-ok
 

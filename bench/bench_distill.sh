@@ -17,7 +17,7 @@ fi
 OMP_NUM_THREADS=1 python train.py "${COMMON[@]}" --cfg models/yolov5n.yaml --epochs "$SE" --name baseline-n \
   > runs/bench/baseline-n.log 2>&1 &
 OMP_NUM_THREADS=1 python train_kd.py "${COMMON[@]}" --cfg models/yolov5n.yaml --epochs "$SE" --name distilled-n \
-  --teacher_weight runs/bench/teacher-s/weights/best.pt --kd_loss_selected l2 > runs/bench/distilled-n.log 2>&1 &
+  --teacher_weight runs/bench/teacher-s/weights/best.pt --kd_loss_selected kl > runs/bench/distilled-n.log 2>&1 &
 wait
 python plot_curves.py runs/bench/baseline-n runs/bench/distilled-n --labels baseline-yolov5n distilled-yolov5n \
   --out bench/results/distill_shapes_n_from_s.png
