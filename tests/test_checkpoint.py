@@ -42,7 +42,10 @@ def test_v60_checkpoint_reproduces_reference(fixtures_dir, reference, name):
         model.train()
         raw = model(reference["x_train"])
         for r, ref in zip(raw, reference[f"{name}/train_raw"]):
-            assert r.shape == ref.shape and (r - ref).abs().max() <= SIG_TOL
+            # raw logits (|x| up to ~10): summation order differs with the thread count (1 vs 2 threads
+            # differ by ~2e-5), so logits get 1e-4; their sigmoids, what the detector uses, get SIG_TOL.
+            assert r.shape == ref.shape and (r - ref).abs().max() <= 1e-4
+            assert (r.sigmoid() - ref.sigmoid()).abs().max() <= SIG_TOL
         model.eval().fuse()
         assert sum(p.numel() for p in model.parameters()) == int(reference[f"{name}/fused_n_params"])
         assert_pred_close(model(reference["x_eval"])[0], reference[f"{name}/fused_eval_pred"])
