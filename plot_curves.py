@@ -75,9 +75,10 @@ def plot_runs(runs: list[tuple[str, dict]], out: Path) -> Path:
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.4 * nrow), squeeze=False)
     for ax, (col, title) in zip(axes.flat, panels):
-        for label, cols in runs:
-            if col in cols and len(cols[col]):
-                ax.plot(cols["epoch"], cols[col], marker=".", linewidth=1.5, markersize=4, label=label)
+        for k, (label, cols) in enumerate(runs):
+            if col in cols and len(cols[col]):  # fixed colour per run, also in panels some runs lack
+                ax.plot(cols["epoch"], cols[col], marker=".", linewidth=1.5, markersize=4, label=label,
+                        color=f"C{k % 10}")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
