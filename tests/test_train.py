@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_when_written
 
 from utils.loggers import V6_COLUMNS, read_results_csv
 
@@ -65,14 +65,8 @@ def test_best_pt_is_stripped_v6_checkpoint_and_runs_in_val(one_epoch_run, tiny_d
 
 
 def test_resume_after_kill_continues_results(tiny_data, tmp_path):
-    proc = subprocess.Popen(_train_cmd(tiny_data, tmp_path, epochs=3), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "exp/weights/last.pt"
-    t0 = time.time()
-    while not last.exists() and proc.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    kill_when_written(_train_cmd(tiny_data, tmp_path, epochs=3), tmp_path, last)
     assert last.exists(), "training never wrote last.pt"
     r = _run([sys.executable, str(ROOT / "train.py"), "--resume", str(last), "--workers", "0"], cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -98,9 +98,8 @@ def test_teacher_errors_are_clear(coco_like, tmp_path):
 
 
 def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_dir, tmp_path):
-    import time
-
     import torch
+    from conftest import kill_when_written
 
     from utils.checkpoint import safe_torch_load
 
@@ -108,13 +107,8 @@ def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_di
            "--data", str(coco_like), "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "", "--img", "64",
            "--epochs", "3", "--batch-size", "4", "--workers", "0", "--project", str(tmp_path), "--name", "kd",
            "--noautoanchor", "--feature_loss", "fitnet"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "kd/weights/last.pt"
-    t0 = time.time()
-    while not last.exists() and proc.poll() is None and time.time() - t0 < 600:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    kill_when_written(cmd, tmp_path, last)
     assert last.exists(), "train_kd.py never wrote last.pt"
     saved = safe_torch_load(last)["kd_state"]
     assert any(k.startswith("adapters.") for k in saved)  # trained 1x1 adapters travel with the run

@@ -49,7 +49,8 @@ def _pairwise_iou(a: np.ndarray, b: np.ndarray, area_a: np.ndarray, area_b: np.n
     w = np.minimum(a[:, 2:3], b[:, 2]) - np.maximum(a[:, 0:1], b[:, 0])
     h = np.minimum(a[:, 3:4], b[:, 3]) - np.maximum(a[:, 1:2], b[:, 1])
     inter = np.maximum(w, 0, out=w) * np.maximum(h, 0, out=h)
-    return inter / ((area_a[:, None] + area_b) - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):  # two zero-area boxes: 0/0 = nan, never suppresses
+        return inter / ((area_a[:, None] + area_b) - inter)
 
 
 def _greedy(b: np.ndarray, area: np.ndarray, iou_thres: float) -> np.ndarray:
