@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 from utils.general import LOGGER, UserError, colorstr, run_cli  # noqa: E402
-from utils.train_setup import WEIGHTS_HINT  # noqa: E402
+from utils.train_setup import weights_hint  # noqa: E402
 
 KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
 
@@ -42,7 +42,11 @@ def str2bool(v: str | bool) -> bool:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork."""
-    from distill.objective import DEFAULT_TEMPERATURE, FEATURE_DEFAULT_BETA, OUTPUT_DEFAULT_ALPHA
+    from distill.objective import (
+        DEFAULT_TEMPERATURE,
+        FEATURE_DEFAULT_BETA,
+        OUTPUT_DEFAULT_ALPHA,
+    )
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
                                 parents=[train.get_args_parser(add_help=False)])
@@ -77,16 +81,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_teacher_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--teacher_weight '{path}' not found. Train a teacher on your data first "
+                        f"(python train.py --cfg models/yolov5m.yaml ...), or for COCO-class data: {weights_hint(path)}")
+    return path
+
+
 def make_kd_objective(ctx):
     """Objective factory for utils.engine.train: load the teacher, sanity-check it, build the KD objective."""
     import val as validate
     from distill.objective import build_kd_objective, load_teacher
 
     opt = ctx.opt
-    path = Path(opt.teacher_weight)
-    if not path.is_file():
-        raise UserError(f"--teacher_weight '{path}' not found. Train a teacher on your data first "
-                        f"(python train.py --cfg models/yolov5m.yaml ...), or for COCO-class data: {WEIGHTS_HINT}")
+    path = check_teacher_path(opt.teacher_weight)
     for k, v in KD_DEFAULTS.items():
         ctx.hyp.setdefault(k, v)
     teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False))
@@ -103,6 +112,8 @@ def make_kd_objective(ctx):
 
 
 def main(opt: argparse.Namespace) -> Path:
+    if not opt.resume:
+        check_teacher_path(opt.teacher_weight)  # fail before any data scanning or model building
     return train.main(opt, make_objective=make_kd_objective)
 
 

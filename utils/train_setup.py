@@ -8,24 +8,37 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from utils.general import LOGGER, ROOT, UserError, check_file, colorstr, increment_path, yaml_load
-
-LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
-RANK = int(os.getenv("RANK", -1))
-WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
+from utils.general import (
+    LOGGER,
+    ROOT,
+    UserError,
+    check_file,
+    colorstr,
+    increment_path,
+    yaml_load,
+)
 
 WEIGHTS_HINT = "official YOLOv5 v6.0 weights can be fetched with: python weights/download_weights.py yolov5s"
 
 
+def weights_hint(path: str | Path) -> str:
+    """The download command for a missing official checkpoint (weights/yolov5m.pt -> '... yolov5m')."""
+    m = re.fullmatch(r"(yolov5[nsmlx])\.pt", Path(path).name)
+    if m:
+        return f"official YOLOv5 v6.0 {m.group(1)} weights can be fetched with: python weights/download_weights.py {m.group(1)}"
+    return WEIGHTS_HINT
+
+
 def ddp_env() -> tuple[int, int, int]:
     """(LOCAL_RANK, RANK, WORLD_SIZE) read from the environment at call time."""
-    return int(os.getenv("LOCAL_RANK", -1)), int(os.getenv("RANK", -1)), int(os.getenv("WORLD_SIZE", 1))
+    return int(os.getenv("LOCAL_RANK", "-1")), int(os.getenv("RANK", "-1")), int(os.getenv("WORLD_SIZE", "1"))
 
 
 def get_latest_run(search_dir: str | Path = ".") -> str:
@@ -101,7 +114,7 @@ def build_model(opt, nc: int, hyp: dict, device: torch.device):
         raise UserError(f"--weights '{opt.weights}' must be a .pt checkpoint (or '' to train from scratch)")
     wpath = Path(opt.weights)
     if not wpath.is_file():
-        raise UserError(f"--weights '{opt.weights}' not found; {WEIGHTS_HINT}, or use --weights '' --cfg <yaml>")
+        raise UserError(f"--weights '{opt.weights}' not found; {weights_hint(wpath)}, or use --weights '' --cfg <yaml>")
     ckpt = safe_torch_load(wpath, map_location="cpu", trust=getattr(opt, "trust_checkpoint", False))
     src = _ckpt_model(ckpt, wpath)
     cfg = check_file(opt.cfg, "--cfg model yaml") if opt.cfg else src.yaml
@@ -160,4 +173,4 @@ def describe_start(opt, save_dir: Path) -> None:
                 f"Starting training for {opt.epochs} epochs...")
 
 
-__all__ = ["ROOT", "prepare_opt", "load_hyp", "build_model", "freeze_layers", "write_run_files", "labels_array", "log_header", "describe_start", "ddp_env", "WEIGHTS_HINT"]
+__all__ = ["ROOT", "WEIGHTS_HINT", "build_model", "ddp_env", "describe_start", "freeze_layers", "labels_array", "load_hyp", "log_header", "prepare_opt", "weights_hint", "write_run_files"]
