@@ -242,45 +242,46 @@ def plot_results(file: str | Path = "results.csv", dir: str | Path = "") -> Path
     return out
 
 
+def _curve_figure(px, py, labels: list[str], mean_label, xlabel: str, ylabel: str, save_dir) -> None:
+    """Shared body of the PR and metric-confidence plots: one thin line per class (legend when < 21
+    classes, grey otherwise), the class mean in bold (mean_label(mean_curve) names it), saved at 250 dpi."""
+    plt = _mpl()
+    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
+    py = np.asarray(py).reshape(-1, len(px))
+    if 0 < len(py) < 21:
+        for y, label in zip(py, labels):
+            ax.plot(px, y, linewidth=1, label=label)
+    else:
+        ax.plot(px, py.T, linewidth=1, color="grey")
+    if len(py):
+        y = py.mean(0)
+        ax.plot(px, y, linewidth=3, color="blue", label=mean_label(y))
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
+    fig.savefig(Path(save_dir), dpi=250)
+    plt.close(fig)
+
+
+def _class_name(names, i: int):
+    return names[i] if i < len(names) else i
+
+
 def plot_pr_curve(px, py, ap, save_dir: str | Path = "pr_curve.png", names=()) -> None:
     """Precision over recall per class (legend when < 21 classes) and the mean, mAP@0.5 in the legend.
 
     px (1000,) recall grid, py (nc, 1000) precision, ap (nc, k) with column 0 = IoU 0.5.
     """
-    plt = _mpl()
-    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
-    py = np.asarray(py).reshape(-1, len(px))
-    if 0 < len(py) < 21:
-        for i, y in enumerate(py):
-            ax.plot(px, y, linewidth=1, label=f"{names[i] if i < len(names) else i} {ap[i, 0]:.3f}")
-    else:
-        ax.plot(px, py.T, linewidth=1, color="grey")
-    if len(py):
-        ax.plot(px, py.mean(0), linewidth=3, color="blue", label=f"all classes {ap[:, 0].mean():.3f} mAP@0.5")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(Path(save_dir), dpi=250)
-    plt.close(fig)
+    labels = [f"{_class_name(names, i)} {ap[i, 0]:.3f}" for i in range(len(ap))]
+    _curve_figure(px, py, labels, lambda _: f"all classes {ap[:, 0].mean():.3f} mAP@0.5", "Recall", "Precision",
+                  save_dir)
 
 
 def plot_mc_curve(px, py, save_dir: str | Path = "mc_curve.png", names=(), xlabel: str = "Confidence",
                   ylabel: str = "Metric") -> None:
     """A metric (F1, P or R) over confidence px (1000,) per class py (nc, 1000), plus the class mean."""
-    plt = _mpl()
-    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
-    py = np.asarray(py).reshape(-1, len(px))
-    if 0 < len(py) < 21:
-        for i, y in enumerate(py):
-            ax.plot(px, y, linewidth=1, label=f"{names[i] if i < len(names) else i}")
-    else:
-        ax.plot(px, py.T, linewidth=1, color="grey")
-    if len(py):
-        y = py.mean(0)
-        ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}")
-    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(Path(save_dir), dpi=250)
-    plt.close(fig)
+    labels = [f"{_class_name(names, i)}" for i in range(len(np.asarray(py).reshape(-1, len(px))))]
+    _curve_figure(px, py, labels, lambda y: f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}", xlabel, ylabel,
+                  save_dir)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, save_dir: str | Path = "", names=(), normalize: bool = True) -> Path:
