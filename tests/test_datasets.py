@@ -3,7 +3,6 @@ and the synthetic shapes generator. Everything is generated in tmp_path at 64 px
 
 import logging
 import os
-import time
 
 import cv2
 import numpy as np
@@ -285,10 +284,9 @@ def test_ram_cache_matches_disk_read(shapes):
 
 
 # ------------------------------------------------------------------------------------ synthetic data
-def test_synthetic_is_deterministic_and_fast(tmp_path):
-    t = time.time()
+def test_synthetic_is_deterministic(tmp_path):
+    # (its speed is bench/bench_dataloader.py's business: a wall-clock assert fails on a busy machine)
     y1 = build_synthetic_dataset(tmp_path / "a", 6, 2, img_size=64, seed=5)
-    assert time.time() - t < 10
     y2 = build_synthetic_dataset(tmp_path / "b", 6, 2, img_size=64, seed=5)
     y3 = build_synthetic_dataset(tmp_path / "c", 6, 2, img_size=64, seed=6)
     files = sorted(p.relative_to(y1.parent) for p in y1.parent.rglob("*.*") if p.suffix in (".jpg", ".txt")
@@ -337,10 +335,8 @@ def test_load_images_dir_glob_txt_video_and_errors(tmp_path):
         LoadImages(tmp_path / "bad.avi")
     with pytest.raises(UserError, match="nothing is downloaded"):
         LoadImages("https://example.com/x.jpg")
-    t = time.time()
     with pytest.raises(UserError, match="webcam 97 could not be opened"):
-        LoadStreams("97")
-    assert time.time() - t < 10
+        LoadStreams("97")  # fails at once instead of waiting for frames (a hang would stop the suite)
 
 
 def test_infinite_loader_keeps_workers_across_epochs(shapes):

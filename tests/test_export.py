@@ -15,6 +15,11 @@ import torch
 from test_detect import NAMES, make_checkpoint, make_images, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
+# ONNX (onnxruntime's MLAS kernels) vs PyTorch: the same float32 network summed in another order. The
+# rounding error of this tiny random-weight model is ~1e-6 relative (logits); boxes of up to ~200 px and
+# sigmoid scores (derivative <= 1/4) therefore differ by ~1e-4 px and ~1e-6: the tolerances keep 100x
+# of margin for other CPUs and runtimes while a wrong export (a missing sigmoid, a grid off by one cell,
+# an anchor swapped) moves boxes by pixels and scores by > 1e-2.
 BOX_TOL, SCORE_TOL = 1e-2, 1e-4  # pixels; sigmoid scores
 
 
@@ -102,6 +107,8 @@ def test_torchscript_matches_pytorch(static_export):
     assert cfg == {"shape": [1, 3, 128, 128], "stride": 32, "names": NAMES}
     im = torch.rand(1, 3, 128, 128)
     box, score = _diffs(_reference(static_export["pt"], im), ts(im))
+    # TorchScript runs the same ATen kernels as eager PyTorch on the same CPU, so only graph-level rewrites
+    # could change the rounding: a few float32 ulps of boxes up to 128 px (ulp 1.5e-5) and of scores <= 1.
     assert box <= 1e-4 and score <= 1e-6
 
 
@@ -124,14 +131,21 @@ def test_train_mode_onnx_exports_raw_maps(ckpt, tmp_path):
     im = torch.rand(1, 3, 64, 64)
     ref, outs = _reference(Path(w), im, train=True), export.run_onnx(f, im)
     assert [o.shape for o in outs] == [tuple(r.shape) for r in ref] == [(1, 3, s, s, 8) for s in (8, 4, 2)]
+    # raw logits (|x| up to ~10, no sigmoid): summation-order error ~1e-6 relative, BOX_TOL/10 of margin
     assert max(np.abs(r.numpy() - o).max() for r, o in zip(ref, outs)) < 1e-3
 
 
-def _same_detections(a: dict[str, np.ndarray], b: dict[str, np.ndarray], gn: float) -> None:
-    """Label files with --save-conf agree: same rows, boxes within one rounding pixel, conf within 1e-4."""
+def _same_detections(a: dict[str, np.ndarray], b: dict[str, np.ndarray], gn: float, conf_thres: float = 0.5) -> None:
+    """Label files with --save-conf agree: same rows, boxes within one rounding pixel, conf within 1e-4.
+
+    PyTorch and onnxruntime sum in different orders, so a score within SCORE_TOL of the confidence
+    threshold may fall on either side of it: such borderline rows are left out on both sides first."""
+    def clear(rows: np.ndarray) -> np.ndarray:
+        return rows[np.abs(rows[:, 5] - conf_thres) > SCORE_TOL]
+
     assert sorted(a) == sorted(b) and a
     for stem, x in a.items():
-        y = b[stem]
+        x, y = clear(x), clear(b[stem])
         assert x.shape == y.shape and len(x) > 0
         x, y = x[np.lexsort(x[:, :5].T[::-1])], y[np.lexsort(y[:, :5].T[::-1])]
         assert np.array_equal(x[:, 0], y[:, 0])
