@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Run YOLOv5 inference on images, videos, folders, globs, *.txt lists, webcams and streams.
 
 Usage:
@@ -42,6 +43,7 @@ from utils.general import (
 )
 from utils.image_loaders import is_stream
 from utils.nms import non_max_suppression
+from utils.options import check_classes_in_model, check_detect_args
 from utils.plots import Annotator, colors, save_one_box
 from utils.torch_utils import select_device, time_sync
 
@@ -155,14 +157,18 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
         save_crop: bool = False, nosave: bool = False, classes: list[int] | None = None,
         agnostic_nms: bool = False, augment: bool = False, project: str | Path = ROOT / "runs/detect",
         name: str = "exp", exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False,
-        hide_conf: bool = False, half: bool = False, trust_checkpoint: bool = False) -> Path:
-    """Detect objects in source with weights (.pt / *.torchscript.pt / .onnx); returns the run directory."""
+        hide_conf: bool = False, half: bool = False, trust_checkpoint: bool = False, cfg: str | None = None) -> Path:
+    """Detect objects in source with weights (.pt / *.torchscript.pt / .onnx); returns the run directory.
+
+    Every option is checked before the model or the source is opened; cfg (a model yaml) builds the model
+    of a state_dict-only .pt file."""
+    check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness, cfg)
     source = str(source)
     device = select_device(device)
     if half and device.type != "cuda":
         LOGGER.warning("WARNING: --half is only supported on CUDA; running in FP32 on CPU")
         half = False
-    model = DetectBackend(weights, device=device, half=half, trust=trust_checkpoint)
+    model = DetectBackend(weights, device=device, half=half, trust=trust_checkpoint, cfg=cfg)
     if augment and model.fmt != "pt":
         LOGGER.warning(f"WARNING: --augment needs .pt weights; ignored for {model.fmt}")
         augment = False
@@ -178,6 +184,7 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     model.warmup(imgsz)  # also fills class0.. names for exports without metadata
+    check_classes_in_model(classes, model.names)
     writer = ResultWriter(save_dir, model.names, not nosave, save_txt, save_conf, save_crop, view_img,
                           line_thickness, hide_labels, hide_conf)
     dt, seen = [0.0, 0.0, 0.0], 0
@@ -245,6 +252,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full (unsafe) unpickling of a .pt checkpoint you trust")
+    parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
     opt = parser.parse_args(argv)
     if isinstance(opt.weights, list) and len(opt.weights) == 1:
         opt.weights = opt.weights[0]  # one path, not an ensemble

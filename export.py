@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Export a YOLOv5 checkpoint to TorchScript and/or ONNX (v6.0 export.py, without the TF/CoreML formats).
 
 Usage:
@@ -39,6 +40,7 @@ from utils.general import (
     print_args,
     run_cli,
 )
+from utils.options import check_export_args
 from utils.torch_utils import select_device
 
 FORMATS = ("torchscript", "onnx")
@@ -278,6 +280,7 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         known = f"supported: {', '.join(FORMATS)}"
         why = " (not implemented in this project)" if set(bad) & set(UNSUPPORTED) else ""
         raise UserError(f"--include {' '.join(bad)}: unknown format{why}; {known}")
+    check_export_args(weights, imgsz, batch_size, opset, include)  # before the model is loaded
     device = select_device(device)
     if optimize and "torchscript" in include:
         check_mobile_optimizer()

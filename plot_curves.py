@@ -18,8 +18,8 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, UserError, run_cli  # noqa: E402
-from utils.loggers import read_results_csv  # noqa: E402
+from utils.general import LOGGER, UserError, run_cli
+from utils.loggers import read_results_csv
 
 METRICS = [("metrics/mAP_0.5", "mAP@0.5"), ("metrics/mAP_0.5:0.95", "mAP@0.5:0.95"),
            ("metrics/precision", "precision"), ("metrics/recall", "recall")]
@@ -114,7 +114,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff", ".eps")
+
+
 def main(opt: argparse.Namespace) -> Path:
+    if Path(opt.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"plot_curves: --out {opt.out} needs an image suffix ({', '.join(IMAGE_SUFFIXES)})")
     runs = load_runs(opt.runs, opt.labels)
     out = plot_runs(runs, Path(opt.out))
     LOGGER.info(summary(runs))

@@ -19,8 +19,9 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make `models` and `utils` importable
 
-from utils.engine import prepare_opt, train  # noqa: E402
-from utils.general import run_cli  # noqa: E402
+from utils.engine import prepare_opt, train
+from utils.general import run_cli
+from utils.options import check_train_opt
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -69,8 +70,11 @@ def parse_opt(known: bool = False, parser: argparse.ArgumentParser | None = None
 
 
 def main(opt: argparse.Namespace, make_objective=None) -> Path:
-    """Train; returns the run directory. make_objective swaps the objective (see utils/objective.py)."""
-    opt = prepare_opt(opt)
+    """Train; returns the run directory. make_objective swaps the objective (see utils/objective.py).
+
+    Every option is checked first (utils/options.py): a wrong value stops here, before any folder,
+    data or model exists."""
+    opt = prepare_opt(check_train_opt(opt))
     return train(opt, make_objective=make_objective)
 
 

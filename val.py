@@ -39,6 +39,7 @@ from utils.general import (
 )
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.nms import non_max_suppression
+from utils.options import VAL_TASKS, check_val_args
 from utils.plots import (
     output_to_target,
     plot_confusion_matrix,
@@ -113,7 +114,7 @@ def summarize(stats: list[tuple], nc: int) -> dict:
 
 
 def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, single_cls, half, project, name,
-                      exist_ok, save_txt, trust):
+                      exist_ok, save_txt, trust, cfg=None):
     """Device, run folder, model and dataloader for a val.py run (not called from training)."""
     from models.experimental import attempt_load
     from utils.datasets import create_dataloader
@@ -121,9 +122,7 @@ def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, s
     device = select_device(device, batch_size=batch_size)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    if weights is None:
-        raise UserError("val.py: --weights is required (a .pt checkpoint, or several for an ensemble)")
-    model = attempt_load(weights, map_location=device, trust=trust)
+    model = attempt_load(weights, map_location=device, trust=trust, cfg=cfg)
     gs = max(int(model.stride.max()), 32)
     imgsz = check_img_size(imgsz, s=gs)
     half &= device.type != "cpu"
@@ -159,18 +158,22 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         augment: bool = False, verbose: bool = False, save_txt: bool = False, save_hybrid: bool = False,
         save_conf: bool = False, save_json: bool = False, project=ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = True, model=None, dataloader=None, save_dir=Path(""),
-        plots: bool = True, compute_loss=None, trust: bool = False):
+        plots: bool = True, compute_loss=None, trust: bool = False, cfg=None):
     """Validate; returns ((mp, mr, map50, map, box_loss, obj_loss, cls_loss), maps (nc,), t (3,) ms/image).
 
     From training pass model= (it is not modified: FP16 runs on a copy) and dataloader=; otherwise
-    weights are loaded with attempt_load (trust=True allows a full unpickle of trusted checkpoints).
+    weights are loaded with attempt_load (trust=True allows a full unpickle of trusted checkpoints; cfg,
+    a model yaml, builds the model of a state_dict-only file). Standalone, every option is checked first.
     maps[c] is the mAP@.5:.95 of class c; classes without labels get the overall map.
     """
+    training = model is not None
+    if not training:
+        paths = check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg)
+        weights = [str(p) for p in paths] if isinstance(weights, (list, tuple)) and len(paths) > 1 else str(paths[0])
     if isinstance(data, (str, Path)):
         from utils.dataset_config import check_dataset
 
         data = check_dataset(data)
-    training = model is not None
     if training:
         device = next(model.parameters()).device
         half &= device.type != "cpu"
@@ -181,7 +184,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         save_txt |= save_hybrid
         device, save_dir, model, imgsz, half, dataloader = _setup_standalone(
             data, weights, batch_size, imgsz, task, device, workers, single_cls, half, project, name, exist_ok,
-            save_txt, trust)
+            save_txt, trust, cfg)
         if task == "speed":
             conf_thres, iou_thres, plots = 0.25, 0.45, False
     save_dir = Path(save_dir)
@@ -352,6 +355,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow a full (unsafe) unpickle of checkpoints you trust")
+    parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
     opt = parser.parse_args(argv)
     opt.save_json |= opt.data.endswith("coco.yaml")
     opt.save_txt |= opt.save_hybrid
@@ -364,6 +368,8 @@ def main(opt: argparse.Namespace) -> None:
     kw["trust"] = opt.trust_checkpoint
     if opt.half and select_device(opt.device).type == "cpu":
         LOGGER.warning("WARNING: --half is only supported on CUDA; running in FP32 on CPU")
+    if opt.task not in VAL_TASKS:
+        raise UserError(f"val.py --task {opt.task}: choose {', '.join(VAL_TASKS)}")
     if opt.task in ("train", "val", "test", "speed"):
         kw["half"] = opt.half
         run(**kw)
@@ -377,8 +383,6 @@ def main(opt: argparse.Namespace) -> None:
                 rows.append(list(r) + list(t))
             np.savetxt(f, rows, fmt="%10.4g")
             LOGGER.info(f"Study results saved to {f}")
-    else:
-        raise UserError(f"val.py --task {opt.task}: choose train, val, test, speed or study")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ class DetectBackend:
     """
 
     def __init__(self, weights: str | Path | list, device: torch.device | None = None,
-                 half: bool = False, trust: bool = False) -> None:
+                 half: bool = False, trust: bool = False, cfg: str | Path | None = None) -> None:
         device = device or torch.device("cpu")
         paths = check_weights_exist(weights)
         fmts = {weights_format(p) for p in paths}
@@ -100,18 +100,18 @@ class DetectBackend:
         self.fixed_shape: tuple[int, int] | None = None
         self.stride, self.names = 32, []
         if self.fmt == "pt":
-            self._load_pt(paths, trust)
+            self._load_pt(paths, trust, cfg)
         elif self.fmt == "torchscript":
             self._load_torchscript(paths[0])
         else:
             self._load_onnx(paths[0])
 
-    def _load_pt(self, paths: list[Path], trust: bool) -> None:
+    def _load_pt(self, paths: list[Path], trust: bool, cfg: str | Path | None = None) -> None:
         from utils.checkpoint import attempt_load
 
         w = [str(p) for p in paths]
         model = attempt_load(w if len(w) > 1 else w[0], map_location=self.device, inplace=True, fuse=True,
-                             trust=trust)
+                             trust=trust, cfg=cfg)
         self.stride = int(max(model.stride))
         names = model.module.names if hasattr(model, "module") else model.names
         self.names = parse_names(names, int(model.model[-1].nc) if hasattr(model, "model") else None)

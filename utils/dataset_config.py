@@ -72,25 +72,69 @@ def _load(data: str | Path | dict) -> tuple[dict, Path | None]:
     return yaml_load(file), file
 
 
+def _names_from_dict(names: dict, where: str) -> list:
+    """{0: a, 1: b} (v7.0 style) -> [a, b]; keys must be exactly 0..n-1 (an inverted {name: id} or a gap
+    would put wrong class names into every checkpoint trained on it)."""
+    keys = list(names)
+    if keys and all(isinstance(v, int) and not isinstance(v, bool) for v in names.values()) \
+            and not all(isinstance(k, int) for k in keys):
+        raise UserError(f"{where}: 'names' looks inverted ({{name: id}}, e.g. {keys[0]!r}: {names[keys[0]]!r}); "
+                        f"write it as {{id: name}} (0: {keys[0]}) or as a list [{keys[0]}, ...]")
+    try:
+        ids = {int(k): v for k, v in names.items() if not isinstance(k, bool) and str(k).strip().isdigit()}
+    except ValueError:
+        ids = {}
+    if len(ids) != len(names):
+        bad = [k for k in names if not (not isinstance(k, bool) and str(k).strip().isdigit())]
+        raise UserError(f"{where}: 'names' keys must be class ids 0..{len(names) - 1}, got {bad[:5]}")
+    gaps = sorted(set(range(len(ids))) - set(ids))
+    if gaps:
+        extra = sorted(set(ids) - set(range(len(ids))))
+        raise UserError(f"{where}: 'names' keys must be exactly 0..{len(ids) - 1} without gaps; missing ids "
+                        f"{gaps[:10]}, unexpected ids {extra[:10]}. Number the classes from 0 without gaps")
+    return [ids[i] for i in range(len(ids))]
+
+
+def _check_nc(data: dict, where: str) -> int:
+    nc = data["nc"]
+    ok = isinstance(nc, int) and not isinstance(nc, bool)
+    if not ok and isinstance(nc, (str, float)):
+        try:
+            ok = float(nc).is_integer()
+            nc = int(float(nc))
+        except ValueError:
+            ok = False
+    if not ok:
+        raise UserError(f"{where}: 'nc' must be a whole number of classes, got {data['nc']!r}")
+    if nc < 1:
+        raise UserError(f"{where}: 'nc' is {nc}; a dataset needs at least 1 class")
+    return nc
+
+
 def _check_names(data: dict, where: str) -> None:
     """nc is required; names defaults to class0..; a dict {i: name} (v7.0) becomes a list."""
     names = data.get("names")
     if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
+        names = _names_from_dict(names, where)
     if "nc" not in data:
         if names is None:
             raise UserError(f"{where}: 'nc' (number of classes) is missing; add e.g. 'nc: 80' and 'names: [...]'")
         data["nc"] = len(names)  # v7.0 behaviour; v6.0 asserted here
-    try:
-        data["nc"] = int(data["nc"])
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: 'nc' must be an integer, got {data['nc']!r}") from None
+    data["nc"] = _check_nc(data, where)
     if names is None:
         names = [f"class{i}" for i in range(data["nc"])]
     if not isinstance(names, (list, tuple)):
         raise UserError(f"{where}: 'names' must be a list of class names, got {type(names).__name__}")
     if len(names) != data["nc"]:
         raise UserError(f"{where}: nc={data['nc']} but {len(names)} names are given; make them agree")
+    empty = [i for i, n in enumerate(names) if n is None or not str(n).strip()]
+    if empty:
+        raise UserError(f"{where}: class {empty[0]} has an empty name in 'names'; give every class a name")
+    if isinstance(names[0], (list, dict)):
+        raise UserError(f"{where}: 'names' must be a flat list of class names, got a nested {type(names[0]).__name__}")
+    dups = sorted({str(n) for n in names if [str(x) for x in names].count(str(n)) > 1})
+    if dups:
+        LOGGER.warning(f"WARNING: {where}: class names {dups} appear more than once in 'names'")
     data["names"] = [str(n) for n in names]
 
 
@@ -164,8 +208,34 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
         missing = _resolve_splits(data, file.parent if file else None)
         if missing:
             raise UserError(_missing_msg(where, missing, "even after running its 'download:' entry"))
+    _check_image_lists(data, where)
     data["yaml_file"] = str(file) if file else None
     return data
+
+
+def _check_image_lists(data: dict, where: str) -> None:
+    """*.txt image lists: entries that no longer exist are named here (the label scan would otherwise call
+    them corrupt, and report 'no labels found' when none is left)."""
+    from utils.label_cache import IMG_FORMATS
+
+    for k in ("train", "val", "test"):
+        for item in data[k] if isinstance(data.get(k), list) else [data.get(k)]:
+            p = Path(item) if item else None
+            if p is None or not p.is_file() or p.suffix.lower() != ".txt":
+                continue
+            lines = [x.strip() for x in p.read_text(errors="ignore").splitlines() if x.strip()]
+            files = [str(p.parent / x[2:]) if x.startswith("./") else x for x in lines]
+            files = [f for f in files if f.rsplit(".", 1)[-1].lower() in IMG_FORMATS]
+            missing = [f for f in files if not os.path.isfile(f)]
+            if not missing:
+                continue
+            example = ", ".join(missing[:3])
+            if len(missing) == len(files):
+                raise UserError(f"{where}: none of the {len(files)} images listed in {p} ('{k}') exists, e.g. "
+                                f"{example}. Regenerate the list (relative lines starting with ./ are relative "
+                                f"to the list file, others to the current directory)")
+            LOGGER.warning(f"WARNING: {where}: {len(missing)} of {len(files)} images listed in {p} ('{k}') do not "
+                           f"exist and are skipped, e.g. {example}")
 
 
 def _missing_msg(where: str, missing: dict[str, list[Path]], why: str) -> str:

@@ -73,6 +73,10 @@ def train(opt, make_objective=None) -> Path:
     r.lf, r.nb = lf, len(train_loader)
     # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
     r.nw = warmup_iterations(r.hyp["warmup_epochs"], r.nb, minimum=int(r.hyp.get("warmup_min_iters", 1000)))
+    if r.rank in (-1, 0) and not opt.resume:
+        from utils.options import check_warmup
+
+        check_warmup(r.nw, r.nb, opt.epochs, r.hyp)  # says so once when warmup covers more than half the run
     loop = SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, ema=ema,
                            train_loader=train_loader, dataset=dataset, val_loader=val_loader,
                            compute_loss=compute_loss)
@@ -93,6 +97,10 @@ def _setup(opt) -> SimpleNamespace:
     save_dir = Path(opt.save_dir)
     wdir = save_dir / "weights"
     wdir.mkdir(parents=True, exist_ok=True)
+    if not opt.resume and rank in (-1, 0):  # --exist-ok into an old run: its best.pt, results.csv are not ours
+        from utils.loggers import clear_previous_run
+
+        clear_previous_run(save_dir)
     hyp = load_hyp(opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
     opt.hyp = dict(hyp)  # opt.yaml keeps the values, so --resume does not depend on the hyp file

@@ -114,7 +114,10 @@ def check_file(file: str | Path, what: str = "file") -> Path:
     hits = glob.glob(str(ROOT / "**" / p.name), recursive=True) if p.name and not p.is_absolute() else []
     if len(hits) == 1:
         return Path(hits[0])
-    raise UserError(f"{what} '{file}' not found (looked in {Path.cwd()} and {ROOT})")
+    if p.is_absolute():
+        raise UserError(f"{what} '{file}' not found")
+    where = " and ".join(dict.fromkeys(str(b) for b in (Path.cwd(), ROOT)))  # once when they are the same
+    raise UserError(f"{what} '{file}' not found (looked in {where})")
 
 
 def yaml_load(file: str | Path) -> dict:

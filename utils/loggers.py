@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from utils.general import LOGGER, colorstr
+from utils.general import LOGGER, UserError, colorstr
 
 # The exact v6.0 header (spec §8.7); written padded to width 20 like v6.0.
 V6_COLUMNS = [
@@ -21,15 +21,68 @@ def extra_columns(loss_names: list[str]) -> list[str]:
     return [f"train/{k}_loss" for k in loss_names if k not in _V6_TRAIN_KEYS]
 
 
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_results_csv(file: str | Path) -> tuple[list[str], list[list[float]], list[int]]:
+    """(stripped names, rows, numbers of the damaged lines that were skipped) of a results.csv.
+
+    A line with the wrong number of fields or a value that is not a number (a run killed while writing,
+    a file edited by hand) is skipped with a warning naming it. A file whose first line is not a header
+    raises UserError: without names no column can be trusted.
+    """
+    with open(file, newline="", errors="replace") as f:
+        lines = list(enumerate(csv.reader(f), 1))
+    lines = [(i, r) for i, r in lines if any(c.strip() for c in r)]
+    if not lines:
+        return [], [], []
+    names = [c.strip() for c in lines[0][1]]
+    if not names or any(not n or _is_number(n) for n in names):
+        raise UserError(f"{file} line {lines[0][0]} is not a results.csv header (got {','.join(names)[:80]!r}); "
+                        f"restore the header line or delete the file")
+    rows, skipped = [], []
+    for i, r in lines[1:]:
+        try:
+            values = [float(v) for v in r]
+        except ValueError:
+            values = []
+        if len(values) != len(names):
+            skipped.append(i)
+            continue
+        rows.append(values)
+    if skipped:
+        LOGGER.warning(f"WARNING: {file}: damaged line{'s' * (len(skipped) > 1)} {', '.join(map(str, skipped))} "
+                       f"skipped (expected {len(names)} numbers per line)")
+    return names, rows, skipped
+
+
 def read_results_csv(file: str | Path) -> tuple[list[str], list[list[float]]]:
-    """Parse a results.csv whose names may carry v6.0's padding. Returns (stripped names, rows)."""
-    with open(file, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if not rows:
-        return [], []
-    names = [c.strip() for c in rows[0]]
-    values = [[float(v) for v in r] for r in rows[1:]]
-    return names, values
+    """Parse a results.csv whose names may carry v6.0's padding. Returns (stripped names, rows); damaged
+    lines are skipped with a warning (see parse_results_csv)."""
+    names, rows, _ = parse_results_csv(file)
+    return names, rows
+
+
+def clear_previous_run(save_dir: str | Path) -> list[Path]:
+    """A new run in an existing folder (--exist-ok): remove the earlier run's checkpoints and results.csv,
+    so that neither its best.pt is validated as this run's result nor its rows mix with this run's.
+    Returns the removed files (each named in a warning)."""
+    save_dir = Path(save_dir)
+    wdir = save_dir / "weights"
+    old = [f for f in (wdir / "last.pt", wdir / "best.pt", save_dir / "results.csv") if f.is_file()]
+    old += sorted(wdir.glob("epoch*.pt")) if wdir.is_dir() else []
+    if old:
+        LOGGER.warning(f"WARNING: {save_dir} holds files of an earlier run ({', '.join(str(f.relative_to(save_dir)) for f in old)}); "
+                       f"they are removed so that this run's results are not mixed with them "
+                       f"(--exist-ok reuses the folder; omit it to start a new exp folder)")
+    for f in old:
+        f.unlink()
+    return old
 
 
 class ResultsLogger:
@@ -44,7 +97,7 @@ class ResultsLogger:
 
                 self.tb = SummaryWriter(str(save_dir))
                 LOGGER.info(f"{colorstr('TensorBoard: ')}Start with 'tensorboard --logdir {Path(save_dir).parent}'")
-            except Exception:  # tensorboard is optional
+            except Exception:  # noqa: BLE001  tensorboard is optional; any failure means no TensorBoard
                 self.tb = None
 
     def truncate_from(self, epoch: int) -> None:
@@ -52,17 +105,20 @@ class ResultsLogger:
         last.pt repeats that epoch), so results.csv stays continuous."""
         if not self.file.exists():
             return
-        names, rows = read_results_csv(self.file)
+        names, rows, skipped = parse_results_csv(self.file)
+        if not names:  # empty file: the next row writes a fresh header
+            self.file.unlink()
+            return
         kept = [r for r in rows if int(r[0]) < epoch]
-        if len(kept) != len(rows):
+        unfinished = not self.file.read_bytes().endswith(b"\n")  # the next row would join the last line
+        if len(kept) != len(rows) or skipped or unfinished:  # rewritten without damaged lines: appending is safe
             self._rewrite(names, kept)
 
     def _rewrite(self, names: list[str], rows: list[list[float]]) -> None:
         tmp = self.file.with_suffix(".csv.tmp")
         with open(tmp, "w") as f:
             f.write(",".join(f"{n:>20s}" for n in names) + "\n")
-            for r in rows:
-                f.write(",".join(f"{v:20.5g}" for v in r) + "\n")
+            f.writelines(",".join(f"{v:20.5g}" for v in r) + "\n" for r in rows)
         tmp.replace(self.file)
 
     def log_epoch(self, epoch: int, train_losses: dict[str, float], results: tuple, lrs: list[float]) -> None:

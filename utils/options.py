@@ -1,0 +1,303 @@
+"""Validation of every script's options, run before any data or model is touched.
+
+Each check raises utils.general.UserError naming the flag (or the file and key) and what to do; the
+scripts turn it into one line on stderr and exit status 2. The checks only stat paths and read small
+yaml files, so a wrong flag costs nothing. Called by train.py (main), val.py (main and standalone
+run), detect.py (run) and export.py (run); train_kd.py goes through train.main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from utils.general import LOGGER, ROOT, UserError, check_file, yaml_load
+
+MIN_IMGSZ = 32  # the largest stride of the P5 models: anything smaller cannot be a real image size
+VAL_TASKS = ("train", "val", "test", "speed", "study")
+CACHE_MODES = ("ram", "disk")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+# hyp key -> (low, high, low_open, high_open, integer, what it is). None = unbounded on that side.
+HYP_RULES: dict[str, tuple] = {
+    "lr0": (0, None, True, False, False, "initial learning rate, e.g. 0.01"),
+    "lrf": (0, None, False, False, False, "final LR as a fraction of lr0, e.g. 0.1"),
+    "momentum": (0, 1, False, True, False, "SGD momentum / Adam beta1, e.g. 0.937"),
+    "weight_decay": (0, None, False, False, False, "e.g. 0.0005"),
+    "warmup_epochs": (0, None, False, False, False, "e.g. 3.0"),
+    "warmup_momentum": (0, 1, False, True, False, "e.g. 0.8"),
+    "warmup_bias_lr": (0, None, False, False, False, "e.g. 0.1"),
+    "box": (0, None, False, False, False, "box loss gain, e.g. 0.05"),
+    "cls": (0, None, False, False, False, "class loss gain, e.g. 0.5"),
+    "cls_pw": (0, None, True, False, False, "class BCE positive weight, e.g. 1.0"),
+    "obj": (0, None, False, False, False, "objectness loss gain, e.g. 1.0"),
+    "obj_pw": (0, None, True, False, False, "objectness BCE positive weight, e.g. 1.0"),
+    "iou_t": (0, 1, False, False, False, "IoU threshold, e.g. 0.2"),
+    "anchor_t": (1, None, True, False, False, "anchor-multiple threshold, e.g. 4.0; at 1 nothing matches"),
+    "fl_gamma": (0, None, False, False, False, "focal loss gamma, 0 = off"),
+    "hsv_h": (0, 1, False, False, False, "fraction"),
+    "hsv_s": (0, 1, False, False, False, "fraction"),
+    "hsv_v": (0, 1, False, False, False, "fraction"),
+    "degrees": (0, 180, False, False, False, "rotation in degrees"),
+    "translate": (0, 1, False, True, False, "fraction of the image size"),
+    "scale": (0, 1, False, True, False, "scale gain; 1 would allow zero-size images"),
+    "shear": (0, 90, False, True, False, "shear in degrees"),
+    "perspective": (0, 0.1, False, False, False, "keep within 0-0.001"),
+    "flipud": (0, 1, False, False, False, "probability"),
+    "fliplr": (0, 1, False, False, False, "probability"),
+    "mosaic": (0, 1, False, False, False, "probability"),
+    "mixup": (0, 1, False, False, False, "probability"),
+    "copy_paste": (0, 1, False, False, False, "probability"),
+    "anchors": (0, None, True, False, False, "anchors per output layer, e.g. 3"),
+    "warmup_min_iters": (0, None, False, False, True, "warmup floor in iterations, e.g. 1000"),
+    "nbs": (1, None, False, False, True, "nominal batch size, e.g. 64"),
+    "label_smoothing": (0, 1, False, True, False, "set by --label-smoothing"),
+}
+HYP_REQUIRED = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t")
+
+
+def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"it must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"it must be {'>' if lo_open else '>='} {lo:g}"
+    return f"it must be {'<' if hi_open else '<='} {hi:g}"
+
+
+def check_range(name: str, value, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False, integer: bool = False, hint: str = "") -> None:
+    """UserError unless value is a (integer) number within [lo, hi] (open ends when lo_open/hi_open)."""
+    hint = f" ({hint})" if hint else ""
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_num or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
+        extra = ""
+        if isinstance(value, str) and _parses_as_float(value):
+            extra = f"; YAML reads '{value}' as text: write it with a decimal point, e.g. 1.0e-3 not 1e-3"
+        raise UserError(f"{name} must be {kind}, got {value!r}{hint}{extra}")
+    v = float(value)
+    low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+    high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+    if math.isnan(v) or low_bad or high_bad:
+        raise UserError(f"{name} {value} is out of range: {_range_text(lo, hi, lo_open, hi_open)}{hint}")
+
+
+def _parses_as_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def check_imgsz(flag: str, imgsz, max_values: int = 1) -> None:
+    """An image size (or [h, w] when max_values is 2): positive integers >= 32 pixels."""
+    sizes = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
+    if not 1 <= len(sizes) <= max_values:
+        want = "one value (square)" if max_values == 1 else "one value (square) or two (height width)"
+        raise UserError(f"{flag} takes {want}, got {len(sizes)}: {' '.join(map(str, sizes))}")
+    for s in sizes:
+        check_range(f"{flag}", s, MIN_IMGSZ, integer=True,
+                    hint="image size in pixels, a multiple of 32 such as 320 or 640")
+
+
+def check_yaml_file(flag: str, path) -> Path:
+    """An existing .yaml/.yml file (looked up in the current directory, then the repository)."""
+    if isinstance(path, dict):
+        return Path()
+    if not str(path):
+        raise UserError(f"{flag} is empty; give a yaml file path")
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a yaml file")
+    f = check_file(path, f"{flag} file")
+    if f.suffix.lower() not in YAML_SUFFIXES:
+        raise UserError(f"{flag} {path} is not a yaml file (expected a .yaml or .yml suffix)")
+    return f
+
+
+def check_pt_file(flag: str, path, hint: str = "") -> Path:
+    """An existing file; a folder gets the hint of which file inside it is meant."""
+    p = Path(path)
+    if p.is_dir():
+        inside = next((q for q in (p / "weights" / "best.pt", p / "best.pt") if q.is_file()), None)
+        tip = f", e.g. {inside}" if inside else ""
+        raise UserError(f"{flag} {p} is a folder; pass a checkpoint file inside it{tip}")
+    if not p.is_file():
+        raise UserError(f"{flag} {p} not found{'; ' + hint if hint else ''}")
+    return p
+
+
+def check_weights(flag: str, weights, suffixes: tuple[str, ...] = (".pt",), script: str = "") -> list[Path]:
+    """Existing weight files (bare official names are also looked up in weights/), with a usable suffix."""
+    from utils.backend import DOWNLOAD_HINT
+
+    out = []
+    for w in weights if isinstance(weights, (list, tuple)) else [weights]:
+        p = Path(w)
+        if not p.is_file() and p.parent in (Path("."), ROOT) and (ROOT / "weights" / p.name).is_file():
+            p = ROOT / "weights" / p.name
+        p = check_pt_file(flag, p, f"{DOWNLOAD_HINT}, or pass a path to your own checkpoint")
+        name = p.name.lower()
+        if not any(name.endswith(s) for s in suffixes):
+            raise UserError(f"{flag} {p}: {script or 'this script'} takes {' / '.join(suffixes)} files")
+        out.append(p)
+    return out
+
+
+def check_thresholds(conf_thres, iou_thres) -> None:
+    check_range("--conf-thres", conf_thres, 0, 1, hint="a confidence between 0 and 1, e.g. 0.25")
+    check_range("--iou-thres", iou_thres, 0, 1, hint="an NMS IoU between 0 and 1, e.g. 0.45")
+
+
+# --------------------------------------------------------------------------------------------------
+# hyperparameter files
+
+
+def check_hyp(hyp: dict, where: str) -> None:
+    """Every known key of a hyp dict has a number in its range; unknown keys (typos) are warned about."""
+    missing = [k for k in HYP_REQUIRED if k not in hyp]
+    if missing:
+        raise UserError(f"{where} lacks keys {missing}; start from data/hyps/hyp.scratch.yaml")
+    for k, v in hyp.items():
+        rule = HYP_RULES.get(k)
+        if rule is None:
+            continue
+        lo, hi, lo_open, hi_open, integer, what = rule
+        check_range(f"{where}: {k}", v, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer, hint=what)
+    unknown = [k for k in hyp if k not in HYP_RULES]
+    if unknown:
+        LOGGER.warning(f"WARNING: {where}: unknown keys {unknown} are ignored (known: {', '.join(HYP_RULES)})")
+
+
+def check_warmup(nw: int, nb: int, epochs: int, hyp: dict | None = None) -> bool:
+    """Say once when warmup (max(warmup_epochs * nb, warmup_min_iters)) covers more than half the run."""
+    total = nb * epochs
+    if total <= 0 or nw <= total / 2:
+        return False
+    floor = int((hyp or {}).get("warmup_min_iters", 1000))
+    if floor > 100:  # v6.0's floor: the short-run hyp file is the fix
+        advice = (f"the {floor}-iteration warmup floor of YOLOv5 v6.0 is meant for long runs; for short runs use "
+                  f"--hyp data/hyps/hyp.short.yaml (1-epoch warmup, 100-iteration floor)")
+    else:
+        advice = "train for more epochs, or lower warmup_epochs / warmup_min_iters in the hyp file"
+    LOGGER.warning(
+        f"WARNING: warmup lasts {nw} iterations ({nw / max(nb, 1):.1f} epochs of {nb} batches), more than half of "
+        f"this {epochs}-epoch run ({total} iterations): the learning rate is still ramping up for most of "
+        f"training, so the model learns slowly. {advice[0].upper()}{advice[1:]}")
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# per-script checks
+
+
+def resolve_resume(resume) -> str | bool:
+    """--resume value: True (latest run), a last.pt, or a run folder holding weights/last.pt."""
+    if resume is True or str(resume) == "True":
+        return True
+    p = Path(resume)
+    if p.is_dir():
+        last = next((q for q in (p / "weights" / "last.pt", p / "last.pt") if q.is_file()), None)
+        if last is None:
+            raise UserError(f"--resume {p}: no weights/last.pt in this folder; pass the run folder "
+                            f"(runs/train/exp) or its weights/last.pt")
+        return str(last)
+    if not p.is_file():
+        raise UserError(f"--resume {p} does not exist; pass a run folder (runs/train/exp) or its weights/last.pt")
+    return str(p)
+
+
+def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
+    """train.py / train_kd.py options (before the run folder, data or model exist)."""
+    check_range("--workers", opt.workers, 0, integer=True, hint="0 loads data in the main process")
+    if opt.resume:
+        opt.resume = resolve_resume(opt.resume)
+        return opt  # every other option comes back from the run's opt.yaml
+    check_range("--epochs", opt.epochs, 1, integer=True, hint="number of training epochs, e.g. 300")
+    check_range("--batch-size", opt.batch_size, 1, integer=True, hint="images per batch, e.g. 16")
+    check_imgsz("--imgsz", opt.imgsz)
+    check_range("--label-smoothing", opt.label_smoothing, 0, 1, hi_open=True, hint="e.g. 0.1; 0 = off")
+    check_range("--patience", opt.patience, 0, integer=True, hint="epochs without improvement; 0 = never stop")
+    check_range("--freeze", opt.freeze, 0, integer=True, hint="number of leading layers; backbone = 10")
+    check_range("--save-period", opt.save_period, integer=True, hint="< 1 = off")
+    check_range("--seed", opt.seed, 0, 2**32 - 1, integer=True)
+    if opt.cache is not None and str(opt.cache).lower() not in CACHE_MODES:
+        raise UserError(f"--cache {opt.cache}: choose 'ram' or 'disk' (or --cache alone for ram)")
+    if opt.cfg:
+        check_yaml_file("--cfg", opt.cfg)
+    if opt.weights:
+        from utils.train_setup import weights_hint
+
+        p = check_pt_file("--weights", opt.weights, f"{weights_hint(opt.weights)}, or use --weights '' --cfg <yaml>")
+        if p.suffix != ".pt":
+            raise UserError(f"--weights {p} must be a .pt checkpoint (or '' to train from scratch)")
+    check_yaml_file("--data", opt.data)
+    if not isinstance(opt.hyp, dict):
+        hyp = yaml_load(check_yaml_file("--hyp", opt.hyp))
+        check_hyp(hyp, f"--hyp {opt.hyp}")
+    else:
+        check_hyp(opt.hyp, "--hyp (dict)")
+    if not str(opt.name):
+        raise UserError("--name is empty; give a run name such as exp")
+    return opt
+
+
+def check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg=None) -> list[Path]:
+    """val.py options; returns the resolved weight paths."""
+    if task not in VAL_TASKS:
+        raise UserError(f"val.py --task {task}: choose {', '.join(VAL_TASKS)}")
+    if weights is None:
+        raise UserError("val.py: --weights is required (a .pt checkpoint, or several for an ensemble)")
+    check_range("--batch-size", batch_size, 1, integer=True, hint="images per batch, e.g. 32")
+    check_imgsz("--imgsz", imgsz)
+    check_thresholds(conf_thres, iou_thres)
+    check_range("--workers", workers, 0, integer=True, hint="0 loads data in the main process")
+    if not isinstance(data, dict):
+        check_yaml_file("--data", data)
+    if cfg:
+        check_yaml_file("--cfg", cfg)
+    return check_weights("--weights", weights, (".pt",), "val.py (use detect.py for exported models)")
+
+
+def check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness,
+                      cfg=None) -> None:
+    """detect.py options (source existence for files, folders and *.txt lists; streams are opened later)."""
+    from utils.image_loaders import STREAM_PREFIXES, is_stream
+
+    check_weights("--weights", weights, (".pt", ".onnx"), "detect.py")
+    check_imgsz("--imgsz", imgsz, max_values=2)
+    check_thresholds(conf_thres, iou_thres)
+    check_range("--max-det", max_det, 1, integer=True, hint="maximum detections per image, e.g. 1000")
+    check_range("--line-thickness", line_thickness, 1, integer=True, hint="box line width in pixels")
+    for c in classes or []:
+        check_range("--classes", c, 0, integer=True, hint="class indices of the model, from 0")
+    if cfg:
+        check_yaml_file("--cfg", cfg)
+    s = str(source)
+    if not s:
+        raise UserError("--source is empty; give an image, video, folder, glob, *.txt list or stream")
+    local = not (is_stream(s) or s.lower().startswith(STREAM_PREFIXES) or "*" in s)
+    if local and not Path(s).exists():
+        raise UserError(f"--source {s} does not exist (give an image, video, folder, glob, *.txt list or stream)")
+
+
+def check_classes_in_model(classes, names: list[str]) -> None:
+    """--classes against the loaded model: an index it cannot predict would silently give no detections."""
+    bad = [c for c in classes or [] if c >= len(names)]
+    if bad:
+        raise UserError(f"--classes {' '.join(map(str, bad))}: the model has {len(names)} classes "
+                        f"(0..{len(names) - 1}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})")
+
+
+def check_export_args(weights, imgsz, batch_size, opset, include) -> None:
+    """export.py options (formats are checked by export.run, which knows which ones exist)."""
+    check_weights("--weights", weights, (".pt",), "export.py")
+    check_imgsz("--imgsz", imgsz, max_values=2)
+    check_range("--batch-size", batch_size, 1, integer=True, hint="batch size of the exported graph, e.g. 1")
+    if "onnx" in [str(x).lower() for x in include]:
+        try:
+            from torch.onnx._constants import ONNX_MAX_OPSET
+        except ImportError:  # private module: fall back to what torch 2.x supports
+            ONNX_MAX_OPSET = 20
+        check_range("--opset", opset, 7, ONNX_MAX_OPSET, integer=True, hint="ONNX opset, e.g. 13")
