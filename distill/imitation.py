@@ -1,0 +1,129 @@
+"""Fine-grained imitation mask (FGFI, Wang et al. CVPR 2019): where near objects the student imitates.
+
+For every feature level, every ground-truth box k is compared with every anchor box of that level
+(na anchors centred on each of the H x W cells). With m_k = psi * max IoU of box k over the whole level,
+a cell is positive when any of its anchors has IoU > m_k with any box of its image (union over boxes).
+
+Computed without a loop over boxes, images or anchors, and without the (boxes x anchors x H x W) IoU
+tensor (800 boxes at 640 px would be 15 M IoUs on P3 alone). Two facts make it separable:
+
+* For one box and one anchor shape the intersection is a product I = ox(j) * oy(i) of the 1-D overlaps
+  along x (depends on the column j only) and along y (row i only).
+* IoU = I / (A_box + A_anchor - I) grows with I, and IoU > t  <=>  I > c := t (A_box + A_anchor) / (1 + t).
+  So the best anchor position has I = max_j ox * max_i oy, and in row i the positive columns are those
+  with ox(j) > c / oy(i): with anchor centre u = j + 0.5 the 1-D overlap is
+  ox(u) = min(bw, aw, bx2 - u + aw/2, u + aw/2 - bx1), so ox > theta (theta >= 0) is the open interval
+  bx1 - aw/2 + theta < u < bx2 + aw/2 - theta, provided theta < bw and theta < aw.
+
+Each (box, anchor, row) thus contributes one interval of columns; the intervals are unioned per image
+with a difference array (+1 at the first column, -1 after the last) and a cumulative sum. Cost:
+O(boxes x na x (H + W) + B x H x W) per level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from utils.general import UserError
+
+
+def _check_inputs(targets: Tensor, anchors_px: Tensor, strides: Tensor, shapes: Sequence[tuple[int, int]],
+                  batch_size: int, psi: float) -> None:
+    if targets.dim() != 2 or targets.shape[1] != 6:
+        raise UserError(f"imitation mask: targets must be (n, 6) rows [img, cls, x, y, w, h], got "
+                        f"{tuple(targets.shape)}")
+    nl = len(shapes)
+    if anchors_px.dim() != 3 or anchors_px.shape[0] != nl or anchors_px.shape[2] != 2:
+        raise UserError(f"imitation mask: anchors must be (nl, na, 2) pixels with nl = {nl} levels "
+                        f"(one per shape {list(shapes)}), got {tuple(anchors_px.shape)}")
+    if strides.numel() != nl:
+        raise UserError(f"imitation mask: {strides.numel()} strides for {nl} levels {list(shapes)}")
+    if not 0.0 < psi <= 1.0:
+        raise UserError(f"imitation mask: psi must lie in (0, 1] (the paper uses 0.5), got {psi}")
+    if len(targets):
+        img = targets[:, 0]
+        if bool((img < 0).any()) or bool((img >= batch_size).any()):
+            raise UserError(f"imitation mask: target image indices span [{img.min().item():g}, "
+                            f"{img.max().item():g}] but the batch has {batch_size} images")
+
+
+def _overlap_1d(lo: Tensor, hi: Tensor, size: Tensor, n_cells: int) -> Tensor:
+    """1-D overlap (n, na, n_cells) of boxes [lo, hi] (n, 1) with anchors of length size (1, na)
+    centred at cell centres 0.5, 1.5, ... (grid units)."""
+    centres = torch.arange(n_cells, device=lo.device, dtype=lo.dtype) + 0.5  # (n_cells,)
+    half = (size / 2)[..., None]  # (1, na, 1)
+    right = torch.minimum(hi[..., None], centres + half)  # (n, na, n_cells)
+    left = torch.maximum(lo[..., None], centres - half)
+    return (right - left).clamp_(min=0)
+
+
+def _level_mask(boxes: Tensor, img: Tensor, anchors: Tensor, shape: tuple[int, int], batch_size: int,
+                psi: float) -> Tensor:
+    """Mask (B, H, W) bool of one level. boxes (n, 4) xyxy and anchors (na, 2) wh, both in grid units;
+    img (n,) long image index of each box."""
+    h, w = shape
+    bx1, by1, bx2, by2 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # (n, 1) each
+    bw, bh = bx2 - bx1, by2 - by1
+    aw, ah = anchors[None, :, 0], anchors[None, :, 1]  # (1, na)
+    ox = _overlap_1d(bx1, bx2, aw, w)  # (n, na, W)
+    oy = _overlap_1d(by1, by2, ah, h)  # (n, na, H)
+    areas = bw * bh + aw * ah  # (n, na) A_box + A_anchor
+    inter_max = ox.amax(-1) * oy.amax(-1)  # (n, na) best anchor position of each (box, anchor shape)
+    iou_max = (inter_max / (areas - inter_max)).amax(1, keepdim=True)  # (n, 1) max IoU of each box
+    t = psi * iou_max  # threshold m_k
+    # IoU > t  <=>  I > c. A box overlapping no anchor (max IoU 0) marks nothing: c = inf.
+    c = torch.where(iou_max > 0, t * areas / (1 + t), torch.full_like(areas, float("inf")))  # (n, na)
+
+    # Row i of (box, anchor): positive columns have ox > theta = c / oy(i), an open interval of centres
+    # (left, right) in column units; a row with oy == 0 gets theta = inf (or huge) and stays empty.
+    # Tensors below are (n, na, H); everything stays finite or +-inf, never NaN (c > 0, oy clamped > 0).
+    theta = c[..., None] / oy.clamp_(min=1e-30)
+    left = (bx1 - aw / 2 - 0.5)[..., None] + theta  # column j positive iff left < j < right
+    right = (bx2 + aw / 2 - 0.5)[..., None] - theta
+    valid = theta < torch.minimum(bw, aw)[..., None]  # ox peaks at min(bw, aw)
+    rows = img[:, None, None] * h + torch.arange(h, device=boxes.device)  # (n, 1, H) row of (image, i)
+    base = (rows * (w + 1)).to(boxes.dtype)  # exact in float32: B * H * (W + 1) << 2**24
+    first = torch.floor(left).clamp_(-1, w - 1).add_(base + 1)  # flat index of the first column j > left
+    end = torch.ceil(right).clamp_(0, w).add_(base)  # flat index after the last column j < right
+    valid &= first < end
+
+    # difference array over columns, one row per (image, row i): +1 at first, -1 at end; the cumulative
+    # sum along the row counts the intervals covering each cell
+    step = valid.to(torch.int32).flatten()
+    diff = torch.zeros(batch_size * h * (w + 1), dtype=torch.int32, device=boxes.device)
+    diff.index_add_(0, torch.cat((first.flatten(), end.flatten())).long(), torch.cat((step, -step)))
+    covered = diff.view(batch_size, h, w + 1).cumsum(-1)[..., :w]  # (B, H, W)
+    return covered > 0
+
+
+def imitation_mask(targets: Tensor, anchors_px: Tensor | Sequence, strides: Tensor | Sequence[float],
+                   shapes: Sequence[tuple[int, int]], batch_size: int, psi: float = 0.5) -> list[Tensor]:
+    """FGFI imitation masks, one (B, H, W) bool tensor per level, on the device of `targets`.
+
+    targets: (n, 6) rows [img_index, cls, x, y, w, h], xywh normalised to the image, whose size is
+        H_l * stride_l by W_l * stride_l on every level (YOLOv5 images are multiples of the largest stride).
+    anchors_px: (nl, na, 2) anchor wh in pixels of each level (Detect.anchors * Detect.stride[:, None, None]).
+    strides: (nl,) pixels per cell; shapes: nl (H, W) grid sizes; batch_size: B.
+    psi: threshold factor of the paper (positive when IoU > psi * max IoU of the box on that level).
+    Anchors are centred on cell centres ((j + 0.5) * stride). Images without boxes, and boxes of zero
+    area (max IoU 0), give no positive cell.
+    """
+    strides = torch.as_tensor(strides, dtype=torch.float32).flatten()
+    anchors_px = torch.as_tensor(anchors_px, dtype=torch.float32)
+    _check_inputs(targets, anchors_px, strides, shapes, batch_size, psi)
+    device = targets.device
+    masks = [torch.zeros(batch_size, h, w, dtype=torch.bool, device=device) for h, w in shapes]
+    if len(targets) == 0:
+        return masks
+    img = targets[:, 0].long()
+    xywh = targets[:, 2:6].float()
+    for level, (h, w) in enumerate(shapes):
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+        cx, cy, bw, bh = (xywh * scale).unbind(1)  # grid units of this level
+        boxes = torch.stack((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), 1)  # (n, 4) xyxy
+        anchors = anchors_px[level].to(device) / strides[level].item()  # (na, 2) grid units
+        masks[level] = _level_mask(boxes, img, anchors, (h, w), batch_size, psi)
+    return masks
