@@ -51,11 +51,11 @@ class DWConv(Conv):
 class Bottleneck(nn.Module):
     """1x1 Conv -> 3x3 Conv, with a residual add when shortcut and c1 == c2."""
 
-    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5, k=(1, 3)):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.cv1 = Conv(c1, c_, k[0], 1)  # k = (1, 3) in YOLOv5 blocks, (3, 3) inside C2f
+        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
@@ -114,7 +114,14 @@ class SPP(nn.Module):
 
 
 class SPPF(nn.Module):
-    """Fast SPP: three chained k-pools, numerically equal to SPP(k, 2k-1, 3k-2)."""
+    """Fast SPP: three chained k-pools, numerically equal to SPP(k, 2k-1, 3k-2).
+
+    Checkpoints of the ultralytics package (8.4) pickle two more attributes, `n` (number of chained
+    pools, 3) and `add` (residual, False); a file written without them means n=3, add=False.
+    """
+
+    n = 3
+    add = False
 
     def __init__(self, c1, c2, k=5):
         super().__init__()
@@ -124,10 +131,48 @@ class SPPF(nn.Module):
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
 
     def forward(self, x):
-        x = self.cv1(x)
-        y1 = self.m(x)
-        y2 = self.m(y1)
-        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+        y = [self.cv1(x)]
+        for _ in range(self.n):
+            y.append(self.m(y[-1]))
+        out = self.cv2(torch.cat(y, 1))  # (B, (n+1)*c_, H, W) -> (B, c2, H, W)
+        return out + x if self.add else out
+
+
+class C2f(nn.Module):
+    """CSP bottleneck with 2 convs (YOLOv8): cv1 splits into two halves, each Bottleneck extends the
+    list from the last entry, cv2 merges all (2 + n) parts. Attribute names follow ultralytics (c, cv1,
+    cv2, m) so its pickles map onto this class."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
+        super().__init__()
+        self.c = int(c2 * e)  # hidden channels
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, g, e=1.0, k=(3, 3)) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))  # (B, 2c, H, W) -> 2 x (B, c, H, W)
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral (Li et al. 2020, arXiv:2006.04388): the expected value of a
+    softmax over `c1` bins, as a frozen 1x1 conv whose weights are 0..c1-1.
+
+    Input (B, 4*c1, A) box-edge logits; output (B, 4, A) distances in bins (grid units)."""
+
+    def __init__(self, c1: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1)
+        self.c1 = c1
+
+    def forward(self, x):
+        b, _, a = x.shape
+        x = x.view(b, 4, self.c1, a).transpose(2, 1)  # (B, 4*c1, A) -> (B, c1, 4, A): softmax over bins
+        return self.conv(x.softmax(1)).view(b, 4, a)  # (B, 1, 4, A) -> (B, 4, A)
 
 
 class Focus(nn.Module):

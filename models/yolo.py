@@ -21,6 +21,7 @@ from models.common import (
     SPPF,
     Bottleneck,
     BottleneckCSP,
+    C2f,
     CABlock,
     Concat,
     Conv,
@@ -29,6 +30,7 @@ from models.common import (
     Focus,
     SELayer,
 )
+from models.head_v8 import DetectV8
 from utils.general import LOGGER, UserError, make_divisible, yaml_load
 from utils.torch_utils import (
     fuse_conv_and_bn,
@@ -44,6 +46,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 class Detect(nn.Module):
     """Per-level 1x1 conv to na*(nc+5) channels; decodes boxes in eval mode."""
 
+    family = "v5"  # anchor-based with objectness (see models/head_v8.py for the anchor-free family)
     stride = None  # set by Model after the dry run: tensor (nl,) of pixels per grid cell
     onnx_dynamic = False  # rebuild grids every call (ONNX export with dynamic axes)
 
@@ -84,6 +87,19 @@ class Detect(nn.Module):
         xy = (y[..., 0:2] * 2 - 0.5 + self.grid[i]) * s
         wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
         return torch.cat((xy, wh, y[..., 4:]), -1)
+
+    def build_loss(self, model: nn.Module, hyp: dict):
+        """The training loss of this head: utils.loss.ComputeLoss (v6.0)."""
+        from utils.loss import ComputeLoss
+
+        return ComputeLoss.from_model(model, hyp)
+
+    @staticmethod
+    def nms(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45, **kwargs) -> list[torch.Tensor]:
+        """NMS for this head's eval output (B, N, 5 + nc): utils.nms.non_max_suppression."""
+        from utils.nms import non_max_suppression
+
+        return non_max_suppression(prediction, conf_thres, iou_thres, **kwargs)
 
     def _make_grid(self, nx, ny, i, like):
         d = self.anchors.device
@@ -129,15 +145,18 @@ class Model(nn.Module):
         self.inplace = self.yaml.get("inplace", True)
 
         m = self.model[-1]
-        if isinstance(m, Detect):
+        if isinstance(m, (Detect, DetectV8)):
             s = 256  # dry run in train mode: stride = input size / feature size per level
             m.inplace = self.inplace
             with torch.no_grad():
                 m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
-            m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> grid units
-            check_anchor_order(m)
             self.stride = m.stride
-            self._initialize_biases()
+            if isinstance(m, Detect):
+                m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> grid units
+                check_anchor_order(m)
+                self._initialize_biases()
+            else:
+                m.bias_init()
         initialize_weights(self)
         self.info()
         LOGGER.info("")
@@ -230,7 +249,31 @@ class Model(nn.Module):
             m.grid = list(map(fn, m.grid))
             if isinstance(m.anchor_grid, list):
                 m.anchor_grid = list(map(fn, m.anchor_grid))
+        elif isinstance(m, DetectV8) and m.stride is not None:
+            m.stride = fn(m.stride)
+            m.reset_cache()
         return self
+
+    @property
+    def head(self) -> nn.Module:
+        """The detection head (last layer): Detect (YOLOv5 family) or DetectV8 (anchor-free, DFL)."""
+        return self.model[-1]
+
+    @property
+    def family(self) -> str:
+        """'v5' (anchor-based, objectness) or 'v8' (anchor-free with DFL): decided by the head in the yaml."""
+        return getattr(self.model[-1], "family", "v5")
+
+    def build_loss(self, hyp: dict):
+        """The training loss for this model's head, called as loss(raw_outputs, targets) -> (loss * bs, items).
+
+        The gains in hyp are used as given (scale v5 gains first with utils.loss.scale_loss_gains)."""
+        return self.model[-1].build_loss(self, hyp)
+
+    def nms(self, prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+            **kwargs) -> list[torch.Tensor]:
+        """NMS matching this model's eval output; returns per image (n, 6) [x1, y1, x2, y2, conf, cls]."""
+        return self.model[-1].nms(prediction, conf_thres, iou_thres, **kwargs)
 
 
 DetectionModel = Model  # v7.0 name
@@ -242,11 +285,11 @@ DetectionModel = Model  # v7.0 name
 MODULES = {
     "Conv": Conv, "DWConv": DWConv, "Bottleneck": Bottleneck, "BottleneckCSP": BottleneckCSP, "C3": C3,
     "SPP": SPP, "SPPF": SPPF, "Focus": Focus, "Concat": Concat, "Conv1_1": Conv1_1,
-    "SELayer": SELayer, "ASCBAM": ASCBAM, "CABlock": CABlock, "Detect": Detect,
+    "SELayer": SELayer, "ASCBAM": ASCBAM, "CABlock": CABlock, "Detect": Detect, "C2f": C2f, "DetectV8": DetectV8,
     "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity,
 }
-_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, SPP, SPPF, Focus, Conv1_1)  # args[0] = out channels
-_REPEAT_INSIDE = (BottleneckCSP, C3)  # n goes in as an argument
+_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, C2f, SPP, SPPF, Focus, Conv1_1)  # args[0] = out channels
+_REPEAT_INSIDE = (BottleneckCSP, C3, C2f)  # n goes in as an argument
 _ATTENTION = (SELayer, ASCBAM, CABlock)  # args = [channels, ratio, c2, need11, reverse]
 
 
@@ -263,35 +306,58 @@ def _single_input(ch, f, i, name):
     return ch[f]
 
 
-def _attention_args(args, c1, gw, no, i, name):
+def _attention_args(args, c1, width, no, i, name):
     """Validate the yaml channel argument against the incoming width and scale the optional c2."""
     if not args or not isinstance(args[0], int):
         raise UserError(f"model yaml layer {i} ({name}): first argument must be the channel count, got {args}")
-    c = make_divisible(args[0] * gw, 8) if args[0] != no else args[0]
+    c = width(args[0]) if args[0] != no else args[0]
     if c != c1:
-        raise UserError(f"model yaml layer {i} ({name}): channel argument {args[0]} scales to {c} with "
-                        f"width_multiple {gw}, but the incoming layer gives {c1} channels; fix args[0]")
+        raise UserError(f"model yaml layer {i} ({name}): channel argument {args[0]} scales to {c} with the "
+                        f"yaml's width scaling, but the incoming layer gives {c1} channels; fix args[0]")
     rest = list(args[1:])
     if len(rest) >= 2 and isinstance(rest[1], int):
-        rest[1] = make_divisible(rest[1] * gw, 8)  # optional 1x1 conv output width
+        rest[1] = width(rest[1])  # optional 1x1 conv output width
     return [c1, *rest]
+
+
+def _scaling(d: dict) -> tuple[float, float, float]:
+    """(depth, width, max_channels) of a model dict: depth_multiple/width_multiple[/max_channels], or the
+    ultralytics form `scales: {n: [depth, width, max_channels], ...}` with `scale` naming the entry."""
+    if "scales" in d and "depth_multiple" not in d:
+        scales = d["scales"]
+        scale = d.get("scale") or next(iter(scales))
+        if scale not in scales:
+            raise UserError(f"model yaml scale '{scale}' is not one of its scales {list(scales)}")
+        gd, gw, mc = scales[scale]
+        return gd, gw, mc
+    return d["depth_multiple"], d["width_multiple"], d.get("max_channels", math.inf)
 
 
 def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     """Build the layers of a model dict (yaml). Returns (nn.Sequential, sorted save list).
 
-    Depth: n > 1 becomes max(round(n * depth_multiple), 1). Width: c2 = ceil(c2 * width_multiple / 8) * 8
-    for the channel-changing modules (not for Detect's output). Each layer gets i, f, type, np.
+    Depth: n > 1 becomes max(round(n * depth_multiple), 1). Width: c2 = ceil(min(c2, max_channels) *
+    width_multiple / 8) * 8 for the channel-changing modules (not for a Detect output width);
+    max_channels (YOLOv8 yamls) is unlimited when absent. `anchors` is needed only by the YOLOv5 Detect
+    head. Each layer gets i, f, type, np.
     """
     LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     try:
-        anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
+        anchors, nc = d.get("anchors"), d["nc"]
+        gd, gw, mc = _scaling(d)
         rows = list(d["backbone"]) + list(d["head"])
     except (KeyError, TypeError) as e:
-        raise UserError(f"model yaml is missing key {e}: needs nc, depth_multiple, width_multiple, anchors, "
-                        f"backbone, head") from None
-    na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
-    no = na * (nc + 5)
+        raise UserError(f"model yaml is missing key {e}: needs nc, depth_multiple, width_multiple (or scales), "
+                        f"backbone, head, and anchors for a YOLOv5 Detect head") from None
+    if anchors is not None:
+        na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
+        no = na * (nc + 5)
+    else:
+        no = nc  # anchor-free yaml: a channel argument equal to nc is a class count, never scaled
+
+    def width(c: int) -> int:
+        return make_divisible(min(c, mc) * gw, 8)
+
     layers, save, c2 = [], [], ch[-1]
     for i, row in enumerate(rows):
         if not (isinstance(row, (list, tuple)) and len(row) == 4):
@@ -300,10 +366,13 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         m = MODULES.get(name)
         if m is None:
             raise UserError(f"model yaml layer {i}: unknown module '{name}'. Known modules: {', '.join(MODULES)}")
+        if m is Detect and anchors is None:
+            raise UserError(f"model yaml layer {i} (Detect): the YOLOv5 Detect head needs an 'anchors' entry in "
+                            f"the yaml; for the anchor-free head use DetectV8")
         args = [_resolve(a, nc, anchors) for a in (args or [])]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
         try:
-            m_, c2, args, n = _build_layer(m, name, f, n, args, ch, c2, gw, no, i)
+            m_, c2, args, n = _build_layer(m, name, f, n, args, ch, c2, width, no, i)
         except IndexError:
             raise UserError(f"model yaml layer {i} ({name}): 'from' {f} refers to a layer that does not exist "
                             f"yet (only {len(ch)} earlier layers)") from None
@@ -318,18 +387,18 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     return nn.Sequential(*layers), sorted(save)
 
 
-def _build_layer(m, name, f, n, args, ch, c2, gw, no, i):
+def _build_layer(m, name, f, n, args, ch, c2, width, no, i):
     """Channel bookkeeping for one row; returns (module, output channels, final args, n)."""
     if m in _SCALED:
         c1, c2 = _single_input(ch, f, i, name), args[0]
         if c2 != no:
-            c2 = make_divisible(c2 * gw, 8)
+            c2 = width(c2)
         args = [c1, c2, *args[1:]]
         if m in _REPEAT_INSIDE:
             args.insert(2, n)
             n = 1
     elif m in _ATTENTION:
-        args = _attention_args(args, _single_input(ch, f, i, name), gw, no, i, name)
+        args = _attention_args(args, _single_input(ch, f, i, name), width, no, i, name)
     elif m is nn.BatchNorm2d:
         args = [c2 := _single_input(ch, f, i, name)]
     elif m is Concat:
@@ -338,6 +407,8 @@ def _build_layer(m, name, f, n, args, ch, c2, gw, no, i):
         args.append([ch[x] for x in f])
         if isinstance(args[1], int):  # anchors given as a count: placeholders for autoanchor
             args[1] = [list(range(args[1] * 2))] * len(f)
+    elif m is DetectV8:
+        args = [args[0] if args else no, [ch[x] for x in f], *args[1:]]  # (nc, per-level channels, reg_max)
     else:
         c2 = _single_input(ch, f, i, name)
     try:
@@ -357,12 +428,14 @@ __all__ = [
     "SPPF",
     "Bottleneck",
     "BottleneckCSP",
+    "C2f",
     "CABlock",
     "Concat",
     "Conv",
     "Conv1_1",
     "DWConv",
     "Detect",
+    "DetectV8",
     "DetectionModel",
     "Focus",
     "Model",

@@ -4,6 +4,10 @@ Official v5.x/v6.x/v7.0 `.pt` files pickle whole `models.yolo.Model` objects plu
 plain `weights_only=True` load refuses them and `weights_only=False` would run arbitrary pickled
 code. `safe_torch_load` uses torch's weights-only unpickler with an explicit allow-list of the
 classes such files legitimately contain; anything else is refused *before* it runs.
+
+Checkpoints of the ultralytics package (YOLOv8 family) pickle `ultralytics.nn.*` classes; the
+allow-list maps each of those names onto the class of this repository with the same attributes
+(`_ULTRALYTICS`), so they load without ultralytics installed and without trusted unpickling.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from models import common
+from models.head_v8 import DetectV8
 from models.yolo import Detect, Model
 from utils.general import LOGGER, UserError, colorstr
 from utils.torch_utils import intersect_dicts
@@ -28,7 +33,19 @@ _TORCH_NN = (nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.Upsample, nn.MaxPool2d, nn.S
              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _COMMON = (common.Conv, common.DWConv, common.Bottleneck, common.BottleneckCSP, common.C3, common.SPP, common.SPPF,
            common.Focus, common.Concat, common.Conv1_1, common.SELayer, common.ChannelAttention,
-           common.SpatialAttention, common.ASCBAM, common.CABlock, common.h_sigmoid, common.h_swish)
+           common.SpatialAttention, common.ASCBAM, common.CABlock, common.h_sigmoid, common.h_swish, common.C2f,
+           common.DFL)
+# ultralytics 8.x global -> our class with the same pickled attribute names (see models/head_v8.py)
+_ULTRALYTICS = {
+    "ultralytics.nn.tasks.DetectionModel": Model,
+    "ultralytics.nn.modules.conv.Conv": common.Conv,
+    "ultralytics.nn.modules.conv.Concat": common.Concat,
+    "ultralytics.nn.modules.block.C2f": common.C2f,
+    "ultralytics.nn.modules.block.Bottleneck": common.Bottleneck,
+    "ultralytics.nn.modules.block.SPPF": common.SPPF,
+    "ultralytics.nn.modules.block.DFL": common.DFL,
+    "ultralytics.nn.modules.head.Detect": DetectV8,
+}
 
 
 def _numpy_globals() -> list:
@@ -47,7 +64,8 @@ def allowed_globals() -> list:
     import _codecs
     import collections
 
-    return [Model, (Model, "models.yolo.DetectionModel"), Detect, *_COMMON, *_TORCH_NN, *_numpy_globals(),
+    return [Model, (Model, "models.yolo.DetectionModel"), Detect, DetectV8, *_COMMON, *_TORCH_NN, *_numpy_globals(),
+            *((cls, name) for name, cls in _ULTRALYTICS.items()),
             set, frozenset, collections.OrderedDict, _codecs.encode,
             PosixPath, WindowsPath, PurePosixPath, PureWindowsPath]
 
@@ -132,12 +150,28 @@ def model_from_checkpoint(ckpt, path: str | Path = "<memory>", cfg=None) -> nn.M
     raise UserError(f"checkpoint '{path}' has no 'model'/'ema' module and no state_dict (keys: {list(ckpt)[:10]})")
 
 
+def _from_ultralytics(model: nn.Module) -> None:
+    """An ultralytics DetectionModel mapped onto Model: names dict -> list, yaml head 'Detect' -> 'DetectV8'
+    (so Model(model.yaml) rebuilds the same layers here), training arguments dropped from the model."""
+    names = getattr(model, "names", None)
+    if isinstance(names, dict):
+        model.names = [str(names[k]) for k in sorted(names)]
+    yaml = getattr(model, "yaml", None)
+    if isinstance(yaml, dict) and yaml.get("head") and yaml["head"][-1][2] == "Detect":
+        yaml["head"][-1][2] = "DetectV8"
+    model.__dict__.pop("args", None)  # ultralytics train settings; the model carries nc, names, stride only
+
+
 def _compat(model: nn.Module, inplace: bool) -> None:
     """Make a model unpickled from any release run under this code (v6.0 attempt_load pass)."""
+    if isinstance(model, Model) and isinstance(model.model[-1], DetectV8):
+        _from_ultralytics(model)
     for m in model.modules():
         t = type(m)
-        if t in (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU, Detect, Model):
+        if t in (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU, Detect, DetectV8, Model):
             m.inplace = inplace
+        if t is DetectV8:
+            m.reset_cache()  # anchor points are rebuilt for the input size, dtype and device at hand
         if t is Detect:
             if "anchor_grid" in m._buffers:  # v5.x persisted anchor_grid as a buffer
                 del m._buffers["anchor_grid"]
