@@ -1,0 +1,434 @@
+"""Every bad input gets a clear message before any work, and nothing passes silently (issue 16 §3).
+
+The tables below ARE the record of what was tried: each row is one wrong value of one flag or one yaml
+field, and the words the message must contain (the flag or file, and what is wrong). Most rows call
+the validation directly (utils/options.py, utils/dataset_config.py); one subprocess per script proves
+exit status 2 without a traceback and that nothing was created.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train
+from utils.dataset_config import check_dataset
+from utils.general import UserError, check_file
+from utils.loggers import ResultsLogger, clear_previous_run, read_results_csv
+from utils.options import (
+    check_classes_in_model,
+    check_detect_args,
+    check_export_args,
+    check_train_opt,
+    check_val_args,
+    check_warmup,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from utils.synthetic import build_synthetic_dataset
+
+    return build_synthetic_dataset(tmp_path_factory.mktemp("bad_inputs") / "ds", n_train=4, n_val=2, img_size=64,
+                                   nc=3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def sd_checkpoint(tmp_path_factory):
+    """A state_dict-only .pt of a yolov5n with nc=3 (no pickled model: needs --cfg to be built)."""
+    from models.yolo import Model
+
+    torch.manual_seed(0)
+    f = tmp_path_factory.mktemp("sd") / "sd_only.pt"
+    torch.save(Model(ROOT / "models" / "yolov5n.yaml", nc=3).state_dict(), f)
+    return f
+
+
+def _raises(fn, *words):
+    with pytest.raises(UserError) as e:
+        fn()
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, f"{w!r} not in message: {msg}"
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------
+# train.py flags: (extra argv, words the message must contain)
+
+TRAIN_CASES = [
+    (["--epochs", "-1"], ["--epochs -1", ">= 1"]),
+    (["--epochs", "0"], ["--epochs 0"]),
+    (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+    (["--imgsz", "0"], ["--imgsz 0", "multiple of 32"]),
+    (["--img", "16"], ["--imgsz 16"]),
+    (["--workers", "-1"], ["--workers -1"]),
+    (["--label-smoothing", "1.5"], ["--label-smoothing 1.5", "[0, 1)"]),
+    (["--patience", "-3"], ["--patience -3"]),
+    (["--freeze", "-1"], ["--freeze -1"]),
+    (["--seed", "-1"], ["--seed -1"]),
+    (["--cache", "gpu"], ["--cache gpu", "'ram' or 'disk'"]),
+    (["--cfg", "nope.yaml"], ["--cfg file 'nope.yaml' not found"]),
+    (["--cfg", str(ROOT / "data" / "hyps")], ["--cfg", "is a folder"]),
+    (["--cfg", str(ROOT / "README.md")], ["--cfg", "not a yaml file"]),
+    (["--weights", "nope.pt"], ["--weights nope.pt not found", "download_weights.py"]),
+    (["--weights", str(ROOT / "weights")], ["--weights", "is a folder"]),
+    (["--data", "missing.yaml"], ["--data file 'missing.yaml' not found"]),
+    (["--hyp", "missing_hyp.yaml"], ["--hyp file 'missing_hyp.yaml' not found"]),
+    (["--name", ""], ["--name is empty"]),
+]
+
+
+def _train_opt(data, *extra):
+    argv = ["--data", str(data), "--cfg", str(ROOT / "models/yolov5n.yaml"), "--img", "64", "--epochs", "1",
+            "--batch-size", "2", "--workers", "0", *extra]
+    return train.get_args_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(("extra", "words"), TRAIN_CASES, ids=[" ".join(c[0]) for c in TRAIN_CASES])
+def test_train_flags(data, extra, words):
+    _raises(lambda: check_train_opt(_train_opt(data, *extra)), *words)
+
+
+def test_train_good_options_pass(data):
+    opt = check_train_opt(_train_opt(data, "--cache", "--label-smoothing", "0.1"))
+    assert opt.epochs == 1 and opt.cache == "ram"
+
+
+# hyp yaml fields: (changes to hyp.scratch.yaml, words)
+HYP_CASES = [
+    ({"lr0": 0}, ["lr0 0 is out of range", "> 0"]),
+    ({"lr0": -0.01}, ["lr0 -0.01"]),
+    ({"momentum": 1.0}, ["momentum 1.0", "[0, 1)"]),
+    ({"anchor_t": 1}, ["anchor_t 1", "nothing matches"]),
+    ({"fliplr": 2}, ["fliplr 2", "probability"]),
+    ({"mosaic": -0.1}, ["mosaic -0.1"]),
+    ({"scale": 1.0}, ["scale 1.0"]),
+    ({"hsv_v": 1.5}, ["hsv_v 1.5"]),
+    ({"weight_decay": "5e-4"}, ["weight_decay must be a number", "decimal point"]),
+    ({"box": "big"}, ["box must be a number"]),
+    ({"nbs": 0}, ["nbs 0"]),
+    ({"warmup_min_iters": 1.5}, ["warmup_min_iters must be an integer"]),
+    ({"lr0": None}, ["lr0 must be a number"]),
+    ({"lr0": "DELETE"}, ["lacks keys ['lr0']"]),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), HYP_CASES, ids=[str(c[0]) for c in HYP_CASES])
+def test_hyp_fields(data, tmp_path, change, words):
+    hyp = yaml.safe_load(HYP.read_text())
+    for k, v in change.items():
+        hyp.pop(k) if v == "DELETE" else hyp.update({k: v})
+    f = tmp_path / "bad_hyp.yaml"
+    f.write_text(yaml.safe_dump(hyp))
+    msg = _raises(lambda: check_train_opt(_train_opt(data, "--hyp", str(f))), *words)
+    assert f"--hyp {f}" in msg  # the file is named as the --hyp file
+
+
+def test_hyp_unknown_key_is_warned(data, tmp_path, caplog):
+    f = tmp_path / "typo.yaml"
+    f.write_text(HYP.read_text() + "lr_0: 0.02\n")
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_train_opt(_train_opt(data, "--hyp", str(f)))
+    assert "unknown keys ['lr_0']" in caplog.text
+
+
+def test_resume_folder_and_missing(tmp_path):
+    run = tmp_path / "exp"
+    (run / "weights").mkdir(parents=True)
+    opt = train.get_args_parser().parse_args(["--resume", str(run)])
+    _raises(lambda: check_train_opt(opt), f"--resume {run}: no weights/last.pt in this folder")
+    (run / "weights" / "last.pt").write_bytes(b"x")
+    assert check_train_opt(train.get_args_parser().parse_args(["--resume", str(run)])).resume == str(
+        run / "weights" / "last.pt")
+    opt = train.get_args_parser().parse_args(["--resume", str(tmp_path / "nope" / "last.pt")])
+    _raises(lambda: check_train_opt(opt), "does not exist")
+
+
+def test_absolute_path_message_names_it_once(tmp_path):
+    msg = _raises(lambda: check_file(tmp_path / "x.yaml", "--hyp file"), f"--hyp file '{tmp_path / 'x.yaml'}' not found")
+    assert "looked in" not in msg
+
+
+# ------------------------------------------------------------------------------------------------
+# data yaml fields: (changes to the generated data.yaml, words)
+
+DATA_CASES = [
+    ({"names": {0: "a", 2: "c", 3: "d"}}, ["'names' keys must be exactly 0..2", "missing ids [1]"]),
+    ({"names": {"a": 0, "b": 1, "c": 2}}, ["'names' looks inverted", "0: a"]),
+    ({"names": {"x": "a", 1: "b", 2: "c"}}, ["'names' keys must be class ids"]),
+    ({"nc": 0, "names": []}, ["'nc' is 0", "at least 1 class"]),
+    ({"nc": 2.5}, ["'nc' must be a whole number", "2.5"]),
+    ({"nc": "three"}, ["'nc' must be a whole number"]),
+    ({"nc": 4}, ["nc=4 but 3 names"]),
+    ({"names": ["a", None, "c"]}, ["class 1 has an empty name"]),
+    ({"names": "abc"}, ["'names' must be a list"]),
+    ({"names": [["a", "b", "c"]], "nc": 1}, ["flat list"]),
+    ({"train": None}, ["'train' is missing"]),
+    ({"val": "images/nowhere"}, ["dataset paths not found", "images/nowhere"]),
+]
+
+
+def _data_variant(data: Path, tmp_path: Path, change: dict) -> Path:
+    d = yaml.safe_load(data.read_text())
+    d.update(change)
+    f = tmp_path / "variant.yaml"
+    f.write_text(yaml.safe_dump(d))
+    return f
+
+
+@pytest.mark.parametrize(("change", "words"), DATA_CASES, ids=[str(c[0]) for c in DATA_CASES])
+def test_data_yaml_fields(data, tmp_path, change, words):
+    f = _data_variant(data, tmp_path, change)
+    msg = _raises(lambda: check_dataset(f, autodownload=False), *words)
+    assert str(f) in msg  # the data yaml is named
+
+
+def test_names_dict_in_order_is_accepted(data, tmp_path, caplog):
+    f = _data_variant(data, tmp_path, {"names": {2: "c", 0: "a", 1: "a"}})
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        assert check_dataset(f)["names"] == ["a", "a", "c"]
+    assert "['a'] appear more than once" in caplog.text
+
+
+def test_txt_list_with_missing_images(data, tmp_path, caplog):
+    real = sorted((data.parent / "images" / "train").glob("*.jpg"))
+    gone = [str(tmp_path / "deleted1.jpg"), str(tmp_path / "deleted2.jpg")]
+    lst = tmp_path / "train.txt"
+    lst.write_text("\n".join(gone) + "\n")
+    f = _data_variant(data, tmp_path, {"train": str(lst)})
+    _raises(lambda: check_dataset(f), f"none of the 2 images listed in {lst}", "deleted1.jpg", "Regenerate")
+    lst.write_text("\n".join([str(real[0]), *gone]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_dataset(f)
+    assert f"2 of 3 images listed in {lst} ('train') do not exist" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------
+# val.py / detect.py / export.py arguments
+
+
+def _val(data, weights, **kw):
+    a = {"batch_size": 2, "imgsz": 64, "conf_thres": 0.001, "iou_thres": 0.6, "task": "val", "workers": 0}
+    a.update(kw)
+    return lambda: check_val_args(data, weights, **a)
+
+
+VAL_CASES = [
+    ({"conf_thres": 2}, ["--conf-thres 2", "between 0 and 1"]),
+    ({"conf_thres": -0.1}, ["--conf-thres -0.1"]),
+    ({"iou_thres": 1.5}, ["--iou-thres 1.5"]),
+    ({"batch_size": 0}, ["--batch-size 0"]),
+    ({"imgsz": 0}, ["--imgsz 0"]),
+    ({"task": "bogus"}, ["--task bogus", "speed"]),
+    ({"workers": -2}, ["--workers -2"]),
+    ({"cfg": "nope.yaml"}, ["--cfg file 'nope.yaml' not found"]),
+]
+
+
+@pytest.mark.parametrize(("kw", "words"), VAL_CASES, ids=[str(c[0]) for c in VAL_CASES])
+def test_val_args(data, sd_checkpoint, kw, words):
+    _raises(_val(data, sd_checkpoint, **kw), *words)
+
+
+def test_val_weights_and_data_files(data, sd_checkpoint, tmp_path):
+    _raises(_val(data, tmp_path / "missing.pt"), "--weights", "missing.pt not found", "download_weights.py")
+    _raises(_val(data, tmp_path), "--weights", "is a folder")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"0")
+    _raises(_val(data, onnx), "--weights", "use detect.py")
+    _raises(_val(tmp_path / "nope.yaml", sd_checkpoint), "--data file")
+    _raises(_val(data, None), "--weights is required")
+    assert check_val_args(data, [str(sd_checkpoint)], 2, 64, 0.1, 0.5, "speed", 0) == [sd_checkpoint]
+
+
+def test_state_dict_checkpoint_with_cfg(data, sd_checkpoint, tmp_path):
+    """The README promises state_dict-only files work with --cfg: val.py and detect.py have the flag."""
+    import detect
+    import val
+    from utils.backend import DetectBackend
+
+    cfg = str(ROOT / "models" / "yolov5n.yaml")
+    _raises(lambda: val.run(data, weights=str(sd_checkpoint), imgsz=64, batch_size=2, workers=0, device="cpu",
+                            project=tmp_path), "state_dict")
+    (_, _, map50, map_, *_), maps, _ = val.run(data, weights=str(sd_checkpoint), cfg=cfg, imgsz=64, batch_size=2,
+                                                 workers=0, device="cpu", project=tmp_path, plots=False)
+    assert maps.shape == (3,) and 0 <= map_ <= map50 <= 1
+    assert val.parse_opt(["--cfg", cfg]).cfg == cfg and detect.parse_opt(["--cfg", cfg]).cfg == cfg
+    assert len(DetectBackend(sd_checkpoint, cfg=cfg).names) == 3
+
+
+DETECT_CASES = [
+    ({"conf_thres": 2}, ["--conf-thres 2"]),
+    ({"iou_thres": -1}, ["--iou-thres -1"]),
+    ({"max_det": 0}, ["--max-det 0"]),
+    ({"line_thickness": 0}, ["--line-thickness 0"]),
+    ({"classes": [-1]}, ["--classes -1"]),
+    ({"imgsz": [64, 64, 64]}, ["--imgsz takes one value (square) or two", "64 64 64"]),
+    ({"imgsz": [0]}, ["--imgsz 0"]),
+    ({"source": "nope_dir/x.jpg"}, ["--source nope_dir/x.jpg does not exist"]),
+    ({"source": ""}, ["--source is empty"]),
+]
+
+
+@pytest.mark.parametrize(("kw", "words"), DETECT_CASES, ids=[str(c[0]) for c in DETECT_CASES])
+def test_detect_args(sd_checkpoint, kw, words):
+    a = {"weights": sd_checkpoint, "source": str(ROOT / "data" / "images"), "imgsz": [64], "conf_thres": 0.25,
+         "iou_thres": 0.45, "max_det": 100, "classes": None, "line_thickness": 3}
+    a.update(kw)
+    _raises(lambda: check_detect_args(**a), *words)
+
+
+def test_detect_weights_and_classes(tmp_path):
+    bad = tmp_path / "m.txt"
+    bad.write_text("x")
+    _raises(lambda: check_detect_args(bad, ROOT / "data/images", [64], 0.2, 0.4, 10, None, 3), "--weights", ".onnx")
+    _raises(lambda: check_classes_in_model([0, 5], ["a", "b", "c"]), "--classes 5", "3 classes", "0..2")
+    check_classes_in_model([2], ["a", "b", "c"])
+
+
+EXPORT_CASES = [
+    ({"imgsz": [0]}, ["--imgsz 0"]),
+    ({"batch_size": 0}, ["--batch-size 0"]),
+    ({"opset": 3}, ["--opset 3", "[7,"]),
+    ({"opset": 999}, ["--opset 999"]),
+]
+
+
+@pytest.mark.parametrize(("kw", "words"), EXPORT_CASES, ids=[str(c[0]) for c in EXPORT_CASES])
+def test_export_args(sd_checkpoint, kw, words):
+    a = {"weights": sd_checkpoint, "imgsz": [64], "batch_size": 1, "opset": 13, "include": ["onnx"]}
+    a.update(kw)
+    _raises(lambda: check_export_args(**a), *words)
+
+
+# ------------------------------------------------------------------------------------------------
+# results.csv: tolerant where a warning is enough, strict where the user must act
+
+
+def _csv_with_damage(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    log = ResultsLogger(d, tensorboard=False)
+    for e in range(3):
+        log.log_epoch(e, {"box": 0.1, "obj": 0.05, "cls": 0.02}, (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02), [0.01] * 3)
+    lines = (d / "results.csv").read_text().splitlines()
+    lines[2] = lines[2][:30]  # epoch 1 cut short (a kill while writing, a bad copy)
+    (d / "results.csv").write_text("\n".join(lines) + "\n" + "   3,  0.1")  # and an unfinished last line
+    return d / "results.csv"
+
+
+def test_damaged_results_line_is_skipped_with_warning(tmp_path, caplog):
+    f = _csv_with_damage(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        names, rows = read_results_csv(f)
+    assert [r[0] for r in rows] == [0, 2] and names[0] == "epoch"
+    assert "damaged lines 3, 5 skipped" in caplog.text and str(f) in caplog.text
+
+
+def test_resume_truncate_survives_damaged_results(tmp_path):
+    f = _csv_with_damage(tmp_path / "run")
+    log = ResultsLogger(f.parent, tensorboard=False)
+    log.truncate_from(3)  # what --resume does before continuing at epoch 3
+    log.log_epoch(3, {"box": 0.1, "obj": 0.05, "cls": 0.02}, (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02), [0.01] * 3)
+    _, rows = read_results_csv(f)
+    assert [int(r[0]) for r in rows] == [0, 2, 3] and all(len(r) == 14 for r in rows)
+
+
+def test_results_without_header_is_an_error(tmp_path):
+    f = tmp_path / "results.csv"
+    f.write_text("0,1,2\n1,2,3\n")
+    _raises(lambda: read_results_csv(f), "line 1 is not a results.csv header")
+
+
+def test_exist_ok_clears_the_earlier_runs_files(tmp_path, caplog):
+    (tmp_path / "weights").mkdir()
+    for name in ("weights/best.pt", "weights/last.pt", "weights/epoch3.pt", "results.csv", "opt.yaml"):
+        (tmp_path / name).write_text("old")
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        removed = clear_previous_run(tmp_path)
+    assert sorted(p.name for p in removed) == ["best.pt", "epoch3.pt", "last.pt", "results.csv"]
+    assert (tmp_path / "opt.yaml").exists() and not (tmp_path / "weights/best.pt").exists()
+    assert "earlier run" in caplog.text and "--exist-ok" in caplog.text
+
+
+def test_warmup_notice():
+    assert check_warmup(1000, 50, 30, {}) is True  # 800 images at batch 16 for 30 epochs: 20 epochs of warmup
+    assert check_warmup(1000, 50, 300, {}) is False
+    assert check_warmup(100, 50, 4, {"warmup_min_iters": 100}) is False  # exactly half: no notice
+
+
+def test_warmup_notice_text(caplog):
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_warmup(1000, 50, 30, {})
+        check_warmup(100, 10, 5, {"warmup_min_iters": 100})
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "1000 iterations (20.0 epochs" in first and "data/hyps/hyp.short.yaml" in first
+    assert "hyp.short.yaml" not in second and "more epochs" in second
+
+
+# ------------------------------------------------------------------------------------------------
+# one subprocess per script: exit status 2, the flag named, no traceback, nothing created
+
+
+SCRIPT_CASES = [
+    ("train.py", ["--batch-size", "0", "--cfg", "models/yolov5n.yaml"], "--batch-size 0"),
+    ("val.py", ["--conf-thres", "2", "--weights", "W"], "--conf-thres 2"),
+    ("detect.py", ["--iou-thres", "1.5", "--weights", "W"], "--iou-thres 1.5"),
+    ("export.py", ["--img", "0", "--weights", "W"], "--imgsz 0"),
+    ("plot_curves.py", ["nope_run"], "nope_run"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "words"), SCRIPT_CASES, ids=[c[0] for c in SCRIPT_CASES])
+def test_scripts_exit_2_without_traceback(script, args, words, data, sd_checkpoint, tmp_path):
+    args = [str(sd_checkpoint) if a == "W" else a for a in args]
+    extra = ["--data", str(data)] if script in ("train.py", "val.py") else []
+    extra += ["--project", str(tmp_path / "runs")] if script != "plot_curves.py" and script != "export.py" else []
+    r = subprocess.run([sys.executable, str(ROOT / script), *args, *extra], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plot_curves_cli_with_damaged_line(tmp_path):
+    f = _csv_with_damage(tmp_path / "run")
+    r = subprocess.run([sys.executable, str(ROOT / "plot_curves.py"), str(f.parent), "--out", str(tmp_path / "c.png")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "damaged lines 3, 5 skipped" in r.stdout + r.stderr and (tmp_path / "c.png").stat().st_size > 1000
+    r = subprocess.run([sys.executable, str(ROOT / "plot_curves.py"), str(f.parent), "--out", str(tmp_path / "c.txt")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end: --exist-ok into an old run, and the warmup notice of a short default-hyp run
+
+
+def test_train_exist_ok_does_not_report_the_old_best(data, tmp_path, caplog):
+    from utils.checkpoint import safe_torch_load
+
+    run = tmp_path / "exp"
+    (run / "weights").mkdir(parents=True)
+    old = {"epoch": -1, "best_fitness": np.zeros(1), "model": None, "marker": "old run"}
+    torch.save(old, run / "weights" / "best.pt")
+    (run / "results.csv").write_text("epoch,x\n0,1\n1,2\n5,3\n")
+    opt = _train_opt(data, "--project", str(tmp_path), "--name", "exp", "--exist-ok", "--noautoanchor",
+                     "--hyp", str(HYP))
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        train.main(opt)
+    assert "earlier run" in caplog.text and "data/hyps/hyp.short.yaml" in caplog.text
+    assert "marker" not in safe_torch_load(run / "weights" / "best.pt")
+    names, rows = read_results_csv(run / "results.csv")
+    assert names[0] == "epoch" and [r[0] for r in rows] == [0]
