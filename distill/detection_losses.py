@@ -1,0 +1,329 @@
+"""Feature distillation losses built for detectors: FGFI imitation, CWD, strided MSE, PKD, score-weighted L2.
+
+Contract (distill/context.py): `loss(student_feats, teacher_feats, ctx) -> fp32 scalar`, where the lists
+hold the (B, C, H, W) maps of the layer pairs mapped to the loss, in pair order. Adapters are built in
+__init__ from `student_channels` / `teacher_channels` (one entry per pair), so the optimizer sees them.
+
+Precision: adapters run under the caller's autocast (cheap convs in bf16/fp16 on a GPU); every loss
+term (squares, softmax, standardisation, sums) is computed in float32 with autocast disabled. Teacher
+maps and outputs are detached: no gradient reaches the teacher.
+
+Reduction across pairs: CWD, MSE and PKD add one term per pair, as mmrazor configures one loss per FPN
+level, so the published per-level weights apply. Imitation and score-weighted L2 are normalised over
+all pairs together (positive locations, total weight), which keeps the single-map scale of the papers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.context import KDContext
+from distill.hooks import unwrap_parallel
+from distill.imitation import imitation_mask
+from utils.general import UserError
+
+
+def _fp32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _check_channels(name: str, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
+    if len(student_channels) != len(teacher_channels) or not len(student_channels):
+        raise UserError(f"{name}: need one student and one teacher channel count per layer pair, got "
+                        f"{list(student_channels)} and {list(teacher_channels)}")
+
+
+def _check_pairs(name: str, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor],
+                 student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
+    """UserError unless the maps are (B, C, H, W), equal in count and batch, with the built widths."""
+    if not (len(student_feats) == len(teacher_feats) == len(student_channels)):
+        raise UserError(f"{name}: built for {len(student_channels)} layer pairs but got {len(student_feats)} "
+                        f"student and {len(teacher_feats)} teacher maps")
+    for k, (s, t) in enumerate(zip(student_feats, teacher_feats)):
+        if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0]:
+            raise UserError(f"{name}: pair {k} needs (B, C, H, W) maps of equal B, got student "
+                            f"{tuple(s.shape)}, teacher {tuple(t.shape)}")
+        if s.shape[1] != student_channels[k] or t.shape[1] != teacher_channels[k]:
+            raise UserError(f"{name}: pair {k} was built for {student_channels[k]} -> {teacher_channels[k]} "
+                            f"channels but got student {tuple(s.shape)}, teacher {tuple(t.shape)}; "
+                            "rebuild the loss from the probed layer widths")
+
+
+def _same_size(name: str, k: int, s: Tensor, t: Tensor, hint: str) -> None:
+    if s.shape[-2:] != t.shape[-2:]:
+        raise UserError(f"{name}: pair {k} has student map {tuple(s.shape)} and teacher map {tuple(t.shape)}; "
+                        f"{name} needs equal H x W ({hint})")
+
+
+def _zero_with_graph(module: nn.Module, device: torch.device) -> Tensor:
+    """0.0 connected to every parameter, so DDP sees them used when a loss is switched off (warm-up)."""
+    zero = torch.zeros((), device=device)
+    for p in module.parameters():
+        zero = zero + p.sum() * 0.0
+    return zero
+
+
+def _align_1x1(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
+    """A 1x1 conv per pair whose widths differ, nn.Identity where they match."""
+    return nn.ModuleList(nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity()
+                         for cs, ct in zip(student_channels, teacher_channels))
+
+
+def _level_of(name: str, k: int, t: Tensor, out: object, what: str) -> int:
+    """Index of the Detect level whose grid (ny, nx) equals the teacher map's H x W."""
+    if not isinstance(out, (list, tuple)) or not all(isinstance(p, Tensor) and p.dim() == 5 for p in out):
+        raise UserError(f"{name}: ctx.{what} must be the raw per-level list (B, na, ny, nx, 5+nc) of a "
+                        "YOLOv5 Detect head in train mode")
+    sizes = [tuple(p.shape[2:4]) for p in out]
+    if tuple(t.shape[-2:]) not in sizes:
+        raise UserError(f"{name}: pair {k} teacher map {tuple(t.shape)} matches no Detect level grid {sizes}; "
+                        "map this loss to layers at the detection strides (the maps entering Detect)")
+    return sizes.index(tuple(t.shape[-2:]))
+
+
+class FineGrainedImitation(nn.Module):
+    """Fine-grained feature imitation, FGFI (Wang et al., CVPR 2019, arXiv:1906.03609).
+
+    Per pair k (student (B, c_S, H, W), teacher (B, c_T, H, W), same H x W, at a Detect level):
+    A = ReLU(conv3x3(S)) (c_S -> c_T, weights ~ N(0, 1e-4) as in the official code), mask I (B, H, W)
+    from imitation_mask with the student's anchors of the level whose grid is H x W, and
+        loss = sum_k sum_{b,h,w} I * sum_c (A - T)^2 / (2 * N_p),   N_p = sum_k sum I (0 when N_p == 0).
+    Returns 0 (still connected to the adapters) for ctx.iteration < warmup. The ReLU (the paper's
+    ResNet features are >= 0) cannot reach SiLU's negative values (>= -0.28): a small floor remains.
+    """
+
+    needs = ("targets", "student", "student_out")
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], psi: float = 0.5,
+                 warmup: int = 400, init_std: float = 1e-4):
+        super().__init__()
+        _check_channels("imitation", student_channels, teacher_channels)
+        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        self.psi, self.warmup = float(psi), int(warmup)
+        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1) for cs, ct in zip(student_channels,
+                                                                                          teacher_channels))
+        for conv in self.adapters:
+            nn.init.normal_(conv.weight, std=init_std)
+            nn.init.zeros_(conv.bias)
+
+    def masks(self, teacher_feats: Sequence[Tensor], ctx: KDContext) -> list[Tensor]:
+        """Imitation mask (B, H, W) bool of each pair, from ctx.targets and the student's anchors."""
+        if ctx.targets is None or ctx.student is None:
+            raise UserError("imitation needs ctx.targets and ctx.student (the anchors come from its Detect)")
+        detect = unwrap_parallel(ctx.student).model[-1]
+        if not (hasattr(detect, "anchors") and isinstance(getattr(detect, "stride", None), Tensor)):
+            raise UserError(f"imitation needs an anchor-based YOLOv5 Detect head, the student ends in "
+                            f"{type(detect).__name__}")
+        device = teacher_feats[0].device
+        stride = detect.stride.to(device).float()
+        anchors_px = detect.anchors.to(device).float() * stride.view(-1, 1, 1)  # grid units -> pixels
+        levels = [_level_of("imitation", k, t, ctx.student_out, "student_out") for k, t in enumerate(teacher_feats)]
+        shapes = [tuple(p.shape[2:4]) for p in ctx.student_out]
+        with _no_autocast(device):  # box coordinates in float32 whatever the caller's autocast
+            per_level = imitation_mask(ctx.targets.to(device), anchors_px, stride, shapes,
+                                       teacher_feats[0].shape[0], self.psi)
+        return [per_level[lv] for lv in levels]
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
+        _check_pairs("imitation", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        device = student_feats[0].device
+        if ctx.iteration < self.warmup:
+            return _zero_with_graph(self, device)
+        masks = self.masks(teacher_feats, ctx)
+        total, positives = torch.zeros((), device=device), torch.zeros((), device=device)
+        for k, (s, t, conv, mask) in enumerate(zip(student_feats, teacher_feats, self.adapters, masks)):
+            _same_size("imitation", k, s, t, "use 'mse' for a strided adapter")
+            a = F.relu(conv(s))
+            with _no_autocast(device):
+                err = (_fp32(a) - _fp32(t.detach())).pow(2).sum(1)  # (B, H, W)
+                total = total + torch.where(mask, err, torch.zeros_like(err)).sum()
+                positives = positives + mask.sum()
+        return total / (2 * positives.clamp(min=1))  # total is 0 when there are no positives
+
+
+class ChannelWiseDivergence(nn.Module):
+    """Channel-wise distillation, CWD (Shu et al., ICCV 2021, arXiv:2011.13256).
+
+    Per pair (equal H x W; student aligned by a 1x1 conv when widths differ), each of the N x C maps
+    becomes a distribution over its H*W positions, softmax(x / tau):
+        loss_k = tau^2 / (N * C) * sum_{n,c} KL(softmax(T_nc / tau) || softmax(S_nc / tau))
+    summed over pairs (mmrazor ChannelWiseDivergence). Softmax and KL in float32.
+    """
+
+    needs = ()
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], tau: float = 1.0):
+        super().__init__()
+        _check_channels("cwd", student_channels, teacher_channels)
+        if not tau > 0:
+            raise UserError(f"cwd: tau must be > 0, got {tau}")
+        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        self.tau = float(tau)
+        self.adapters = _align_1x1(student_channels, teacher_channels)
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
+        _check_pairs("cwd", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        device = student_feats[0].device
+        loss = torch.zeros((), device=device)
+        for k, (s, t, align) in enumerate(zip(student_feats, teacher_feats, self.adapters)):
+            _same_size("cwd", k, s, t, "pick layers at the same stride")
+            s = align(s)
+            n, c = t.shape[:2]
+            with _no_autocast(device):
+                log_s = F.log_softmax(_fp32(s).flatten(2) / self.tau, dim=-1)  # (N, C, H*W)
+                log_t = F.log_softmax(_fp32(t.detach()).flatten(2) / self.tau, dim=-1)
+                kl = (log_t.exp() * (log_t - log_s)).sum()
+                loss = loss + kl * self.tau**2 / (n * c)
+        return loss
+
+
+def _stride_ratio(k: int, s: Tensor, t: Tensor) -> int:
+    """Integer r with student H, W = r x teacher H, W; UserError naming both shapes otherwise."""
+    (hs, ws), (ht, wt) = s.shape[-2:], t.shape[-2:]
+    if hs % ht or ws % wt or hs // ht != ws // wt or hs < ht:
+        raise UserError(f"mse: pair {k} student map {tuple(s.shape)} is not an integer multiple (same in H and "
+                        f"W) of teacher map {tuple(t.shape)}; the strided adapter needs student size = "
+                        "r x teacher size, r = 1, 2, ... (pick a student layer at the same or a finer stride)")
+    return hs // ht
+
+
+class StridedFeatureMSE(nn.Module):
+    """Feature MSE through a strided 3x3 adapter (FitNets, Romero et al., ICLR 2015; YOLOv8 KD 'ver1' seed).
+
+    Per pair: r = student H / teacher H (an integer, equal for W), A = ReLU(conv3x3(S, stride r, pad 1))
+    (c_S -> c_T; the conv weights do not depend on r, so r is read from the shapes at each call), and
+    loss_k = mean((A - T)^2) over (B, C, H, W); summed over pairs. Weights: PyTorch's default init.
+    """
+
+    needs = ()
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
+        super().__init__()
+        _check_channels("mse", student_channels, teacher_channels)
+        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1) for cs, ct in zip(student_channels,
+                                                                                          teacher_channels))
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
+        _check_pairs("mse", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        device = student_feats[0].device
+        loss = torch.zeros((), device=device)
+        for k, (s, t, conv) in enumerate(zip(student_feats, teacher_feats, self.adapters)):
+            r = _stride_ratio(k, s, t)
+            a = F.relu(F.conv2d(s, conv.weight, conv.bias, stride=r, padding=1))  # (B, c_T, H_T, W_T)
+            with _no_autocast(device):
+                loss = loss + F.mse_loss(_fp32(a), _fp32(t.detach()))
+        return loss
+
+
+class PearsonDistillation(nn.Module):
+    """PKD, Pearson correlation distillation (Cao et al., NeurIPS 2022, arXiv:2207.02039).
+
+    Per pair: the student map is resized (bilinear) to the teacher's H x W when strides differ and
+    aligned by a 1x1 conv when widths differ; both are standardised per channel over (N, H, W),
+    x_hat = (x - mean) / (std + eps) (population std), and loss_k = mean((S_hat - T_hat)^2) / 2,
+    which is 1 - (mean over channels of the Pearson r) as eps -> 0. Summed over pairs.
+    """
+
+    needs = ()
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], eps: float = 1e-6):
+        super().__init__()
+        _check_channels("pkd", student_channels, teacher_channels)
+        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        self.eps = float(eps)
+        self.adapters = _align_1x1(student_channels, teacher_channels)
+
+    def standardise(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> same shape, each channel at mean 0 and std 1 over (N, H, W), float32."""
+        x = _fp32(x)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True, correction=0)
+        return (x - mean) / (std + self.eps)
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
+        _check_pairs("pkd", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        device = student_feats[0].device
+        loss = torch.zeros((), device=device)
+        for s, t, align in zip(student_feats, teacher_feats, self.adapters):
+            if s.shape[-2:] != t.shape[-2:]:  # resize first: the map is smaller for the 1x1 conv
+                s = F.interpolate(s, size=tuple(t.shape[-2:]), mode="bilinear", align_corners=False)
+            s = align(s)
+            with _no_autocast(device):
+                loss = loss + F.mse_loss(self.standardise(s), self.standardise(t.detach())) / 2
+        return loss
+
+
+def teacher_score(p: Tensor) -> Tensor:
+    """Teacher confidence per cell (B, ny, nx) from a raw level (B, na, ny, nx, 5+nc), float32.
+
+    max over anchors of sigma(obj) * max_c sigma(cls): the score YOLOv5 ranks detections by (NMS
+    conf = obj x cls). With nc == 1 the class logit is never trained (ComputeLoss skips it), so the
+    score is sigma(obj) alone.
+    """
+    p = _fp32(p.detach())
+    score = torch.sigmoid(p[..., 4])  # (B, na, ny, nx)
+    if p.shape[-1] > 6:
+        score = score * torch.sigmoid(p[..., 5:]).amax(-1)
+    return score.amax(1)
+
+
+class ScoreWeightedL2(nn.Module):
+    """Teacher-score-weighted feature L2 (ultralytics 8.4 built-in distillation, PR #24894, 2026).
+
+    Per pair (equal H x W, at a Detect level of the teacher): P = conv1x1(ReLU(conv1x1(S))) (c_S -> c_T
+    -> c_T), w = teacher_score of the teacher's output level whose grid is H x W (B, H, W), and
+        loss = sum_k sum_{b,h,w} w * sum_c (P - T)^2 / sum_k (C_T,k * sum_{b,h,w} w)
+    i.e. a w-weighted mean of the element-wise squared error over all pairs (0 when every w is 0).
+    """
+
+    needs = ("teacher_out",)
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
+        super().__init__()
+        _check_channels("scorel2", student_channels, teacher_channels)
+        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        self.projectors = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cs, ct, 1), nn.ReLU(), nn.Conv2d(ct, ct, 1))
+            for cs, ct in zip(student_channels, teacher_channels))
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
+        _check_pairs("scorel2", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        device = student_feats[0].device
+        total, norm = torch.zeros((), device=device), torch.zeros((), device=device)
+        for k, (s, t, proj) in enumerate(zip(student_feats, teacher_feats, self.projectors)):
+            _same_size("scorel2", k, s, t, "pick layers at the same stride")
+            level = _level_of("scorel2", k, t, ctx.teacher_out, "teacher_out")
+            p = proj(s)
+            with _no_autocast(device):
+                w = teacher_score(ctx.teacher_out[level]).to(device)  # (B, H, W)
+                err = (_fp32(p) - _fp32(t.detach())).pow(2).sum(1)  # (B, H, W)
+                total = total + (w * err).sum()
+                norm = norm + w.sum() * t.shape[1]
+        return total / norm.clamp(min=torch.finfo(torch.float32).tiny)
+
+
+LOSSES = {
+    "imitation": FineGrainedImitation,
+    "cwd": ChannelWiseDivergence,
+    "mse": StridedFeatureMSE,
+    "pkd": PearsonDistillation,
+    "scorel2": ScoreWeightedL2,
+}
+
+# Default weight of each loss in the total, for losses that are batch means (as in mmdet/mmrazor).
+DEFAULT_WEIGHTS = {
+    "imitation": 0.01,  # spec 3.4: lambda = 0.01 (FGFI paper and official code)
+    "cwd": 10.0,  # spec 3.5: mmrazor FPN configs, tau = 1, weight 10 per level (also PaddleYOLO's cwd 10.0)
+    "mse": 1.0,  # no published number: the ver1 seed leaves the weight to the user; 1 = plain sum with the task loss
+    "pkd": 10.0,  # spec 3.8: 6 for Faster R-CNN, 10 for RetinaNet; YOLOv5 is one-stage dense like RetinaNet
+    "scorel2": 1.0,  # no number in the spec; 1 = ultralytics' loss as is, its weighted mean is O(feature variance)
+}

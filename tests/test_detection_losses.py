@@ -1,0 +1,234 @@
+"""Detection feature losses: zero at student == teacher, gradients to student and adapters only, bf16."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.context import KDContext
+from distill.detection_losses import (
+    DEFAULT_WEIGHTS,
+    LOSSES,
+    ChannelWiseDivergence,
+    FineGrainedImitation,
+    PearsonDistillation,
+    ScoreWeightedL2,
+    StridedFeatureMSE,
+    teacher_score,
+)
+from models.yolo import Detect
+from utils.general import UserError
+
+B, NC = 2, 3
+SIZES = [(8, 8), (4, 4), (2, 2)]  # a 64 px image at strides 8, 16, 32
+STUDENT_CH, TEACHER_CH = [4, 8, 16], [8, 16, 32]
+# IDENTITY_TOL: with identity adapters the student path computes x * 1 + 0 * neighbours in float32
+# (possibly through Winograd or blocked sums), so each element is off by at most a few ulps of values
+# <= ~5 (relu of N(0, 1)): |delta| < 1e-5, squared < 1e-10, and the losses are means or per-location
+# sums over <= 16 channels: < 2e-9. 1e-8 keeps that margin while a one-cell shift or a wrong scale gives
+# losses of order 1 (checked by the perturbed case of the same test).
+IDENTITY_TOL = 1e-8
+
+
+def _student_model(anchors_px=((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))):
+    """A minimal YOLOv5-like model: only .model[-1] (a real Detect with stride and grid-unit anchors)."""
+    detect = Detect(nc=NC, anchors=anchors_px, ch=STUDENT_CH)
+    detect.stride = torch.tensor([8.0, 16.0, 32.0])
+    detect.anchors /= detect.stride.view(-1, 1, 1)
+    model = nn.Module()
+    model.model = nn.Sequential(detect)
+    return model
+
+
+def _raw_outputs(seed=0, obj=None):
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(B, 3, h, w, 5 + NC, generator=g) for h, w in SIZES]
+    if obj is not None:
+        for p in out:
+            p[..., 4:] = obj
+    return out
+
+
+def _ctx(iteration=1000, targets=None):
+    if targets is None:
+        targets = torch.tensor([[0, 1, 0.3, 0.4, 0.3, 0.5], [1, 0, 0.7, 0.6, 0.6, 0.4], [1, 2, 0.1, 0.1, 0.2, 0.2]])
+    return KDContext(targets=targets, student=_student_model(), student_out=_raw_outputs(1),
+                     teacher_out=_raw_outputs(2), iteration=iteration)
+
+
+def _feats(channels, seed=0, dtype=torch.float32, nonneg=False):
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(B, c, h, w, generator=g) for c, (h, w) in zip(channels, SIZES)]
+    return [(x.relu() if nonneg else x).to(dtype) for x in out]
+
+
+def _set_identity(loss: nn.Module) -> None:
+    """Make every adapter conv an identity map (equal widths): centre tap = eye, other taps and bias 0."""
+    with torch.no_grad():
+        for m in loss.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.zero_()
+                m.bias.zero_()
+                k = m.kernel_size[0] // 2
+                m.weight[:, :, k, k] = torch.eye(m.out_channels, m.in_channels)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_zero_at_identity_positive_otherwise(name):
+    torch.manual_seed(0)
+    loss_fn = LOSSES[name](student_channels=TEACHER_CH, teacher_channels=TEACHER_CH)
+    _set_identity(loss_fn)
+    teacher = _feats(TEACHER_CH, seed=3, nonneg=True)  # >= 0: reachable through the ReLU adapters
+    ctx = _ctx()
+    assert loss_fn([t.clone() for t in teacher], teacher, ctx).item() < IDENTITY_TOL
+    shifted = [t.roll(1, dims=-1) * 1.5 + 0.1 for t in teacher]  # a one-cell shift and a scale
+    assert loss_fn(shifted, teacher, ctx).item() > 1e-3
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_gradients_reach_student_and_adapters_only(name):
+    torch.manual_seed(0)
+    loss_fn = LOSSES[name](student_channels=STUDENT_CH, teacher_channels=TEACHER_CH)
+    student = [x.requires_grad_(True) for x in _feats(STUDENT_CH, seed=4)]
+    teacher = [x.requires_grad_(True) for x in _feats(TEACHER_CH, seed=5)]
+    loss = loss_fn(student, teacher, _ctx())
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and math.isfinite(loss.item())
+    loss.backward()
+    assert all(t.grad is None for t in teacher), "no gradient may reach the teacher"
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    params = list(loss_fn.parameters())
+    assert params, "widths differ: every loss owns an adapter here"
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert any(p.grad.abs().sum() > 0 for p in params)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_finite_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    loss_fn = LOSSES[name](student_channels=STUDENT_CH, teacher_channels=TEACHER_CH)
+    student = [(x * 30).requires_grad_(True) for x in _feats(STUDENT_CH, seed=6, dtype=torch.bfloat16)]
+    teacher = [x * 30 for x in _feats(TEACHER_CH, seed=7, dtype=torch.bfloat16)]  # large: exp() overflows bf16 sums
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(student, teacher, _ctx())
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+    loss.backward()
+    assert all(torch.isfinite(s.grad).all() for s in student)
+
+
+def test_registry_contract():
+    assert set(DEFAULT_WEIGHTS) == set(LOSSES)
+    allowed = {"targets", "student", "teacher_out", "student_out"}
+    for name, cls in LOSSES.items():
+        assert set(cls.needs) <= allowed, name
+        assert re.search(r"\(.*(19|20)\d\d", cls.__doc__.splitlines()[0]), f"{name}: cite the paper on line 1"
+        with pytest.raises(UserError, match=name):
+            cls(student_channels=[4, 8], teacher_channels=[8])
+
+
+def test_imitation_masks_warmup_and_empty_batch():
+    loss_fn = FineGrainedImitation(TEACHER_CH, TEACHER_CH, warmup=400)
+    _set_identity(loss_fn)
+    teacher = _feats(TEACHER_CH, seed=8, nonneg=True)
+    ctx = _ctx()
+    masks = loss_fn.masks(teacher, ctx)
+    assert [tuple(m.shape) for m in masks] == [(B, h, w) for h, w in SIZES]
+    n_pos = sum(int(m.sum()) for m in masks)
+    assert 0 < n_pos < sum(B * h * w for h, w in SIZES)
+    b, i, j = torch.nonzero(masks[0])[0].tolist()
+    b2, i2, j2 = torch.nonzero(~masks[0])[0].tolist()
+    student = [t.clone() for t in teacher]
+    student[0][b2, 0, i2, j2] += 5.0  # outside the mask: ignored
+    assert loss_fn(student, teacher, ctx).item() < IDENTITY_TOL
+    student[0][b, 0, i, j] += 2.0  # one positive cell, one channel: 2^2 / (2 N_p)
+    assert loss_fn(student, teacher, ctx).item() == pytest.approx(4.0 / (2 * n_pos), rel=1e-5)
+
+    early = loss_fn(student, teacher, _ctx(iteration=399))
+    assert early.item() == 0.0
+    early.backward()
+    assert all(p.grad is not None for p in loss_fn.parameters()), "warm-up keeps adapters in the graph (DDP)"
+
+    student = [x.requires_grad_(True) for x in _feats(TEACHER_CH, seed=9)]
+    empty = loss_fn(student, teacher, _ctx(targets=torch.zeros(0, 6)))
+    assert empty.item() == 0.0
+    empty.backward()
+    assert all(torch.isfinite(s.grad).all() for s in student)
+
+
+def test_imitation_errors_name_shapes():
+    loss_fn = FineGrainedImitation(STUDENT_CH, TEACHER_CH)
+    student, teacher = _feats(STUDENT_CH), _feats(TEACHER_CH)
+    with pytest.raises(UserError, match=r"\(2, 4, 4, 4\).*\(2, 8, 8, 8\)"):
+        loss_fn([F.avg_pool2d(student[0], 2)] + student[1:], teacher, _ctx())
+    with pytest.raises(UserError, match="no Detect level"):
+        loss_fn([student[0][..., :3, :3]] + student[1:], [teacher[0][..., :3, :3]] + teacher[1:], _ctx())
+    with pytest.raises(UserError, match="ctx.targets"):
+        loss_fn(student, teacher, KDContext(iteration=1000))
+
+
+def test_cwd_matches_kl_definition():
+    tau = 2.0
+    loss_fn = ChannelWiseDivergence(TEACHER_CH, TEACHER_CH, tau=tau)
+    student, teacher = _feats(TEACHER_CH, seed=10), _feats(TEACHER_CH, seed=11)
+    expected = 0.0
+    for s, t in zip(student, teacher):
+        n, c = t.shape[:2]
+        p_t = F.softmax(t.double().flatten(2) / tau, -1)
+        kl = F.kl_div(F.log_softmax(s.double().flatten(2) / tau, -1), p_t, reduction="sum")
+        expected += kl.item() * tau**2 / (n * c)
+    # float32 vs float64 softmax over <= 64 positions: relative error ~1e-6
+    assert loss_fn(student, teacher, KDContext()).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(UserError, match=r"\(2, 8, 4, 4\).*\(2, 8, 8, 8\)"):
+        loss_fn([F.avg_pool2d(student[0], 2)] + student[1:], teacher, KDContext())
+
+
+def test_mse_strided_adapter():
+    loss_fn = StridedFeatureMSE([4], [8])
+    s = torch.randn(B, 4, 16, 12)
+    t = torch.randn(B, 8, 8, 6)
+    conv = loss_fn.adapters[0]
+    direct = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+    direct.load_state_dict(conv.state_dict())
+    expected = F.mse_loss(F.relu(direct(s)), t)
+    # the same conv evaluated by one call path vs another: float32 sums of 36 products, ~1e-6 relative
+    assert loss_fn([s], [t], KDContext()).item() == pytest.approx(expected.item(), rel=1e-5)
+    for bad in (torch.randn(B, 4, 12, 9), torch.randn(B, 4, 16, 18), torch.randn(B, 4, 4, 3)):
+        with pytest.raises(UserError, match=re.escape(str(tuple(bad.shape))) + ".*" + re.escape("(2, 8, 8, 6)")):
+            loss_fn([bad], [t], KDContext())
+
+
+def test_pkd_is_one_minus_pearson_and_scale_invariant():
+    loss_fn = PearsonDistillation([6], [6], eps=0.0)
+    s, t = torch.randn(B, 6, 5, 5), torch.randn(B, 6, 5, 5)
+    s = s + 0.7 * t  # correlated
+    r = [torch.corrcoef(torch.stack((s[:, c].flatten(), t[:, c].flatten())).double())[0, 1] for c in range(6)]
+    expected = 1 - torch.stack(r).mean().item()
+    # float32 standardisation of 50 values per channel: ~1e-6 absolute on a loss of order 0.5
+    assert loss_fn([s], [t], KDContext()).item() == pytest.approx(expected, abs=1e-5)
+    scaled = s * torch.tensor([3.0, 0.5, 2, 1, 7, 0.1]).view(1, 6, 1, 1) + 4.0
+    assert loss_fn([scaled], [t], KDContext()).item() == pytest.approx(expected, abs=1e-5)
+    resized = PearsonDistillation([6], [6])([torch.randn(B, 6, 10, 10)], [t], KDContext())  # stride 2x finer
+    assert math.isfinite(resized.item()) and resized.item() > 0
+
+
+def test_scorel2_weights_by_teacher_confidence():
+    loss_fn = ScoreWeightedL2(TEACHER_CH, TEACHER_CH)
+    _set_identity(loss_fn)
+    teacher = _feats(TEACHER_CH, seed=12, nonneg=True)
+    ctx = _ctx()
+    ctx.teacher_out = _raw_outputs(3, obj=-30.0)  # sigma(-30) ~ 1e-13: no confidence anywhere
+    ctx.teacher_out[1][1, 1:, 3, 0, 4:] = 30.0  # level 1, image 1, cell (3, 0): weight 1 (anchors 1, 2)
+    ctx.teacher_out[1][0, 0, 2, 2, 4:] = torch.tensor([30.0, 1.0, -30.0, -30.0])  # image 0, cell (2, 2):
+    w_b = torch.sigmoid(torch.tensor(1.0)).item()  # obj 1 x the best class sigma(1); best anchor, no means
+    student = [t.clone() for t in teacher]
+    student[0][0, 0, 1, 1] += 10.0  # unweighted cell: weight ~1e-26, invisible
+    student[1][1, 5, 3, 0] += 2.0  # the weight-1 cell: loss = 1 x 2^2 / (C (1 + w_b)), C = 16
+    # weights 1 - 1e-13 and w_b, ~1e-26 elsewhere: the ratio is exact to float32 rounding (~1e-7)
+    assert loss_fn(student, teacher, ctx).item() == pytest.approx(4.0 / (16 * (1 + w_b)), rel=1e-5)
+    single = torch.zeros(1, 1, 1, 1, 6)
+    single[..., 4], single[..., 5] = 2.0, -50.0  # nc == 1: the untrained class logit is ignored
+    assert teacher_score(single).item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    with pytest.raises(UserError, match="teacher_out"):
+        loss_fn(teacher, teacher, KDContext(teacher_out=None))
