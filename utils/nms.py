@@ -188,3 +188,70 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
             LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
             break
     return output
+
+
+# ---------------------------------------------------------------------------------------------------
+# YOLOv8 family (anchor-free head, no objectness)
+
+MAX_WH_V8 = 7680  # (pixels) class offset used by ultralytics 8.x; kept so the float32 offsets round alike
+
+
+def non_max_suppression_v8(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.7,
+                           classes: Sequence[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                           labels: Sequence[torch.Tensor] = (), max_det: int = 300,
+                           backend: str | None = None) -> list[torch.Tensor]:
+    """NMS on the eval output of a DetectV8 head (ultralytics 8.x semantics).
+
+    prediction: (bs, 4 + nc, N) rows [x, y, w, h (pixels), class scores (sigmoids)], or the (pred, raw)
+    tuple the model returns. conf = the class score (best class, or every class above conf_thres with
+    multi_label). labels: optional per-image (k, 5) [cls, x, y, w, h pixels] added as conf-1 boxes.
+    Returns a list of bs tensors (n, 6) [x1, y1, x2, y2 (pixels), conf, cls], by decreasing conf.
+    The caller's tensor is never modified.
+    """
+    if isinstance(prediction, (list, tuple)):
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres={conf_thres} must be in [0, 1]")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres={iou_thres} must be in [0, 1]")
+    nc = prediction.shape[1] - 4
+    xc = prediction[:, 4:].amax(1) > conf_thres  # (bs, N) candidates: best class score above threshold
+    multi_label &= nc > 1
+    pred = prediction.transpose(-1, -2)  # (bs, 4 + nc, N) -> (bs, N, 4 + nc)
+
+    t = time.time()
+    output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]
+    for xi, x in enumerate(pred):
+        x = x[xc[xi]]
+        if labels and len(labels[xi]):
+            lb = labels[xi]
+            v = torch.zeros((len(lb), nc + 4), device=x.device, dtype=x.dtype)
+            v[:, :4] = lb[:, 1:5]
+            v[range(len(lb)), lb[:, 0].long() + 4] = 1.0
+            x = torch.cat((x, v), 0)
+        if not x.shape[0]:
+            continue
+        box, cls = xywh2xyxy(x[:, :4]), x[:, 4:]
+        if multi_label:  # one row per (box, class) pair above the threshold
+            i, j = (cls > conf_thres).nonzero(as_tuple=False).T
+            x = torch.cat((box[i], cls[i, j, None], j[:, None].to(x.dtype)), 1)
+        else:
+            conf, j = cls.max(1, keepdim=True)
+            x = torch.cat((box, conf, j.to(x.dtype)), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        if not x.shape[0]:
+            continue
+        # Order by score with torch's default (non-stable) sort as ultralytics does (once to cut to MAX_NMS,
+        # once more inside its NMS): equal float32 scores then come out in the reference's order (the
+        # kept set does not depend on it). The NMS below sorts stably, so it keeps this order among ties.
+        if x.shape[0] > MAX_NMS:
+            x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
+        x = x[x[:, 4].argsort(descending=True)]
+        c = x[:, 5:6] * (0 if agnostic else MAX_WH_V8)  # offset boxes by class so classes never suppress each other
+        i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
+        output[xi] = x[i]
+        if (time.time() - t) > TIME_LIMIT:
+            LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
+            break
+    return output
