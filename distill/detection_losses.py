@@ -89,6 +89,19 @@ def _level_of(name: str, k: int, t: Tensor, out: object, what: str) -> int:
     return sizes.index(tuple(t.shape[-2:]))
 
 
+def detect_input_layers(model: nn.Module) -> list[str]:
+    """'model.i' names of the layers whose outputs enter the YOLOv5 Detect head (P3, P4, P5 order):
+    the default layers of these losses, the levels the anchors and teacher scores belong to."""
+    model = unwrap_parallel(model)
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    if head is None or not isinstance(getattr(head, "f", None), (list, tuple)):
+        raise UserError(f"{type(model).__name__} has no YOLOv5 head with input layers (.model[-1].f); "
+                        "pass the distillation layers explicitly")
+    n = len(layers)
+    return [f"model.{i % n}" for i in head.f]  # .f may count from the end (-1 = previous layer)
+
+
 class FineGrainedImitation(nn.Module):
     """Fine-grained feature imitation, FGFI (Wang et al., CVPR 2019, arXiv:1906.03609).
 

@@ -17,6 +17,7 @@ from distill.detection_losses import (
     PearsonDistillation,
     ScoreWeightedL2,
     StridedFeatureMSE,
+    detect_input_layers,
     teacher_score,
 )
 from models.yolo import Detect
@@ -232,3 +233,37 @@ def test_scorel2_weights_by_teacher_confidence():
     assert teacher_score(single).item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
     with pytest.raises(UserError, match="teacher_out"):
         loss_fn(teacher, teacher, KDContext(teacher_out=None))
+
+
+@pytest.fixture(scope="module")
+def yolo_pair():
+    from models.yolo import Model
+
+    torch.manual_seed(0)
+    student, teacher = Model("models/yolov5n.yaml", nc=NC), Model("models/yolov5s.yaml", nc=NC).eval()
+    teacher.requires_grad_(False)
+    return student, teacher
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_real_models_detect_inputs(yolo_pair, name):
+    """yolov5n <- yolov5s on the maps entering Detect (64/128/256 -> 128/256/512 channels), train mode."""
+    from distill.hooks import FeatureHooks
+
+    student, teacher = yolo_pair
+    layers = detect_input_layers(student)
+    assert layers == ["model.17", "model.20", "model.23"] == detect_input_layers(teacher)
+    imgs = torch.rand(B, 3, 64, 96)  # non-square: grids 8 x 12, 4 x 6, 2 x 3
+    with FeatureHooks(student, layers) as s_feats:
+        s_out = student(imgs)
+    with torch.no_grad(), FeatureHooks(teacher, layers) as t_feats:
+        t_out = teacher(imgs)[1]  # eval mode: (decoded, raw per-level list); the losses read the raw list
+    loss_fn = LOSSES[name](student_channels=[64, 128, 256], teacher_channels=[128, 256, 512])
+    ctx = KDContext(imgs=imgs, targets=torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.6], [1, 0, 0.2, 0.8, 0.3, 0.3]]),
+                    student=student, teacher=teacher, student_out=s_out, teacher_out=t_out, iteration=10**6)
+    loss = loss_fn(s_feats.outputs, t_feats.outputs, ctx)
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    student.zero_grad()
+    loss.backward()
+    assert student.model[17].cv3.conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
