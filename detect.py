@@ -162,7 +162,8 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
 
     Every option is checked before the model or the source is opened; cfg (a model yaml) builds the model
     of a state_dict-only .pt file."""
-    check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness, cfg)
+    check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness, cfg,
+                      device, project)
     source = str(source)
     device = select_device(device)
     if half and device.type != "cuda":

@@ -280,7 +280,7 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         known = f"supported: {', '.join(FORMATS)}"
         why = " (not implemented in this project)" if set(bad) & set(UNSUPPORTED) else ""
         raise UserError(f"--include {' '.join(bad)}: unknown format{why}; {known}")
-    check_export_args(weights, imgsz, batch_size, opset, include)  # before the model is loaded
+    check_export_args(weights, imgsz, batch_size, opset, include, device)  # before the model is loaded
     device = select_device(device)
     if optimize and "torchscript" in include:
         check_mobile_optimizer()

@@ -168,7 +168,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
     """
     training = model is not None
     if not training:
-        paths = check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg)
+        paths = check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg,
+                               device, project)
         weights = [str(p) for p in paths] if isinstance(weights, (list, tuple)) and len(paths) > 1 else str(paths[0])
     if isinstance(data, (str, Path)):
         from utils.dataset_config import check_dataset

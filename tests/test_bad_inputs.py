@@ -86,6 +86,10 @@ TRAIN_CASES = [
     (["--data", "missing.yaml"], ["--data file 'missing.yaml' not found"]),
     (["--hyp", "missing_hyp.yaml"], ["--hyp file 'missing_hyp.yaml' not found"]),
     (["--name", ""], ["--name is empty"]),
+    (["--device", "gpu0"], ["--device gpu0", "0,1,2,3"]),
+    (["--project", str(ROOT / "README.md")], ["--project", "is a file"]),
+    (["--cfg", str(HYP)], ["--cfg", "is not a model yaml", "backbone"]),
+    (["--quad"], ["--quad", "--batch-size 2 must be a multiple of 4"]),
 ]
 
 
@@ -98,6 +102,22 @@ def _train_opt(data, *extra):
 @pytest.mark.parametrize(("extra", "words"), TRAIN_CASES, ids=[" ".join(c[0]) for c in TRAIN_CASES])
 def test_train_flags(data, extra, words):
     _raises(lambda: check_train_opt(_train_opt(data, *extra)), *words)
+
+
+def test_freeze_everything_is_refused():
+    from models.yolo import Model
+    from utils.train_setup import freeze_layers
+
+    model = Model(ROOT / "models" / "yolov5n.yaml", nc=3)
+    _raises(lambda: freeze_layers(model, 25), "--freeze 25", "25 layers", "nothing to train")
+    freeze_layers(model, 10)  # the backbone: fine
+    assert not model.model[0].conv.weight.requires_grad and model.model[24].m[0].weight.requires_grad
+
+
+def test_sync_bn_without_ddp_is_warned(data, caplog):
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_train_opt(_train_opt(data, "--sync-bn"))
+    assert "--sync-bn only applies to multi-GPU" in caplog.text
 
 
 def test_train_good_options_pass(data):
@@ -233,6 +253,9 @@ VAL_CASES = [
     ({"task": "bogus"}, ["--task bogus", "speed"]),
     ({"workers": -2}, ["--workers -2"]),
     ({"cfg": "nope.yaml"}, ["--cfg file 'nope.yaml' not found"]),
+    ({"cfg": str(HYP)}, ["--cfg", "is not a model yaml"]),
+    ({"device": "cuda0"}, ["--device cuda0"]),
+    ({"project": str(HYP)}, ["--project", "is a file"]),
 ]
 
 
@@ -278,6 +301,8 @@ DETECT_CASES = [
     ({"imgsz": [0]}, ["--imgsz 0"]),
     ({"source": "nope_dir/x.jpg"}, ["--source nope_dir/x.jpg does not exist"]),
     ({"source": ""}, ["--source is empty"]),
+    ({"device": "first"}, ["--device first"]),
+    ({"project": str(HYP)}, ["--project", "is a file"]),
 ]
 
 
@@ -302,6 +327,7 @@ EXPORT_CASES = [
     ({"batch_size": 0}, ["--batch-size 0"]),
     ({"opset": 3}, ["--opset 3", "[7,"]),
     ({"opset": 999}, ["--opset 999"]),
+    ({"device": "cpu0"}, ["--device cpu0"]),
 ]
 
 

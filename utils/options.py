@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 from pathlib import Path
 
 from utils.general import LOGGER, ROOT, UserError, check_file, yaml_load
@@ -145,6 +147,28 @@ def check_weights(flag: str, weights, suffixes: tuple[str, ...] = (".pt",), scri
     return out
 
 
+def check_device(device) -> None:
+    """'' / 'cpu' / '0' / '0,1,2,3' / 'cuda:0' (CUDA availability is checked by select_device)."""
+    s = str(device if device is not None else "").strip().lower()
+    if not re.fullmatch(r"|cpu|cuda(:\d+)?|\d+(,\d+)*", s):
+        raise UserError(f"--device {device}: use cpu, a CUDA index such as 0, or several such as 0,1,2,3")
+
+
+def check_project(project) -> None:
+    p = Path(project)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--project {p} is a file; runs are saved in folders (project/name), give a folder")
+
+
+def check_model_yaml(flag: str, path) -> None:
+    """A model yaml (backbone and head), not a data or hyp yaml given to the wrong flag."""
+    d = yaml_load(check_yaml_file(flag, path))
+    missing = [k for k in ("backbone", "head") if k not in d]
+    if missing:
+        raise UserError(f"{flag} {path} is not a model yaml (no {' or '.join(missing)}); give one such as "
+                        f"models/yolov5s.yaml")
+
+
 def check_thresholds(conf_thres, iou_thres) -> None:
     check_range("--conf-thres", conf_thres, 0, 1, hint="a confidence between 0 and 1, e.g. 0.25")
     check_range("--iou-thres", iou_thres, 0, 1, hint="an NMS IoU between 0 and 1, e.g. 0.45")
@@ -224,8 +248,14 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     check_range("--seed", opt.seed, 0, 2**32 - 1, integer=True)
     if opt.cache is not None and str(opt.cache).lower() not in CACHE_MODES:
         raise UserError(f"--cache {opt.cache}: choose 'ram' or 'disk' (or --cache alone for ram)")
+    if opt.quad and opt.batch_size % 4:
+        raise UserError(f"--quad joins groups of 4 images: --batch-size {opt.batch_size} must be a multiple of 4")
+    if opt.sync_bn and int(os.getenv("WORLD_SIZE", "1")) <= 1:
+        LOGGER.warning("WARNING: --sync-bn only applies to multi-GPU (DDP) training; ignored here")
+    check_device(opt.device)
+    check_project(opt.project)
     if opt.cfg:
-        check_yaml_file("--cfg", opt.cfg)
+        check_model_yaml("--cfg", opt.cfg)
     if opt.weights:
         from utils.train_setup import weights_hint
 
@@ -243,8 +273,11 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     return opt
 
 
-def check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg=None) -> list[Path]:
+def check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task, workers, cfg=None, device="",
+                   project=".") -> list[Path]:
     """val.py options; returns the resolved weight paths."""
+    check_device(device)
+    check_project(project)
     if task not in VAL_TASKS:
         raise UserError(f"val.py --task {task}: choose {', '.join(VAL_TASKS)}")
     if weights is None:
@@ -256,13 +289,15 @@ def check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task
     if not isinstance(data, dict):
         check_yaml_file("--data", data)
     if cfg:
-        check_yaml_file("--cfg", cfg)
+        check_model_yaml("--cfg", cfg)
     return check_weights("--weights", weights, (".pt",), "val.py (use detect.py for exported models)")
 
 
 def check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness,
-                      cfg=None) -> None:
+                      cfg=None, device="", project=".") -> None:
     """detect.py options (source existence for files, folders and *.txt lists; streams are opened later)."""
+    check_device(device)
+    check_project(project)
     from utils.image_loaders import STREAM_PREFIXES, is_stream
 
     check_weights("--weights", weights, (".pt", ".onnx"), "detect.py")
@@ -273,7 +308,7 @@ def check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, cl
     for c in classes or []:
         check_range("--classes", c, 0, integer=True, hint="class indices of the model, from 0")
     if cfg:
-        check_yaml_file("--cfg", cfg)
+        check_model_yaml("--cfg", cfg)
     s = str(source)
     if not s:
         raise UserError("--source is empty; give an image, video, folder, glob, *.txt list or stream")
@@ -290,8 +325,9 @@ def check_classes_in_model(classes, names: list[str]) -> None:
                         f"(0..{len(names) - 1}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})")
 
 
-def check_export_args(weights, imgsz, batch_size, opset, include) -> None:
+def check_export_args(weights, imgsz, batch_size, opset, include, device="cpu") -> None:
     """export.py options (formats are checked by export.run, which knows which ones exist)."""
+    check_device(device)
     check_weights("--weights", weights, (".pt",), "export.py")
     check_imgsz("--imgsz", imgsz, max_values=2)
     check_range("--batch-size", batch_size, 1, integer=True, hint="batch size of the exported graph, e.g. 1")

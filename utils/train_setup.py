@@ -144,6 +144,10 @@ def freeze_layers(model: torch.nn.Module, n: int) -> None:
     """Freeze the first n layers (v6.0 --freeze: parameters named model.{k}. for k < n)."""
     prefixes = [f"model.{k}." for k in range(n)]
     for name, p in model.named_parameters():
+    n_layers = len(getattr(model, "model", ()))
+    if n_layers and n >= n_layers:  # every layer frozen: nothing would train, silently
+        raise UserError(f"--freeze {n}: the model has {n_layers} layers (0..{n_layers - 1}); freezing all of "
+                        f"them leaves nothing to train (backbone = 10)")
         p.requires_grad = True
         if any(name.startswith(x) for x in prefixes):
             LOGGER.info(f"freezing {name}")
