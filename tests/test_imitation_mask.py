@@ -99,13 +99,18 @@ def _compare(fast, ref, margins):
     return compared
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mask_matches_reference(seed):
-    # 64 x 48 px image: non-square grids 8 x 6, 4 x 3, 2 x 2 (P5 rounds up, like a padded image)
-    shapes, batch_size = [(8, 6), (4, 3), (2, 2)], 4
-    targets = random_targets(seed, batch_size, max_boxes=5, empty_images=(2,))
-    fast = imitation_mask(targets, ANCHORS_PX / 4, STRIDES, shapes, batch_size)  # anchors scaled to 64 px
-    ref, margins = reference_mask(targets, ANCHORS_PX / 4, STRIDES, shapes, batch_size)
+@pytest.mark.parametrize("seed, shapes, anchor_scale, max_boxes", [
+    (0, [(8, 6), (4, 3), (2, 2)], 0.25, 5),  # 64 x 48 px, anchors scaled like the image (P5 rounds up)
+    (1, [(8, 6), (4, 3), (2, 2)], 0.25, 5),
+    (2, [(8, 6), (4, 3), (2, 2)], 0.25, 5),
+    (3, [(12, 16), (6, 8), (3, 4)], 0.5, 9),  # 96 x 128 px, more boxes, overlapping unions
+    (4, [(16, 16), (8, 8), (4, 4)], 1.0, 6),  # 128 px with the real anchors: P5 anchors exceed the image
+])
+def test_mask_matches_reference(seed, shapes, anchor_scale, max_boxes):
+    batch_size = 4
+    targets = random_targets(seed, batch_size, max_boxes=max_boxes, empty_images=(2,))
+    fast = imitation_mask(targets, ANCHORS_PX * anchor_scale, STRIDES, shapes, batch_size)
+    ref, margins = reference_mask(targets, ANCHORS_PX * anchor_scale, STRIDES, shapes, batch_size)
     assert _compare(fast, ref, margins) > 200
     assert not any(m[2].any() for m in fast), "an image without boxes has an empty mask"
     assert all(m.any() for m in fast), "every level has positives (else the comparison is vacuous)"
