@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from distill.hooks import unwrap_parallel
 from utils.general import UserError
 
 
@@ -127,3 +128,20 @@ def imitation_mask(targets: Tensor, anchors_px: Tensor | Sequence, strides: Tens
         anchors = anchors_px[level].to(device) / strides[level].item()  # (na, 2) grid units
         masks[level] = _level_mask(boxes, img, anchors, (h, w), batch_size, psi)
     return masks
+
+
+def model_imitation_masks(model: torch.nn.Module, targets: Tensor, img_hw: tuple[int, int], batch_size: int,
+                          psi: float = 0.5) -> tuple[list[Tensor], Tensor]:
+    """(masks, strides) for every level of a YOLOv5 model's Detect, for a batch of img_hw (H, W) images.
+
+    The same masks FineGrainedImitation applies to the maps entering Detect; for pictures of what is
+    imitated (utils.plots.plot_imitation_masks) without running the model. Grid sizes: ceil(H / stride).
+    """
+    detect = unwrap_parallel(model).model[-1]
+    if not (hasattr(detect, "anchors") and isinstance(getattr(detect, "stride", None), Tensor)):
+        raise UserError(f"imitation masks need an anchor-based YOLOv5 Detect head, the model ends in "
+                        f"{type(detect).__name__}")
+    stride = detect.stride.float().cpu()
+    anchors_px = detect.anchors.float().cpu() * stride.view(-1, 1, 1)  # grid units -> pixels
+    shapes = [(-(-img_hw[0] // int(s)), -(-img_hw[1] // int(s))) for s in stride.tolist()]
+    return imitation_mask(targets.cpu(), anchors_px, stride, shapes, batch_size, psi), stride

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from distill.imitation import imitation_mask
+from distill.imitation import imitation_mask, model_imitation_masks
 from utils.general import UserError
 
 STRIDES = [8.0, 16.0, 32.0]
@@ -162,3 +162,25 @@ def test_bad_inputs_raise_user_error():
         imitation_mask(torch.zeros(0, 6), ANCHORS_PX[:2], STRIDES, shapes, 2)
     with pytest.raises(UserError, match="batch has 2 images"):
         imitation_mask(torch.tensor([[5, 0, 0.5, 0.5, 0.1, 0.1]]), ANCHORS_PX, STRIDES, shapes, 2)
+
+
+def test_model_masks_and_picture(tmp_path):
+    from models.yolo import Model
+    from utils.plots import plot_imitation_masks
+
+    model = Model("models/yolov5n.yaml", nc=2)
+    targets = torch.tensor([[0, 0, 0.3, 0.4, 0.3, 0.5], [1, 1, 0.7, 0.6, 0.5, 0.4]])
+    masks, strides = model_imitation_masks(model, targets, (64, 96), 2)
+    assert strides.tolist() == [8.0, 16.0, 32.0]
+    assert [tuple(m.shape) for m in masks] == [(2, 8, 12), (2, 4, 6), (2, 2, 3)]
+    direct = imitation_mask(targets, model.model[-1].anchors * strides.view(-1, 1, 1), strides,
+                            [(8, 12), (4, 6), (2, 3)], 2)
+    assert all(torch.equal(a, b) for a, b in zip(masks, direct))
+
+    images = torch.full((2, 3, 64, 96), 0.5)
+    mosaic = plot_imitation_masks(images, targets, masks, tmp_path / "masks.jpg", strides=strides)
+    assert (tmp_path / "masks.jpg").stat().st_size > 0 and mosaic.shape == (2 * 64, 3 * 96, 3)
+    b, i, j = torch.nonzero(masks[0])[0].tolist()  # a positive P3 cell: tinted red (R > B)
+    b2, i2, j2 = torch.nonzero(~masks[0])[-1].tolist()  # a negative one keeps the grey
+    px, px2 = mosaic[b * 64 + i * 8 + 4, j * 8 + 4], mosaic[b2 * 64 + i2 * 8 + 4, j2 * 8 + 4]
+    assert px[0] > px[2] + 50 and abs(int(px2[0]) - int(px2[2])) < 5

@@ -335,3 +335,36 @@ def save_one_box(xyxy, im: np.ndarray, file: str | Path = "image.jpg", gain: flo
             out, k = file.with_name(f"{file.stem}{k}{file.suffix}"), k + 1
         cv2.imwrite(str(out), np.ascontiguousarray(crop))
     return crop
+
+
+def plot_imitation_masks(images, targets, masks, fname: str | Path = "imitation_masks.jpg", strides=None,
+                         max_images: int = 4) -> np.ndarray:
+    """What FGFI imitates: one row per image, one column per feature level, positive cells tinted red.
+
+    images (B, 3, H, W) RGB float in [0, 1] or uint8; targets (N, 6) [img_idx, cls, x, y, w, h]
+    normalised (outlined in their class colour); masks: one (B, h_l, w_l) bool tensor per level
+    (distill.imitation.imitation_mask), drawn over the whole image cell by cell (nearest neighbour).
+    strides (optional) label the columns. Writes fname (JPEG) and returns the mosaic (RGB uint8).
+    """
+    images, targets = _to_numpy(images), _to_numpy(targets).reshape(-1, 6)
+    if images.max(initial=0) <= 1:
+        images = images * 255
+    n, (h, w) = min(len(images), max_images), images.shape[2:]
+    mosaic = np.full((n * h, len(masks) * w, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        im = images[i].transpose(1, 2, 0).clip(0, 255).astype(np.uint8)
+        t = targets[targets[:, 0] == i]
+        boxes = xywh2xyxy(t[:, 2:6].copy()) * np.array([w, h, w, h], dtype=np.float32)
+        for level, m in enumerate(masks):
+            cells = _to_numpy(m[i]).astype(np.uint8)  # (h_l, w_l)
+            up = cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+            tile = im.copy()
+            tile[up] = (0.5 * tile[up] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)  # RGB red tint
+            ann = Annotator(tile, line_width=max(1, round(min(h, w) / 200)))
+            for c, box in zip(t[:, 1], boxes):
+                ann.rectangle(box, outline=colors(int(c)), width=ann.lw)
+            name = f"P{level + 3}" if strides is None else f"stride {float(strides[level]):g}"
+            ann.text((3, 3), f"{name}: {int(cells.sum())} cells")
+            mosaic[i * h:(i + 1) * h, level * w:(level + 1) * w] = ann.result()
+    cv2.imwrite(str(fname), cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR))
+    return mosaic
