@@ -35,32 +35,53 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _check_channels(name: str, student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
-    if len(student_channels) != len(teacher_channels) or not len(student_channels):
-        raise UserError(f"{name}: need one student and one teacher channel count per layer pair, got "
-                        f"{list(student_channels)} and {list(teacher_channels)}")
+class ShapeError(UserError, ValueError):
+    """Layer shapes a loss cannot take: a UserError for the scripts, a ValueError for the engine's
+    build-time check_shapes (which adds the loss's config entry and layer names)."""
 
 
-def _check_pairs(name: str, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor],
-                 student_channels: Sequence[int], teacher_channels: Sequence[int]) -> None:
-    """UserError unless the maps are (B, C, H, W), equal in count and batch, with the built widths."""
-    if not (len(student_feats) == len(teacher_feats) == len(student_channels)):
-        raise UserError(f"{name}: built for {len(student_channels)} layer pairs but got {len(student_feats)} "
-                        f"student and {len(teacher_feats)} teacher maps")
-    for k, (s, t) in enumerate(zip(student_feats, teacher_feats)):
-        if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0]:
-            raise UserError(f"{name}: pair {k} needs (B, C, H, W) maps of equal B, got student "
-                            f"{tuple(s.shape)}, teacher {tuple(t.shape)}")
-        if s.shape[1] != student_channels[k] or t.shape[1] != teacher_channels[k]:
-            raise UserError(f"{name}: pair {k} was built for {student_channels[k]} -> {teacher_channels[k]} "
-                            f"channels but got student {tuple(s.shape)}, teacher {tuple(t.shape)}; "
-                            "rebuild the loss from the probed layer widths")
+class _FeatureLoss(nn.Module):
+    """Shared contract: channel lists fixed at build, shapes checked by check_shapes (also at each call)."""
 
+    kind = "feature"
+    needs: tuple[str, ...] = ()
+    zero_at_optimum = True  # at student == teacher with adapters at the identity (see each class)
+    name = ""
+    size_hint = "pick layers at the same stride"
 
-def _same_size(name: str, k: int, s: Tensor, t: Tensor, hint: str) -> None:
-    if s.shape[-2:] != t.shape[-2:]:
-        raise UserError(f"{name}: pair {k} has student map {tuple(s.shape)} and teacher map {tuple(t.shape)}; "
-                        f"{name} needs equal H x W ({hint})")
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
+        super().__init__()
+        if len(student_channels) != len(teacher_channels) or not len(student_channels):
+            raise ShapeError(f"{self.name}: need one student and one teacher channel count per layer pair, "
+                             f"got {list(student_channels)} and {list(teacher_channels)}")
+        self.student_channels = [int(c) for c in student_channels]
+        self.teacher_channels = [int(c) for c in teacher_channels]
+
+    def check_shapes(self, student_shapes: Sequence[Sequence[int]], teacher_shapes: Sequence[Sequence[int]]) -> None:
+        """ShapeError unless there is one (B, C, H, W) map per built pair with the built widths, equal B,
+        and H x W the loss can relate (check_size)."""
+        if not (len(student_shapes) == len(teacher_shapes) == len(self.student_channels)):
+            raise ShapeError(f"{self.name}: built for {len(self.student_channels)} layer pairs but got "
+                             f"{len(student_shapes)} student and {len(teacher_shapes)} teacher maps")
+        for k, (s, t) in enumerate(zip(student_shapes, teacher_shapes)):
+            s, t = tuple(s), tuple(t)
+            if len(s) != 4 or len(t) != 4 or s[0] != t[0]:
+                raise ShapeError(f"{self.name}: pair {k} needs (B, C, H, W) maps of equal B, got student {s}, "
+                                 f"teacher {t}")
+            if s[1] != self.student_channels[k] or t[1] != self.teacher_channels[k]:
+                raise ShapeError(f"{self.name}: pair {k} was built for {self.student_channels[k]} -> "
+                                 f"{self.teacher_channels[k]} channels but got student {s}, teacher {t}; "
+                                 "rebuild the loss from the probed layer widths")
+            self.check_size(k, s, t)
+
+    def check_size(self, k: int, s: tuple, t: tuple) -> None:
+        """Default: equal H x W."""
+        if s[2:] != t[2:]:
+            raise ShapeError(f"{self.name}: pair {k} has student map {s} and teacher map {t}; {self.name} "
+                             f"needs equal H x W ({self.size_hint})")
+
+    def _check(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> None:
+        self.check_shapes([tuple(s.shape) for s in student_feats], [tuple(t.shape) for t in teacher_feats])
 
 
 def _zero_with_graph(module: nn.Module, device: torch.device) -> Tensor:
@@ -72,19 +93,20 @@ def _zero_with_graph(module: nn.Module, device: torch.device) -> Tensor:
 
 
 def _align_1x1(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
-    """A 1x1 conv per pair whose widths differ, nn.Identity where they match."""
-    return nn.ModuleList(nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity()
+    """A 1x1 conv per pair whose widths differ, nn.Identity where they match. No bias: both CWD's
+    spatial softmax and PKD's standardisation remove a per-channel constant, it would get no gradient."""
+    return nn.ModuleList(nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
                          for cs, ct in zip(student_channels, teacher_channels))
 
 
 def _level_of(name: str, k: int, t: Tensor, out: object, what: str) -> int:
     """Index of the Detect level whose grid (ny, nx) equals the teacher map's H x W."""
     if not isinstance(out, (list, tuple)) or not all(isinstance(p, Tensor) and p.dim() == 5 for p in out):
-        raise UserError(f"{name}: ctx.{what} must be the raw per-level list (B, na, ny, nx, 5+nc) of a "
+        raise ShapeError(f"{name}: ctx.{what} must be the raw per-level list (B, na, ny, nx, 5+nc) of a "
                         "YOLOv5 Detect head in train mode")
     sizes = [tuple(p.shape[2:4]) for p in out]
     if tuple(t.shape[-2:]) not in sizes:
-        raise UserError(f"{name}: pair {k} teacher map {tuple(t.shape)} matches no Detect level grid {sizes}; "
+        raise ShapeError(f"{name}: pair {k} teacher map {tuple(t.shape)} matches no Detect level grid {sizes}; "
                         "map this loss to layers at the detection strides (the maps entering Detect)")
     return sizes.index(tuple(t.shape[-2:]))
 
@@ -102,7 +124,7 @@ def detect_input_layers(model: nn.Module) -> list[str]:
     return [f"model.{i % n}" for i in head.f]  # .f may count from the end (-1 = previous layer)
 
 
-class FineGrainedImitation(nn.Module):
+class FineGrainedImitation(_FeatureLoss):
     """Fine-grained feature imitation, FGFI (Wang et al., CVPR 2019, arXiv:1906.03609).
 
     Per pair k (student (B, c_S, H, W), teacher (B, c_T, H, W), same H x W, at a Detect level):
@@ -110,19 +132,20 @@ class FineGrainedImitation(nn.Module):
     from imitation_mask with the student's anchors of the level whose grid is H x W, and
         loss = sum_k sum_{b,h,w} I * sum_c (A - T)^2 / (2 * N_p),   N_p = sum_k sum I (0 when N_p == 0).
     Returns 0 (still connected to the adapters) for ctx.iteration < warmup. The ReLU (the paper's
-    ResNet features are >= 0) cannot reach SiLU's negative values (>= -0.28): a small floor remains.
+    ResNet features are >= 0) cannot reach SiLU's negative values (>= -0.28): a small floor remains, so
+    the loss is 0 at student == teacher (identity adapter) only where the teacher maps are >= 0.
     """
 
     needs = ("targets", "student", "student_out")
+    name = "imitation"
+    size_hint = "use 'mse' for a strided adapter"
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], psi: float = 0.5,
                  warmup: int = 400, init_std: float = 1e-4):
-        super().__init__()
-        _check_channels("imitation", student_channels, teacher_channels)
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        super().__init__(student_channels, teacher_channels)
         self.psi, self.warmup = float(psi), int(warmup)
-        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1) for cs, ct in zip(student_channels,
-                                                                                          teacher_channels))
+        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1)
+                                      for cs, ct in zip(self.student_channels, self.teacher_channels))
         for conv in self.adapters:
             nn.init.normal_(conv.weight, std=init_std)
             nn.init.zeros_(conv.bias)
@@ -146,14 +169,13 @@ class FineGrainedImitation(nn.Module):
         return [per_level[lv] for lv in levels]
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
-        _check_pairs("imitation", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        self._check(student_feats, teacher_feats)
         device = student_feats[0].device
         if ctx.iteration < self.warmup:
             return _zero_with_graph(self, device)
         masks = self.masks(teacher_feats, ctx)
         total, positives = torch.zeros((), device=device), torch.zeros((), device=device)
-        for k, (s, t, conv, mask) in enumerate(zip(student_feats, teacher_feats, self.adapters, masks)):
-            _same_size("imitation", k, s, t, "use 'mse' for a strided adapter")
+        for s, t, conv, mask in zip(student_feats, teacher_feats, self.adapters, masks):
             a = F.relu(conv(s))
             with _no_autocast(device):
                 err = (_fp32(a) - _fp32(t.detach())).pow(2).sum(1)  # (B, H, W)
@@ -162,32 +184,29 @@ class FineGrainedImitation(nn.Module):
         return total / (2 * positives.clamp(min=1))  # total is 0 when there are no positives
 
 
-class ChannelWiseDivergence(nn.Module):
+class ChannelWiseDivergence(_FeatureLoss):
     """Channel-wise distillation, CWD (Shu et al., ICCV 2021, arXiv:2011.13256).
 
-    Per pair (equal H x W; student aligned by a 1x1 conv when widths differ), each of the N x C maps
-    becomes a distribution over its H*W positions, softmax(x / tau):
+    Per pair (equal H x W; student aligned by a bias-free 1x1 conv when widths differ), each of the
+    N x C maps becomes a distribution over its H*W positions, softmax(x / tau):
         loss_k = tau^2 / (N * C) * sum_{n,c} KL(softmax(T_nc / tau) || softmax(S_nc / tau))
     summed over pairs (mmrazor ChannelWiseDivergence). Softmax and KL in float32.
     """
 
-    needs = ()
+    name = "cwd"
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], tau: float = 1.0):
-        super().__init__()
-        _check_channels("cwd", student_channels, teacher_channels)
+        super().__init__(student_channels, teacher_channels)
         if not tau > 0:
             raise UserError(f"cwd: tau must be > 0, got {tau}")
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
         self.tau = float(tau)
-        self.adapters = _align_1x1(student_channels, teacher_channels)
+        self.adapters = _align_1x1(self.student_channels, self.teacher_channels)
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
-        _check_pairs("cwd", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        self._check(student_feats, teacher_feats)
         device = student_feats[0].device
         loss = torch.zeros((), device=device)
-        for k, (s, t, align) in enumerate(zip(student_feats, teacher_feats, self.adapters)):
-            _same_size("cwd", k, s, t, "pick layers at the same stride")
+        for s, t, align in zip(student_feats, teacher_feats, self.adapters):
             s = align(s)
             n, c = t.shape[:2]
             with _no_autocast(device):
@@ -198,62 +217,60 @@ class ChannelWiseDivergence(nn.Module):
         return loss
 
 
-def _stride_ratio(k: int, s: Tensor, t: Tensor) -> int:
-    """Integer r with student H, W = r x teacher H, W; UserError naming both shapes otherwise."""
-    (hs, ws), (ht, wt) = s.shape[-2:], t.shape[-2:]
-    if hs % ht or ws % wt or hs // ht != ws // wt or hs < ht:
-        raise UserError(f"mse: pair {k} student map {tuple(s.shape)} is not an integer multiple (same in H and "
-                        f"W) of teacher map {tuple(t.shape)}; the strided adapter needs student size = "
-                        "r x teacher size, r = 1, 2, ... (pick a student layer at the same or a finer stride)")
-    return hs // ht
-
-
-class StridedFeatureMSE(nn.Module):
+class StridedFeatureMSE(_FeatureLoss):
     """Feature MSE through a strided 3x3 adapter (FitNets, Romero et al., ICLR 2015; YOLOv8 KD 'ver1' seed).
 
     Per pair: r = student H / teacher H (an integer, equal for W), A = ReLU(conv3x3(S, stride r, pad 1))
     (c_S -> c_T; the conv weights do not depend on r, so r is read from the shapes at each call), and
     loss_k = mean((A - T)^2) over (B, C, H, W); summed over pairs. Weights: PyTorch's default init.
+    Like imitation's, the ReLU adapter reaches only teacher values >= 0.
     """
 
-    needs = ()
+    name = "mse"
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
-        super().__init__()
-        _check_channels("mse", student_channels, teacher_channels)
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
-        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1) for cs, ct in zip(student_channels,
-                                                                                          teacher_channels))
+        super().__init__(student_channels, teacher_channels)
+        self.adapters = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1)
+                                      for cs, ct in zip(self.student_channels, self.teacher_channels))
+
+    def check_size(self, k: int, s: tuple, t: tuple) -> None:
+        """Student H, W = r x teacher H, W with one integer r >= 1."""
+        (hs, ws), (ht, wt) = s[2:], t[2:]
+        if hs % ht or ws % wt or hs // ht != ws // wt or hs < ht:
+            raise ShapeError(f"mse: pair {k} student map {s} is not an integer multiple (same in H and W) of "
+                             f"teacher map {t}; the strided adapter needs student size = r x teacher size, "
+                             "r = 1, 2, ... (pick a student layer at the same or a finer stride)")
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
-        _check_pairs("mse", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        self._check(student_feats, teacher_feats)
         device = student_feats[0].device
         loss = torch.zeros((), device=device)
-        for k, (s, t, conv) in enumerate(zip(student_feats, teacher_feats, self.adapters)):
-            r = _stride_ratio(k, s, t)
+        for s, t, conv in zip(student_feats, teacher_feats, self.adapters):
+            r = s.shape[-2] // t.shape[-2]
             a = F.relu(F.conv2d(s, conv.weight, conv.bias, stride=r, padding=1))  # (B, c_T, H_T, W_T)
             with _no_autocast(device):
                 loss = loss + F.mse_loss(_fp32(a), _fp32(t.detach()))
         return loss
 
 
-class PearsonDistillation(nn.Module):
+class PearsonDistillation(_FeatureLoss):
     """PKD, Pearson correlation distillation (Cao et al., NeurIPS 2022, arXiv:2207.02039).
 
     Per pair: the student map is resized (bilinear) to the teacher's H x W when strides differ and
-    aligned by a 1x1 conv when widths differ; both are standardised per channel over (N, H, W),
-    x_hat = (x - mean) / (std + eps) (population std), and loss_k = mean((S_hat - T_hat)^2) / 2,
+    aligned by a bias-free 1x1 conv when widths differ; both are standardised per channel over
+    (N, H, W), x_hat = (x - mean) / (std + eps) (population std), and loss_k = mean((S_hat - T_hat)^2) / 2,
     which is 1 - (mean over channels of the Pearson r) as eps -> 0. Summed over pairs.
     """
 
-    needs = ()
+    name = "pkd"
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], eps: float = 1e-6):
-        super().__init__()
-        _check_channels("pkd", student_channels, teacher_channels)
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        super().__init__(student_channels, teacher_channels)
         self.eps = float(eps)
-        self.adapters = _align_1x1(student_channels, teacher_channels)
+        self.adapters = _align_1x1(self.student_channels, self.teacher_channels)
+
+    def check_size(self, k: int, s: tuple, t: tuple) -> None:
+        """Any sizes: the student map is resized to the teacher's."""
 
     def standardise(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> same shape, each channel at mean 0 and std 1 over (N, H, W), float32."""
@@ -263,7 +280,7 @@ class PearsonDistillation(nn.Module):
         return (x - mean) / (std + self.eps)
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
-        _check_pairs("pkd", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        self._check(student_feats, teacher_feats)
         device = student_feats[0].device
         loss = torch.zeros((), device=device)
         for s, t, align in zip(student_feats, teacher_feats, self.adapters):
@@ -289,7 +306,7 @@ def teacher_score(p: Tensor) -> Tensor:
     return score.amax(1)
 
 
-class ScoreWeightedL2(nn.Module):
+class ScoreWeightedL2(_FeatureLoss):
     """Teacher-score-weighted feature L2 (ultralytics 8.4 built-in distillation, PR #24894, 2026).
 
     Per pair (equal H x W, at a Detect level of the teacher): P = conv1x1(ReLU(conv1x1(S))) (c_S -> c_T
@@ -299,21 +316,19 @@ class ScoreWeightedL2(nn.Module):
     """
 
     needs = ("teacher_out",)
+    name = "scorel2"
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
-        super().__init__()
-        _check_channels("scorel2", student_channels, teacher_channels)
-        self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        super().__init__(student_channels, teacher_channels)
         self.projectors = nn.ModuleList(
             nn.Sequential(nn.Conv2d(cs, ct, 1), nn.ReLU(), nn.Conv2d(ct, ct, 1))
-            for cs, ct in zip(student_channels, teacher_channels))
+            for cs, ct in zip(self.student_channels, self.teacher_channels))
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:
-        _check_pairs("scorel2", student_feats, teacher_feats, self.student_channels, self.teacher_channels)
+        self._check(student_feats, teacher_feats)
         device = student_feats[0].device
         total, norm = torch.zeros((), device=device), torch.zeros((), device=device)
         for k, (s, t, proj) in enumerate(zip(student_feats, teacher_feats, self.projectors)):
-            _same_size("scorel2", k, s, t, "pick layers at the same stride")
             level = _level_of("scorel2", k, t, ctx.teacher_out, "teacher_out")
             p = proj(s)
             with _no_autocast(device):

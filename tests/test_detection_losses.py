@@ -16,6 +16,7 @@ from distill.detection_losses import (
     FineGrainedImitation,
     PearsonDistillation,
     ScoreWeightedL2,
+    ShapeError,
     StridedFeatureMSE,
     detect_input_layers,
     teacher_score,
@@ -128,6 +129,26 @@ def test_registry_contract():
         assert re.search(r"\(.*(19|20)\d\d", cls.__doc__.splitlines()[0]), f"{name}: cite the paper on line 1"
         with pytest.raises(UserError, match=name):
             cls(student_channels=[4, 8], teacher_channels=[8])
+
+
+def test_check_shapes_before_any_forward():
+    """The engine calls check_shapes with probed shapes at build: ShapeError is a ValueError for it and a
+    UserError for the scripts."""
+    assert issubclass(ShapeError, ValueError) and issubclass(ShapeError, UserError)
+    s_shapes, t_shapes = [(1, 4, 8, 8), (1, 8, 4, 4)], [(1, 8, 8, 8), (1, 16, 4, 4)]
+    for cls in LOSSES.values():
+        loss_fn = cls(student_channels=[4, 8], teacher_channels=[8, 16])
+        loss_fn.check_shapes(s_shapes, t_shapes)
+        with pytest.raises(ValueError, match="built for 4 -> 8 channels"):
+            loss_fn.check_shapes([(1, 6, 8, 8), (1, 8, 4, 4)], t_shapes)
+        with pytest.raises(ValueError, match="2 layer pairs"):
+            loss_fn.check_shapes(s_shapes[:1], t_shapes[:1])
+    finer = [(1, 4, 16, 16), (1, 8, 8, 8)]  # student one stride finer than the teacher
+    StridedFeatureMSE([4, 8], [8, 16]).check_shapes(finer, t_shapes)
+    PearsonDistillation([4, 8], [8, 16]).check_shapes(finer, t_shapes)
+    for cls in (FineGrainedImitation, ChannelWiseDivergence, ScoreWeightedL2):
+        with pytest.raises(ShapeError, match=r"\(1, 4, 16, 16\) and teacher map \(1, 8, 8, 8\)"):
+            cls([4, 8], [8, 16]).check_shapes(finer, t_shapes)
 
 
 def test_imitation_masks_warmup_and_empty_batch():
