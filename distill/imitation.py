@@ -86,9 +86,11 @@ def _level_mask(boxes: Tensor, img: Tensor, anchors: Tensor, shape: tuple[int, i
     right = (bx2 + aw / 2 - 0.5)[..., None] - theta
     valid = theta < torch.minimum(bw, aw)[..., None]  # ox peaks at min(bw, aw)
     rows = img[:, None, None] * h + torch.arange(h, device=boxes.device)  # (n, 1, H) row of (image, i)
-    base = (rows * (w + 1)).to(boxes.dtype)  # exact in float32: B * H * (W + 1) << 2**24
-    first = torch.floor(left).clamp_(-1, w - 1).add_(base + 1)  # flat index of the first column j > left
-    end = torch.ceil(right).clamp_(0, w).add_(base)  # flat index after the last column j < right
+    # flat indices as floats (one conversion to long at the end); float32 holds integers < 2**24 exactly
+    index_dtype = torch.float32 if batch_size * h * (w + 1) < 2**24 else torch.float64
+    base = (rows * (w + 1)).to(index_dtype)
+    first = torch.floor(left).clamp_(-1, w - 1).to(index_dtype).add_(base + 1)  # first column j > left
+    end = torch.ceil(right).clamp_(0, w).to(index_dtype).add_(base)  # after the last column j < right
     valid &= first < end
 
     # difference array over columns, one row per (image, row i): +1 at first, -1 at end; the cumulative

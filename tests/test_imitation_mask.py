@@ -184,3 +184,14 @@ def test_model_masks_and_picture(tmp_path):
     b2, i2, j2 = torch.nonzero(~masks[0])[-1].tolist()  # a negative one keeps the grey
     px, px2 = mosaic[b * 64 + i * 8 + 4, j * 8 + 4], mosaic[b2 * 64 + i2 * 8 + 4, j2 * 8 + 4]
     assert px[0] > px[2] + 50 and abs(int(px2[0]) - int(px2[2])) < 5
+
+
+def test_large_batch_indices_stay_exact():
+    """Batch x H x (W + 1) above 2**24 (float32's exact integers): the flat indices switch to float64.
+    Boxes in the last image must land there, exactly as the same boxes in a batch of one."""
+    shapes, batch_size = [(64, 64)], 4100  # 4100 * 64 * 65 = 17.06 M > 16.78 M
+    targets = random_targets(7, 1, max_boxes=4)
+    (alone,) = imitation_mask(targets, ANCHORS_PX[:1] * 2, STRIDES[:1], shapes, 1)
+    targets[:, 0] = batch_size - 1
+    (mask,) = imitation_mask(targets, ANCHORS_PX[:1] * 2, STRIDES[:1], shapes, batch_size)
+    assert alone.any() and torch.equal(mask[-1], alone[0]) and not mask[:-1].any()
