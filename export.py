@@ -258,20 +258,20 @@ def check_export(f: Path, wrapper: nn.Module, im: torch.Tensor) -> tuple[float, 
     return box, score
 
 
-def load_for_export(weights: str | Path, device: torch.device, trust: bool = False) -> nn.Module:
+def load_for_export(weights: str | Path, device: torch.device, trust: bool = False, cfg=None) -> nn.Module:
     """attempt_load(fuse=True, inplace=True) as v6.0, after a clear check that the file exists."""
     from utils.checkpoint import attempt_load
 
     (path,) = check_weights_exist(weights)
     if path.suffix != ".pt" or "torchscript" in path.name:
         raise UserError(f"--weights {path}: export.py needs a PyTorch .pt checkpoint")
-    return attempt_load(str(path), map_location=device, inplace=True, fuse=True, trust=trust)
+    return attempt_load(str(path), map_location=device, inplace=True, fuse=True, trust=trust, cfg=cfg)
 
 
 def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640, 640), batch_size: int = 1,
         device: str = "cpu", include: tuple[str, ...] = FORMATS, half: bool = False, inplace: bool = False,
         train: bool = False, optimize: bool = False, dynamic: bool = False, simplify: bool = False,
-        opset: int = 12, trust_checkpoint: bool = False) -> list[Path]:
+        opset: int = 12, trust_checkpoint: bool = False, cfg: str | Path | None = None) -> list[Path]:
     """Export weights to the formats in include; returns the written files (see module docstring)."""
     t = time.time()
     include = [x.lower() for x in include]
@@ -280,7 +280,7 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         known = f"supported: {', '.join(FORMATS)}"
         why = " (not implemented in this project)" if set(bad) & set(UNSUPPORTED) else ""
         raise UserError(f"--include {' '.join(bad)}: unknown format{why}; {known}")
-    check_export_args(weights, imgsz, batch_size, opset, include, device)  # before the model is loaded
+    check_export_args(weights, imgsz, batch_size, opset, include, device, cfg)  # before the model is loaded
     device = select_device(device)
     if optimize and "torchscript" in include:
         check_mobile_optimizer()
@@ -288,7 +288,7 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         raise UserError("--half exports need a CUDA device (e.g. --device 0); CPU FP16 export is not supported")
     if half and dynamic:
         raise UserError("--half and --dynamic cannot be combined; drop one of them")
-    model = load_for_export(weights, device, trust_checkpoint)
+    model = load_for_export(weights, device, trust_checkpoint, cfg)
     imgsz = list(imgsz) * (2 if len(imgsz) == 1 else 1)  # [h, w]
     gs = int(max(model.stride))
     imgsz = [check_img_size(x, gs) for x in imgsz]
@@ -327,6 +327,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify model (needs onnxsim)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX: opset version")
     parser.add_argument("--include", nargs="+", default=list(FORMATS), help=f"formats: {', '.join(FORMATS)}")
+    parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full (unsafe) unpickling of a checkpoint you trust")
     opt = parser.parse_args(argv)

@@ -325,9 +325,11 @@ def check_classes_in_model(classes, names: list[str]) -> None:
                         f"(0..{len(names) - 1}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})")
 
 
-def check_export_args(weights, imgsz, batch_size, opset, include, device="cpu") -> None:
+def check_export_args(weights, imgsz, batch_size, opset, include, device="cpu", cfg=None) -> None:
     """export.py options (formats are checked by export.run, which knows which ones exist)."""
     check_device(device)
+    if cfg:
+        check_model_yaml("--cfg", cfg)
     check_weights("--weights", weights, (".pt",), "export.py")
     check_imgsz("--imgsz", imgsz, max_values=2)
     check_range("--batch-size", batch_size, 1, integer=True, hint="batch size of the exported graph, e.g. 1")
