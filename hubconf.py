@@ -35,7 +35,7 @@ def _finish(model, autoshape: bool, device, verbose: bool):
     return model
 
 
-def custom(path: str | Path = "path/to/model.pt", autoshape: bool = True, device=None, verbose: bool = True,
+def custom(path: str | Path = "path/to/model.pt", autoshape: bool = True, verbose: bool = True, device=None,
            trust: bool = False, cfg: str | Path | None = None):
     """A model from a local checkpoint: ours, official v5.x-v7.0 files, or a state_dict with cfg (model yaml).
 

@@ -114,8 +114,9 @@ class AutoShape(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, imgs, size: int = 640, augment: bool = False):
-        """imgs: one input or a list (see module docstring); size: the inference long side in pixels."""
+    def forward(self, imgs, size: int = 640, augment: bool = False, profile: bool = False):
+        """imgs: one input or a list (see module docstring); size: the inference long side in pixels.
+        profile is accepted for v6.0 compatibility and ignored (timings are always in Detections.t)."""
         if isinstance(imgs, torch.Tensor):  # already a batch: raw model output, as v6.0
             p = next(self.model.parameters())
             return self.model(imgs.to(p.device).type_as(p), augment=augment)

@@ -289,6 +289,10 @@ def test_state_dict_checkpoint_with_cfg(data, sd_checkpoint, tmp_path):
     assert maps.shape == (3,) and 0 <= map_ <= map50 <= 1
     assert val.parse_opt(["--cfg", cfg]).cfg == cfg and detect.parse_opt(["--cfg", cfg]).cfg == cfg
     assert len(DetectBackend(sd_checkpoint, cfg=cfg).names) == 3
+    import export
+
+    assert export.parse_opt(["--cfg", cfg]).cfg == cfg
+    assert export.load_for_export(sd_checkpoint, torch.device("cpu"), cfg=cfg).model[-1].nc == 3
 
 
 DETECT_CASES = [
