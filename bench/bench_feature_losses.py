@@ -26,9 +26,11 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from distill.context import KDContext
-from distill.detection_losses import LOSSES, detect_input_layers
+from distill.detection_losses import DEFAULT_WEIGHTS, LOSSES, detect_input_layers
 from distill.imitation import imitation_mask
 from models.yolo import Model
+from utils.general import yaml_load
+from utils.loss import ComputeLoss, scale_loss_gains
 
 STRIDES = (8, 16, 32)
 STUDENT_CH, TEACHER_CH = (64, 128, 256), (128, 256, 512)  # yolov5n / yolov5s at P3, P4, P5
@@ -90,6 +92,47 @@ def bench_mask(imgsz: int, batch: int, boxes: int, repeats: int) -> list[float]:
     return timed(lambda: imitation_mask(targets, anchors_px, detect.stride, shapes, batch), repeats, warmup=3)
 
 
+def initial_values(weights: Path, imgsz: int, batch: int) -> list[tuple[str, float]]:
+    """Each loss at the start of training: yolov5n from scratch (train mode) <- the shapes teacher, on
+    `batch` freshly rendered shapes images (utils.synthetic, seed 0), past imitation's warm-up; first
+    the student's detection loss (box + obj + cls items of ComputeLoss, hyp.scratch gains scaled as
+    train.py does), the scale the KD terms are added to."""
+    import cv2
+    import numpy as np
+
+    from distill.hooks import FeatureHooks
+    from utils.checkpoint import attempt_load
+    from utils.synthetic import render_image
+
+    teacher = attempt_load(weights, fuse=False).requires_grad_(False)
+    names = [str(n) for n in (teacher.names.values() if isinstance(teacher.names, dict) else teacher.names)]
+    rng = np.random.default_rng(0)
+    imgs, rows = [], []
+    for i in range(batch):
+        im, lb = render_image(rng, imgsz, names)
+        imgs.append(torch.from_numpy(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float() / 255)
+        rows += [[i, *r] for r in lb.tolist()]
+    imgs, targets = torch.stack(imgs), torch.tensor(rows, dtype=torch.float32).view(-1, 6)
+    torch.manual_seed(0)
+    student = Model(ROOT / "models" / "yolov5n.yaml", nc=len(names)).train()
+    layers = detect_input_layers(student)
+    with torch.no_grad(), FeatureHooks(student, layers) as s_hooks, FeatureHooks(teacher, layers) as t_hooks:
+        s_out, t_out = student(imgs), teacher(imgs)[1]
+    ctx = KDContext(imgs=imgs, targets=targets, student=student, teacher=teacher, student_out=s_out,
+                    teacher_out=t_out, iteration=10**6)
+    hyp = scale_loss_gains(yaml_load(ROOT / "data" / "hyps" / "hyp.scratch.yaml"), len(names), 3, imgsz)
+    detect = student.model[-1]
+    _, items = ComputeLoss(hyp, detect.anchors, detect.nc, stride=detect.stride)(s_out, targets)
+    s_ch = [f.shape[1] for f in s_hooks.outputs]
+    t_ch = [f.shape[1] for f in t_hooks.outputs]
+    torch.manual_seed(0)
+    values = [("detection", float(items.sum()))]
+    for name, cls in LOSSES.items():
+        loss_fn = cls(student_channels=s_ch, teacher_channels=t_ch)
+        values.append((name, float(loss_fn(s_hooks.outputs, t_hooks.outputs, ctx).detach())))
+    return values
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--img", type=int, default=320, help="image size for the loss timings")
@@ -99,6 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--mask-batch", type=int, default=16)
     p.add_argument("--mask-boxes", type=int, default=50, help="boxes per image")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    p.add_argument("--teacher", default=str(ROOT / "weights" / "teacher-shapes-yolov5s.pt"),
+                   help="teacher for the start-of-training loss values ('' to skip)")
     opt = p.parse_args(argv)
     if opt.threads:
         torch.set_num_threads(opt.threads)
@@ -110,6 +155,11 @@ def main(argv=None) -> None:
     times = bench_mask(opt.mask_img, opt.mask_batch, opt.mask_boxes, max(opt.repeats, 20))
     print(f"imitation mask, {opt.mask_batch} images at {opt.mask_img} px, {opt.mask_boxes} boxes each: "
           f"median {statistics.median(times):.2f} ms, min {min(times):.2f} ms")
+    if opt.teacher and Path(opt.teacher).is_file():
+        print(f"\nvalues at the start of training (yolov5n from scratch <- {Path(opt.teacher).name}, "
+              f"{opt.batch} shapes images at {opt.img} px), raw and x DEFAULT_WEIGHTS")
+        for name, value in initial_values(Path(opt.teacher), opt.img, opt.batch):
+            print(f"{name:<12}{value:>12.4g}{value * DEFAULT_WEIGHTS.get(name, 1.0):>12.4g}")
 
 
 if __name__ == "__main__":

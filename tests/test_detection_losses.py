@@ -10,6 +10,7 @@ from torch import nn
 
 from distill.context import KDContext
 from distill.detection_losses import (
+    BALANCED_WEIGHTS,
     DEFAULT_WEIGHTS,
     LOSSES,
     ChannelWiseDivergence,
@@ -122,7 +123,7 @@ def test_finite_under_autocast(name, dtype):
 
 
 def test_registry_contract():
-    assert set(DEFAULT_WEIGHTS) == set(LOSSES)
+    assert set(DEFAULT_WEIGHTS) == set(LOSSES) == set(BALANCED_WEIGHTS)
     allowed = {"targets", "student", "teacher_out", "student_out"}
     for name, cls in LOSSES.items():
         assert set(cls.needs) <= allowed, name
