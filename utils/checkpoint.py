@@ -123,9 +123,14 @@ def _model_from_state_dict(sd: dict, cfg, path: Path, nc: int | None) -> Model:
     sd = {k: v for k, v in sd.items() if not k.endswith("anchor_grid")}  # v5.x buffer, rebuilt at run time
     model = Model(cfg, nc=nc)
     det = model.model[-1]
-    key = f"model.{det.i}.m.0.weight"
-    if nc is None and key in sd and sd[key].shape[0] != det.na * det.no:
-        model = Model(cfg, nc=sd[key].shape[0] // det.na - 5)  # nc from the Detect output width
+    if isinstance(det, DetectV8):
+        key = f"model.{det.i}.cv3.0.2.weight"  # class branch output conv: nc rows
+        if nc is None and key in sd and sd[key].shape[0] != det.nc:
+            model = Model(cfg, nc=sd[key].shape[0])
+    else:
+        key = f"model.{det.i}.m.0.weight"
+        if nc is None and key in sd and sd[key].shape[0] != det.na * det.no:
+            model = Model(cfg, nc=sd[key].shape[0] // det.na - 5)  # nc from the Detect output width
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint '{path}' does not match {cfg}: missing {list(missing)[:5]}, "
