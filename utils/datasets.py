@@ -6,6 +6,7 @@ Labels are (n, 5) float32 [cls, x, y, w, h] normalised to the image. Batches are
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from multiprocessing.pool import ThreadPool
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, distributed
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.augmentations import (
     Albumentations,
@@ -167,8 +168,15 @@ class LoadImagesAndLabels(Dataset):
     def __len__(self) -> int:
         return len(self.im_files)
 
-    def __getitem__(self, index: int):
-        """-> (img uint8 (3,H,W) RGB tensor, labels (nl,6) [0, cls, x, y, w, h] normalised, path, shapes)."""
+    def __getitem__(self, index: int | tuple[int, int]):
+        """-> (img uint8 (3,H,W) RGB tensor, labels (nl,6) [0, cls, x, y, w, h] normalised, path, shapes).
+
+        `index` may be an (index, sample_seed) pair from EpochSampler: the augmentation of this sample is
+        then drawn from `random`/`np.random` seeded with sample_seed, whichever worker runs it."""
+        if isinstance(index, tuple):
+            index, sample_seed = index
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
         index = self.indices[index]  # image_weights may remap
         hyp = self.hyp
         if self.mosaic and random.random() < hyp["mosaic"]:
@@ -311,6 +319,45 @@ def _find_class_line(label_file: str, nc: int) -> tuple[int, str]:
     return 0, "?"
 
 
+def _sample_seed(*keys: int) -> int:
+    """A 64-bit seed from integer keys (seed, epoch, position): well mixed, the same on every platform."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest(), "little")
+
+
+class EpochSampler(Sampler):
+    """Training indices as (index, sample_seed) pairs that depend only on (seed, epoch): the order and every
+    augmentation of epoch e are the same whether the run got there in one go or was resumed at e, and
+    whatever the number of workers or threads.
+
+    Each __iter__ is one epoch and advances the counter itself: persistent workers prefetch the next
+    epoch's indices before the training loop could announce it (a set_epoch() would arrive too late).
+    With world_size > 1 each rank takes every world_size-th item of one shuffled order, padded by
+    repetition to a multiple of world_size (as torch's DistributedSampler).
+    """
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, start_epoch: int = 0, rank: int = -1,
+                 world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, start_epoch
+        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
+        self.num_samples = -(-n // self.world_size)  # per rank
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(_sample_seed(self.seed, epoch) % 2**63)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.num_samples * self.world_size
+        order += order[: total - len(order)]  # pad (DDP only; a no-op for one process)
+        for pos in range(self.rank, total, self.world_size):
+            yield order[pos], _sample_seed(self.seed, epoch, pos)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class _RepeatSampler:
     """Iterate a batch sampler forever, so one DataLoader iterator (and its workers) lives all run."""
 
@@ -354,10 +401,12 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8,
                       image_weights: bool = False, quad: bool = False, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
-                      data_file: str | Path = "") -> tuple[DataLoader, LoadImagesAndLabels]:
+                      data_file: str | Path = "", start_epoch: int = 0) -> tuple[DataLoader, LoadImagesAndLabels]:
     """Build (loader, dataset). With nc given, labels are checked: a class >= nc is a UserError.
 
-    shuffle=True shuffles every epoch (ignored with rect, whose batches depend on the order).
+    shuffle=True shuffles every epoch (ignored with rect, whose batches depend on the order). Training
+    loaders (augment, shuffle or DDP) draw from an EpochSampler: epoch e's batches depend only on
+    (seed, e), so a run resumed at start_epoch sees the data an uninterrupted run would.
     Workers persist across epochs (InfiniteDataLoader) except with image_weights, whose index
     changes per epoch must reach fresh workers.
     """
@@ -382,10 +431,14 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min(os.cpu_count() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
+    sampler = None
+    if augment or shuffle or rank != -1:
+        world_size = int(os.getenv("WORLD_SIZE", "1")) if rank != -1 else 1
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, start_epoch=start_epoch, rank=rank,
+                               world_size=world_size)
     loader = DataLoader if image_weights else InfiniteDataLoader
     g = torch.Generator()
     g.manual_seed(seed + max(rank, 0))
-    return loader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
+    return loader(dataset, batch_size=batch_size, shuffle=False, num_workers=nw,
                   sampler=sampler, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker, generator=g,
                   collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn), dataset

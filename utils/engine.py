@@ -50,6 +50,7 @@ def train(opt, make_objective=None) -> Path:
 
     r = _setup(opt)
     model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
+    r.start_epoch = int(ckpt["epoch"]) + 1 if opt.resume and ckpt else 0  # the loaders continue from here
     freeze_layers(model, opt.freeze)
     r.gs = max(int(model.stride.max()), 32)
     r.imgsz = check_img_size(opt.imgsz, r.gs, floor=r.gs * 2)
@@ -122,7 +123,8 @@ def _loaders(opt, r, model):
     train_loader, dataset = create_dataloader(
         r.data_dict["train"], r.imgsz, r.batch_size, r.gs, opt.single_cls, hyp=r.hyp, augment=True,
         cache=opt.cache, rect=opt.rect, rank=r.local_rank, workers=opt.workers, image_weights=opt.image_weights,
-        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=r.nc, data_file=opt.data)
+        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=r.nc, data_file=opt.data,
+        start_epoch=r.start_epoch)
     val_loader = None
     if r.rank in (-1, 0):
         val_loader = create_dataloader(
@@ -185,6 +187,9 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
     describe_start(opt, r.save_dir)
     t0, epoch = time.time(), start_epoch - 1
     for epoch in range(start_epoch, opt.epochs):
+        # main-process randomness (multi-scale sizes, image weights) drawn from (seed, epoch), like the
+        # data (EpochSampler): a resumed epoch repeats what an uninterrupted run does in it
+        init_seeds(opt.seed + 1 + max(r.rank, 0) + 1000 * (epoch + 1))
         loop.model.train()
         if opt.image_weights:
             _reweight_images(loop.dataset, loop.model, maps, r.nc)
@@ -334,7 +339,9 @@ def _save(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> 
 
     extra = loop.objective.state_dict()
     ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
-            "model": deepcopy(de_parallel(loop.model)).half(), "ema": deepcopy(loop.ema.ema).half(),
+            # float32 while training (v6.0 halves here): --resume continues from the exact weights;
+            # strip_optimizer halves best.pt/last.pt when the run ends, as v6.0 ships them
+            "model": deepcopy(de_parallel(loop.model)).float(), "ema": deepcopy(loop.ema.ema).float(),
             "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
             "date": datetime.now().isoformat()}
     if len(extra):

@@ -134,20 +134,24 @@ def build_model(opt, nc: int, hyp: dict, device: torch.device):
 
 
 def _ckpt_model(ckpt, path: Path):
-    if isinstance(ckpt, dict) and (ckpt.get("ema") or ckpt.get("model")) is not None:
-        return ckpt.get("ema") or ckpt["model"]
+    """The live model of a checkpoint, as v6.0 reads it (ckpt['model']; the EMA is restored on its own by
+    --resume). A file holding only an EMA falls back to it."""
+    if isinstance(ckpt, dict):
+        for key in ("model", "ema"):
+            if ckpt.get(key) is not None:
+                return ckpt[key]
     raise UserError(f"{path} holds no 'model'; for a state-dict-only file pass it with --cfg to val.py/detect.py, "
                     "or re-save it with utils.checkpoint.save_checkpoint")
 
 
 def freeze_layers(model: torch.nn.Module, n: int) -> None:
     """Freeze the first n layers (v6.0 --freeze: parameters named model.{k}. for k < n)."""
-    prefixes = [f"model.{k}." for k in range(n)]
-    for name, p in model.named_parameters():
     n_layers = len(getattr(model, "model", ()))
     if n_layers and n >= n_layers:  # every layer frozen: nothing would train, silently
         raise UserError(f"--freeze {n}: the model has {n_layers} layers (0..{n_layers - 1}); freezing all of "
                         f"them leaves nothing to train (backbone = 10)")
+    prefixes = [f"model.{k}." for k in range(n)]
+    for name, p in model.named_parameters():
         p.requires_grad = True
         if any(name.startswith(x) for x in prefixes):
             LOGGER.info(f"freezing {name}")
