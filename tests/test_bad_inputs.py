@@ -2,18 +2,15 @@
 
 The tables below ARE the record of what was tried: each row is one wrong value of one flag or one yaml
 field, and the words the message must contain (the flag or file, and what is wrong). Most rows call
-the validation directly (utils/options.py, utils/dataset_config.py); one subprocess per script proves
-exit status 2 without a traceback and that nothing was created.
+the validation directly (utils/options.py, utils/dataset_config.py). test_bad_inputs_runs.py has the
+results.csv, --exist-ok and warmup cases and one subprocess per script (exit status 2, no traceback).
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,14 +18,12 @@ import yaml
 import train
 from utils.dataset_config import check_dataset
 from utils.general import UserError, check_file
-from utils.loggers import ResultsLogger, clear_previous_run, read_results_csv
 from utils.options import (
     check_classes_in_model,
     check_detect_args,
     check_export_args,
     check_train_opt,
     check_val_args,
-    check_warmup,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,125 +335,3 @@ def test_export_args(sd_checkpoint, kw, words):
     a = {"weights": sd_checkpoint, "imgsz": [64], "batch_size": 1, "opset": 13, "include": ["onnx"]}
     a.update(kw)
     _raises(lambda: check_export_args(**a), *words)
-
-
-# ------------------------------------------------------------------------------------------------
-# results.csv: tolerant where a warning is enough, strict where the user must act
-
-
-def _csv_with_damage(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    log = ResultsLogger(d, tensorboard=False)
-    for e in range(3):
-        log.log_epoch(e, {"box": 0.1, "obj": 0.05, "cls": 0.02}, (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02), [0.01] * 3)
-    lines = (d / "results.csv").read_text().splitlines()
-    lines[2] = lines[2][:30]  # epoch 1 cut short (a kill while writing, a bad copy)
-    (d / "results.csv").write_text("\n".join(lines) + "\n" + "   3,  0.1")  # and an unfinished last line
-    return d / "results.csv"
-
-
-def test_damaged_results_line_is_skipped_with_warning(tmp_path, caplog):
-    f = _csv_with_damage(tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="yolov5"):
-        names, rows = read_results_csv(f)
-    assert [r[0] for r in rows] == [0, 2] and names[0] == "epoch"
-    assert "damaged lines 3, 5 skipped" in caplog.text and str(f) in caplog.text
-
-
-def test_resume_truncate_survives_damaged_results(tmp_path):
-    f = _csv_with_damage(tmp_path / "run")
-    log = ResultsLogger(f.parent, tensorboard=False)
-    log.truncate_from(3)  # what --resume does before continuing at epoch 3
-    log.log_epoch(3, {"box": 0.1, "obj": 0.05, "cls": 0.02}, (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02), [0.01] * 3)
-    _, rows = read_results_csv(f)
-    assert [int(r[0]) for r in rows] == [0, 2, 3] and all(len(r) == 14 for r in rows)
-
-
-def test_results_without_header_is_an_error(tmp_path):
-    f = tmp_path / "results.csv"
-    f.write_text("0,1,2\n1,2,3\n")
-    _raises(lambda: read_results_csv(f), "line 1 is not a results.csv header")
-
-
-def test_exist_ok_clears_the_earlier_runs_files(tmp_path, caplog):
-    (tmp_path / "weights").mkdir()
-    for name in ("weights/best.pt", "weights/last.pt", "weights/epoch3.pt", "results.csv", "opt.yaml"):
-        (tmp_path / name).write_text("old")
-    with caplog.at_level(logging.WARNING, logger="yolov5"):
-        removed = clear_previous_run(tmp_path)
-    assert sorted(p.name for p in removed) == ["best.pt", "epoch3.pt", "last.pt", "results.csv"]
-    assert (tmp_path / "opt.yaml").exists() and not (tmp_path / "weights/best.pt").exists()
-    assert "earlier run" in caplog.text and "--exist-ok" in caplog.text
-
-
-def test_warmup_notice():
-    assert check_warmup(1000, 50, 30, {}) is True  # 800 images at batch 16 for 30 epochs: 20 epochs of warmup
-    assert check_warmup(1000, 50, 300, {}) is False
-    assert check_warmup(100, 50, 4, {"warmup_min_iters": 100}) is False  # exactly half: no notice
-
-
-def test_warmup_notice_text(caplog):
-    with caplog.at_level(logging.WARNING, logger="yolov5"):
-        check_warmup(1000, 50, 30, {})
-        check_warmup(100, 10, 5, {"warmup_min_iters": 100})
-    first, second = [r.getMessage() for r in caplog.records]
-    assert "1000 iterations (20.0 epochs" in first and "data/hyps/hyp.short.yaml" in first
-    assert "hyp.short.yaml" not in second and "more epochs" in second
-
-
-# ------------------------------------------------------------------------------------------------
-# one subprocess per script: exit status 2, the flag named, no traceback, nothing created
-
-
-SCRIPT_CASES = [
-    ("train.py", ["--batch-size", "0", "--cfg", "models/yolov5n.yaml"], "--batch-size 0"),
-    ("val.py", ["--conf-thres", "2", "--weights", "W"], "--conf-thres 2"),
-    ("detect.py", ["--iou-thres", "1.5", "--weights", "W"], "--iou-thres 1.5"),
-    ("export.py", ["--img", "0", "--weights", "W"], "--imgsz 0"),
-    ("plot_curves.py", ["nope_run"], "nope_run"),
-]
-
-
-@pytest.mark.parametrize(("script", "args", "words"), SCRIPT_CASES, ids=[c[0] for c in SCRIPT_CASES])
-def test_scripts_exit_2_without_traceback(script, args, words, data, sd_checkpoint, tmp_path):
-    args = [str(sd_checkpoint) if a == "W" else a for a in args]
-    extra = ["--data", str(data)] if script in ("train.py", "val.py") else []
-    extra += ["--project", str(tmp_path / "runs")] if script != "plot_curves.py" and script != "export.py" else []
-    r = subprocess.run([sys.executable, str(ROOT / script), *args, *extra], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300, check=False)
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-    assert words in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_plot_curves_cli_with_damaged_line(tmp_path):
-    f = _csv_with_damage(tmp_path / "run")
-    r = subprocess.run([sys.executable, str(ROOT / "plot_curves.py"), str(f.parent), "--out", str(tmp_path / "c.png")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "damaged lines 3, 5 skipped" in r.stdout + r.stderr and (tmp_path / "c.png").stat().st_size > 1000
-    r = subprocess.run([sys.executable, str(ROOT / "plot_curves.py"), str(f.parent), "--out", str(tmp_path / "c.txt")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr
-
-
-# ------------------------------------------------------------------------------------------------
-# end to end: --exist-ok into an old run, and the warmup notice of a short default-hyp run
-
-
-def test_train_exist_ok_does_not_report_the_old_best(data, tmp_path, caplog):
-    from utils.checkpoint import safe_torch_load
-
-    run = tmp_path / "exp"
-    (run / "weights").mkdir(parents=True)
-    old = {"epoch": -1, "best_fitness": np.zeros(1), "model": None, "marker": "old run"}
-    torch.save(old, run / "weights" / "best.pt")
-    (run / "results.csv").write_text("epoch,x\n0,1\n1,2\n5,3\n")
-    opt = _train_opt(data, "--project", str(tmp_path), "--name", "exp", "--exist-ok", "--noautoanchor",
-                     "--hyp", str(HYP))
-    with caplog.at_level(logging.WARNING, logger="yolov5"):
-        train.main(opt)
-    assert "earlier run" in caplog.text and "data/hyps/hyp.short.yaml" in caplog.text
-    assert "marker" not in safe_torch_load(run / "weights" / "best.pt")
-    names, rows = read_results_csv(run / "results.csv")
-    assert names[0] == "epoch" and [r[0] for r in rows] == [0]
