@@ -300,6 +300,7 @@ DETECT_CASES = [
     ({"imgsz": [0]}, ["--imgsz 0"]),
     ({"source": "nope_dir/x.jpg"}, ["--source nope_dir/x.jpg does not exist"]),
     ({"source": ""}, ["--source is empty"]),
+    ({"source": "https://example.com/a.jpg"}, ["--source https://example.com/a.jpg is a remote file"]),
     ({"device": "first"}, ["--device first"]),
     ({"project": str(HYP)}, ["--project", "is a file"]),
 ]

@@ -312,7 +312,10 @@ def check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, cl
     s = str(source)
     if not s:
         raise UserError("--source is empty; give an image, video, folder, glob, *.txt list or stream")
-    local = not (is_stream(s) or s.lower().startswith(STREAM_PREFIXES) or "*" in s)
+    if s.lower().startswith(STREAM_PREFIXES) and not is_stream(s):
+        raise UserError(f"--source {s} is a remote file; nothing is downloaded at run time. Download it first and "
+                        f"pass the local path (stream URLs without a file suffix are opened as streams)")
+    local = not (is_stream(s) or "*" in s)
     if local and not Path(s).exists():
         raise UserError(f"--source {s} does not exist (give an image, video, folder, glob, *.txt list or stream)")
 
