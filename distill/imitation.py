@@ -63,39 +63,40 @@ def _overlap_1d(lo: Tensor, hi: Tensor, size: Tensor, n_cells: int) -> Tensor:
 
 def _level_mask(boxes: Tensor, img: Tensor, anchors: Tensor, shape: tuple[int, int], batch_size: int,
                 psi: float) -> Tensor:
-    """Mask (B, H, W) bool of one level. boxes (n, 4) xyxy and anchors (na, 2) wh, both in grid units;
-    img (n,) long image index of each box."""
+    """Mask (B, H, W) bool of one level. boxes (n, 4) xywh (centre, size) and anchors (na, 2) wh, both in
+    grid units; img (n,) long image index of each box."""
     h, w = shape
-    bx1, by1, bx2, by2 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # (n, 1) each
-    bw, bh = bx2 - bx1, by2 - by1
+    cx, cy, bw, bh = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # (n, 1) each
     aw, ah = anchors[None, :, 0], anchors[None, :, 1]  # (1, na)
-    ox = _overlap_1d(bx1, bx2, aw, w)  # (n, na, W)
-    oy = _overlap_1d(by1, by2, ah, h)  # (n, na, H)
+    # 1-D overlap along x of an anchor centred at u is min(bw, aw, (bw + aw) / 2 - |u - cx|): largest at the
+    # cell centre nearest to cx, so the best column needs no (n, na, W) tensor
+    u = (torch.floor(cx) + 0.5).clamp_(0.5, w - 0.5)  # (n, 1)
+    ox_max = (torch.minimum(cx + bw / 2, u + aw / 2) - torch.maximum(cx - bw / 2, u - aw / 2)).clamp_(min=0)
+    oy = _overlap_1d(cy - bh / 2, cy + bh / 2, ah, h)  # (n, na, H)
     areas = bw * bh + aw * ah  # (n, na) A_box + A_anchor
-    inter_max = ox.amax(-1) * oy.amax(-1)  # (n, na) best anchor position of each (box, anchor shape)
+    inter_max = ox_max * oy.amax(-1)  # (n, na) best anchor position of each (box, anchor shape)
     iou_max = (inter_max / (areas - inter_max)).amax(1, keepdim=True)  # (n, 1) max IoU of each box
     t = psi * iou_max  # threshold m_k
     # IoU > t  <=>  I > c. A box overlapping no anchor (max IoU 0) marks nothing: c = inf.
     c = torch.where(iou_max > 0, t * areas / (1 + t), torch.full_like(areas, float("inf")))  # (n, na)
 
-    # Row i of (box, anchor): positive columns have ox > theta = c / oy(i), an open interval of centres
-    # (left, right) in column units; a row with oy == 0 gets theta = inf (or huge) and stays empty.
-    # Tensors below are (n, na, H); everything stays finite or +-inf, never NaN (c > 0, oy clamped > 0).
-    theta = c[..., None] / oy.clamp_(min=1e-30)
-    left = (bx1 - aw / 2 - 0.5)[..., None] + theta  # column j positive iff left < j < right
-    right = (bx2 + aw / 2 - 0.5)[..., None] - theta
-    valid = theta < torch.minimum(bw, aw)[..., None]  # ox peaks at min(bw, aw)
-    rows = img[:, None, None] * h + torch.arange(h, device=boxes.device)  # (n, 1, H) row of (image, i)
+    # Row i of (box, anchor): positive columns have ox > theta = c / oy(i), i.e. theta < min(bw, aw) and
+    # |j + 0.5 - cx| < (bw + aw) / 2 - theta: an interval centred on cx for every anchor, so the union over
+    # anchors is the widest one. Rows with oy == 0 get theta = inf (or huge): empty. No NaN anywhere.
+    theta = c[..., None] / oy.clamp_(min=1e-30)  # (n, na, H)
+    half = torch.where(theta < torch.minimum(bw, aw)[..., None], ((bw + aw) / 2)[..., None] - theta,
+                       torch.full_like(theta, -float("inf"))).amax(1)  # (n, H) half-width, -inf: none
+    left, right = cx - 0.5 - half, cx - 0.5 + half  # (n, H): column j positive iff left < j < right
+    rows = img[:, None] * h + torch.arange(h, device=boxes.device)  # (n, H) row of (image, i)
     # flat indices as floats (one conversion to long at the end); float32 holds integers < 2**24 exactly
     index_dtype = torch.float32 if batch_size * h * (w + 1) < 2**24 else torch.float64
     base = (rows * (w + 1)).to(index_dtype)
     first = torch.floor(left).clamp_(-1, w - 1).to(index_dtype).add_(base + 1)  # first column j > left
     end = torch.ceil(right).clamp_(0, w).to(index_dtype).add_(base)  # after the last column j < right
-    valid &= first < end
+    step = (first < end).to(torch.int32).flatten()
 
     # difference array over columns, one row per (image, row i): +1 at first, -1 at end; the cumulative
     # sum along the row counts the intervals covering each cell
-    step = valid.to(torch.int32).flatten()
     diff = torch.zeros(batch_size * h * (w + 1), dtype=torch.int32, device=boxes.device)
     diff.index_add_(0, torch.cat((first.flatten(), end.flatten())).long(), torch.cat((step, -step)))
     covered = diff.view(batch_size, h, w + 1).cumsum(-1)[..., :w]  # (B, H, W)
@@ -125,10 +126,8 @@ def imitation_mask(targets: Tensor, anchors_px: Tensor | Sequence, strides: Tens
     xywh = targets[:, 2:6].float()
     for level, (h, w) in enumerate(shapes):
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-        cx, cy, bw, bh = (xywh * scale).unbind(1)  # grid units of this level
-        boxes = torch.stack((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), 1)  # (n, 4) xyxy
         anchors = anchors_px[level].to(device) / strides[level].item()  # (na, 2) grid units
-        masks[level] = _level_mask(boxes, img, anchors, (h, w), batch_size, psi)
+        masks[level] = _level_mask(xywh * scale, img, anchors, (h, w), batch_size, psi)  # boxes in grid units
     return masks
 
 

@@ -195,3 +195,14 @@ def test_large_batch_indices_stay_exact():
     targets[:, 0] = batch_size - 1
     (mask,) = imitation_mask(targets, ANCHORS_PX[:1] * 2, STRIDES[:1], shapes, batch_size)
     assert alone.any() and torch.equal(mask[-1], alone[0]) and not mask[:-1].any()
+
+
+def test_boxes_reaching_outside_the_image():
+    """Unclipped labels (centre outside the image, or beyond a rounded-up grid) still match the reference."""
+    shapes, batch_size = [(8, 6), (4, 3), (2, 2)], 2
+    targets = torch.tensor([[0, 0, 1.05, 0.5, 0.4, 0.3], [0, 1, -0.1, 1.1, 0.5, 0.5], [1, 2, 0.5, 0.98, 0.9, 0.3],
+                            [1, 0, 1.3, 0.5, 0.2, 0.2]])  # last: wholly outside (edge anchors may reach it)
+    fast = imitation_mask(targets, ANCHORS_PX / 4, STRIDES, shapes, batch_size)
+    ref, margins = reference_mask(targets, ANCHORS_PX / 4, STRIDES, shapes, batch_size)
+    assert _compare(fast, ref, margins) > 50
+    assert all(m[0].any() for m in fast)
