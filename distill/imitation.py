@@ -12,12 +12,13 @@ tensor (800 boxes at 640 px would be 15 M IoUs on P3 alone). Two facts make it s
 * IoU = I / (A_box + A_anchor - I) grows with I, and IoU > t  <=>  I > c := t (A_box + A_anchor) / (1 + t).
   So the best anchor position has I = max_j ox * max_i oy, and in row i the positive columns are those
   with ox(j) > c / oy(i): with anchor centre u = j + 0.5 the 1-D overlap is
-  ox(u) = min(bw, aw, bx2 - u + aw/2, u + aw/2 - bx1), so ox > theta (theta >= 0) is the open interval
-  bx1 - aw/2 + theta < u < bx2 + aw/2 - theta, provided theta < bw and theta < aw.
+  ox(u) = min(bw, aw, (bw + aw)/2 - |u - cx|), so ox > theta (theta >= 0) is the open interval
+  |u - cx| < (bw + aw)/2 - theta, provided theta < bw and theta < aw.
 
-Each (box, anchor, row) thus contributes one interval of columns; the intervals are unioned per image
-with a difference array (+1 at the first column, -1 after the last) and a cumulative sum. Cost:
-O(boxes x na x (H + W) + B x H x W) per level.
+All these intervals of one box and row are centred on cx, so their union over anchors is the widest.
+Each (box, row) thus contributes one interval of columns; the intervals are unioned per image with a
+difference array (+1 at the first column, -1 after the last) and a cumulative sum. Cost:
+O(boxes x na x H + B x H x W) per level.
 """
 
 from __future__ import annotations
