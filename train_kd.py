@@ -5,6 +5,7 @@ Every train.py flag works here (shared parser), plus the distillation flags.
 
 Usage:
     python train_kd.py --teacher_weight weights/yolov5m.pt --isL False --kd_loss_selected kl
+    python train_kd.py --teacher_weight weights/yolov5m.pt --kd_config data/kd/card.yaml   # the same, as a file
     python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
         --teacher_weight weights/teacher-shapes-yolov5s.pt --img 256 --epochs 30
     python train_kd.py --resume runs/train/exp3/weights/last.pt   # rebuilds the teacher, restores KD state
@@ -23,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 from utils.general import LOGGER, UserError, colorstr, run_cli  # noqa: E402
-from utils.train_setup import weights_hint  # noqa: E402
+from utils.train_setup import ddp_env, weights_hint  # noqa: E402
 
 KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
 
@@ -41,11 +42,17 @@ def str2bool(v: str | bool) -> bool:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork."""
-    from distill.objective import (
+    """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork.
+
+    Distillation flags default to None ("not given"): alone they describe the run with the defaults in
+    their help (distill.yolo_config.DEFAULT_CONFIG); next to --kd_config they override the file.
+    """
+    from distill.losses import LOSSES
+    from distill.yolo_config import (
         DEFAULT_TEMPERATURE,
         FEATURE_DEFAULT_BETA,
         OUTPUT_DEFAULT_ALPHA,
+        OUTPUT_TYPES,
     )
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
@@ -54,21 +61,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher_weight", "--teacher-weight", type=str, default=str(ROOT / "weights/yolov5m.pt"),
                    help="trained teacher checkpoint (official v6.0/v7.0 or ours), same classes as --data")
+    g.add_argument("--kd_config", "--kd-config", type=str, default=None,
+                   help="distillation recipe: layers, losses, parameters, weights (data/kd/NAME.yaml or NAME, "
+                        "e.g. card); the flags below override it; the resolved recipe is saved as kd.yaml in the run")
     g.add_argument("--isL", type=str2bool, default=False,
                    help="teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred from the "
                         "models, a value contradicting the teacher is reported")
-    g.add_argument("--kd_loss_selected", "--kd-loss", type=str, default="l2", choices=["l2", "kl", "bce"],
-                   help="output distillation loss on the teacher-objectness-weighted raw outputs")
-    g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   help="softening temperature for kl/bce class terms (loss is scaled by T^2)")
+    g.add_argument("--kd_loss_selected", "--kd-loss", type=str, default=None, choices=["l2", "kl", "bce"],
+                   help="output distillation loss on the teacher-objectness-weighted raw outputs (default: l2)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"softening temperature for kl/bce class terms, loss scaled by T^2 (default: {DEFAULT_TEMPERATURE:g})")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the output KD loss (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in OUTPUT_DEFAULT_ALPHA.items()) + ")")
     g.add_argument("--beta", type=float, default=None,
                    help="weight of the feature loss (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in FEATURE_DEFAULT_BETA.items()) + ")")
-    g.add_argument("--feature_loss", "--feature-loss", type=str, default="at", choices=["at", "fitnet", "none"],
-                   help="feature distillation on hooked layers: attention transfer, FitNet hints (1x1 adapters), none")
+    features = [k for k in LOSSES if k not in OUTPUT_TYPES]
+    g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
+                   metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
+                   ", ".join(features) + "; or none (default: at; fitnet uses 1x1 adapters)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,
                    help="hooked student layers, e.g. 'model.4,model.6,model.17' (default: C3/SPPF outputs per stride)")
     g.add_argument("--teacher_layers", "--teacher-layers", type=str, default=None,
@@ -93,6 +105,7 @@ def make_kd_objective(ctx):
     """Objective factory for utils.engine.train: load the teacher, sanity-check it, build the KD objective."""
     import val as validate
     from distill.objective import build_kd_objective, load_teacher
+    from distill.yolo_config import load_kd_config, write_kd_config
 
     opt = ctx.opt
     path = check_teacher_path(opt.teacher_weight)
@@ -108,12 +121,27 @@ def make_kd_objective(ctx):
         if map50 < 0.05:
             LOGGER.warning("WARNING: the teacher scores mAP@0.5 < 0.05 on this val set; is it trained on this data?")
         teacher.eval()
-    return build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, opt)
+    kd_file = Path(opt.save_dir) / "kd.yaml"
+    resumed = bool(opt.resume) and kd_file.is_file()  # the run's own resolved recipe, flags already in it
+    config = load_kd_config(kd_file if resumed else opt.kd_config) if resumed or opt.kd_config else None
+    objective = build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, opt, kd_config=config,
+                                   flags=not resumed)
+    d = objective.distiller
+    LOGGER.info(f"{colorstr('distillation: ')}" + " + ".join(
+        f"{w:g} x {n} ({type(d.losses[n]).__name__}, {len(p)} layer pair{'s' * (len(p) > 1)})"
+        for n, w, p in zip(d.names, d.weights, d.pairs)) + ("" if resumed else f"; recipe saved to {kd_file}"))
+    if not opt.resume and ddp_env()[1] in (-1, 0):
+        write_kd_config(objective.resolved, kd_file, f"--kd_config {opt.kd_config}" if opt.kd_config else "flags")
+    return objective
 
 
 def main(opt: argparse.Namespace) -> Path:
     if not opt.resume:
         check_teacher_path(opt.teacher_weight)  # fail before any data scanning or model building
+        if opt.kd_config:
+            from distill.yolo_config import load_kd_config
+
+            load_kd_config(opt.kd_config)  # a missing or malformed recipe also fails first
     return train.main(opt, make_objective=make_kd_objective)
 
 

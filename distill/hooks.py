@@ -12,6 +12,7 @@ features carry no graph.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Self
 
@@ -65,9 +66,15 @@ def resolve_layer_names(model: nn.Module, layers: Sequence[str | int]) -> list[s
             layer = f"model.{layer}"
         layer = str(layer).strip()
         if layer not in known or not layer:
-            raise ValueError(f"unknown layer {layer!r}; valid layers: {_listing(model)}")
+            raise ValueError(f"unknown layer {layer!r}{closest_names(layer, known)}; valid layers: {_listing(model)}")
         names.append(layer)
     return names
+
+
+def closest_names(name: str, choices, n: int = 3) -> str:
+    """' (closest: a, b)' from difflib, or '' when nothing is close: appended to 'unknown ...' errors."""
+    close = difflib.get_close_matches(str(name), [c for c in choices if c], n=n, cutoff=0.5)
+    return f" (closest: {', '.join(close)})" if close else ""
 
 
 def _listing(model: nn.Module) -> str:

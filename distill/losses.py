@@ -1,229 +1,109 @@
-"""Distillation losses. Each takes tensors and returns a scalar (output losses also return parts).
+"""The distillation losses, in one registry (`LOSSES`, bottom of this file) with one call form:
 
-Output losses work on the raw per-level YOLOv5 outputs: a list of nl tensors (bs, na, ny, nx, 5+nc)
-of logits, as Detect returns them in train mode (index 0:2 xy, 2:4 wh, 4 objectness, 5: classes).
-Feature losses work on lists of paired feature maps (B, C, H, W).
-Everything is computed in float32 with autocast disabled (fp16 sigmoid/log terms lose precision).
+    loss(student_feats: list[Tensor], teacher_feats: list[Tensor], ctx: KDContext) -> float32 scalar
 
-Notation: S = student, T = teacher, sigma = sigmoid, tau = temperature.
+The lists hold the tensors captured at the layer pairs mapped to the loss (distill.distiller), in pair
+order; see distill/context.py for ctx. Every loss cites its paper in one docstring line and states its
+tensor contract. Optional class attributes the engine reads:
+    kind             'logits' | 'feature' | 'relation' | 'output' (documentation and tests)
+    needs            ctx fields the loss reads besides the features (checked by the engine)
+    zero_at_optimum  True when the loss is exactly 0 at student == teacher (else: at its minimum there)
+    check_shapes(student_shapes, teacher_shapes)  raises ValueError for shapes the loss cannot take;
+                     called at build when the engine could probe the layers, else at the first forward
+A loss owning learnable alignment takes `student_channels` / `teacher_channels` (one per pair) in
+__init__; the engine fills them from a dummy forward. Output losses of YOLOv5 live in
+distill/yolo_output.py, detection feature losses in distill/detection_losses.py; both merge here.
+
+Notation: S = student, T = teacher, tau (T) = temperature. Teacher tensors are always detached.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_V60_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # hyp.scratch.yaml, used when no hyp is given
+from distill.adapters import apply_adapters, build_adapters
+from distill.common import as_map, fp32, match_size, no_autocast
+from distill.yolo_output import LOSSES as _YOLO_LOSSES
+from distill.yolo_output import (  # noqa: F401  (re-exported: the output KD math)
+    OutputBCEKD,
+    OutputKLKD,
+    OutputL2KD,
+    level_balance,
+)
 
 
-def level_balance(nl: int) -> list[float]:
-    """Per-level weights of YOLOv5's objectness loss: [4.0, 1.0, 0.4] for 3 levels (P3-P5)."""
-    if nl == 3:
-        return [4.0, 1.0, 0.4]
-    base = [4.0, 1.0, 0.25, 0.06, 0.02]  # ComputeLoss's list for other level counts
-    return (base + [base[-1]] * nl)[:nl]
-
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype != torch.float32 else x
-
-
-def _no_autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-def binary_kl(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
-    """Elementwise KL(Bern(sigma(t)) || Bern(sigma(s))); exactly 0 where s == t (log-sigmoid form)."""
-    q = torch.sigmoid(logits_t)
-    return q * (F.logsigmoid(logits_t) - F.logsigmoid(logits_s)) + (1 - q) * (
-        F.logsigmoid(-logits_t) - F.logsigmoid(-logits_s))
-
-
-def soft_bce(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
-    """Elementwise BCE(sigma(s), sigma(t)) = binary_kl + H(sigma(t)); its minimum over s is the entropy."""
-    return F.binary_cross_entropy_with_logits(logits_s, torch.sigmoid(logits_t), reduction="none")
-
-
-class _OutputKD(nn.Module):
-    """Teacher-objectness-weighted output distillation (Mehta & Ozturk 2018, arXiv:1805.06361).
-
-    Per level i (balance b_i = level_balance(nl)[i]) with w = sigma(t_obj) (x max_c sigma(t_cls) if
-    `weight_by_cls` and nc > 1), means taken over every (image, anchor, cell[, coord/class]) element:
-        box_i = mean(w * [(xy_S - xy_T)^2, ((wh_S - wh_T) / a_T)^2])   decoded, grid units:
-                xy = 2 sigma(t_xy) - 0.5 (the +grid offset cancels), wh = (2 sigma(t_wh))^2 * anchor;
-                the wh error is divided by the teacher anchor so P5's large anchors do not dominate
-                (with equal anchors it is the error of (2 sigma)^2). Anchors may differ S vs T.
-        obj_i = mean(obj_term(s_obj, t_obj))                            NOT weighted
-        cls_i = mean(w * cls_term(s_cls, t_cls))                        only when nc > 1
-    Totals: box = g_box * sum_i b_i box_i (g_box = hyp['giou'] if present else hyp['box']),
-    obj = g_obj * sum_i b_i obj_i, cls = g_cls * sum_i b_i cls_i, each gain x hyp.get('kd', 1.0);
-    returned loss = (box + obj + cls) * bs, the scaling of ComputeLoss.
-    """
-
-    kind = "output"
-    zero_at_optimum = True  # loss is exactly 0 when student outputs == teacher outputs
-
-    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        hyp = dict(_V60_GAINS) if hyp is None else hyp
-        missing = [k for k in ("obj", "cls") if k not in hyp] + ([] if "giou" in hyp or "box" in hyp else ["box"])
-        if missing:
-            raise ValueError(f"hyp is missing the loss gain(s) {missing} needed by output distillation")
-        kd = float(hyp.get("kd", 1.0))
-        self.gains = {"box": float(hyp["giou"] if "giou" in hyp else hyp["box"]) * kd,
-                      "obj": float(hyp["obj"]) * kd, "cls": float(hyp["cls"]) * kd}
-        self.temperature = float(temperature)
-        self.weight_by_cls = weight_by_cls
-
-    def obj_term(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def cls_term(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                student_anchors: torch.Tensor, teacher_anchors: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return (scalar loss x bs, {'kd_box', 'kd_obj', 'kd_cls'} detached, after gains, before x bs).
-
-        student/teacher: nl raw tensors (bs, na, ny, nx, 5+nc) each; anchors: (nl, na, 2) grid units.
-        """
-        _check_outputs(student, teacher, student_anchors, teacher_anchors)
-        device = student[0].device
-        balance = level_balance(len(student))
-        lbox, lobj, lcls = (torch.zeros((), device=device) for _ in range(3))
-        with _no_autocast(device):
-            for i, (ps, pt) in enumerate(zip(student, teacher)):
-                ps, pt = _fp32(ps), _fp32(pt.detach())
-                nc = ps.shape[-1] - 5
-                w = torch.sigmoid(pt[..., 4])  # (bs, na, ny, nx) teacher objectness
-                if self.weight_by_cls and nc > 1:
-                    w = w * torch.sigmoid(pt[..., 5:]).amax(-1)
-                lbox = lbox + balance[i] * (self._box_error(ps, pt, student_anchors[i], teacher_anchors[i])
-                                            * w[..., None]).mean()
-                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], pt[..., 4]).mean()
-                if nc > 1:  # like ComputeLoss: no class loss for a single class
-                    lcls = lcls + balance[i] * (self.cls_term(ps[..., 5:], pt[..., 5:]) * w[..., None]).mean()
-        lbox, lobj, lcls = lbox * self.gains["box"], lobj * self.gains["obj"], lcls * self.gains["cls"]
-        bs = student[0].shape[0]
-        parts = {"kd_box": lbox.detach(), "kd_obj": lobj.detach(), "kd_cls": lcls.detach()}
-        return (lbox + lobj + lcls) * bs, parts
-
-    @staticmethod
-    def _box_error(ps: torch.Tensor, pt: torch.Tensor, anchors_s: torch.Tensor, anchors_t: torch.Tensor):
-        """Squared decoded-box error (bs, na, ny, nx, 4), grid units; wh error relative to a_T."""
-        na = ps.shape[1]
-        a_s = _fp32(anchors_s).to(ps.device).view(1, na, 1, 1, 2)  # (na, 2) -> broadcast over cells
-        a_t = _fp32(anchors_t).to(ps.device).view(1, na, 1, 1, 2)
-        xy_s, xy_t = torch.sigmoid(ps[..., :2]) * 2 - 0.5, torch.sigmoid(pt[..., :2]) * 2 - 0.5
-        wh_s = (torch.sigmoid(ps[..., 2:4]) * 2) ** 2 * a_s
-        wh_t = (torch.sigmoid(pt[..., 2:4]) * 2) ** 2 * a_t
-        return torch.cat(((xy_s - xy_t) ** 2, ((wh_s - wh_t) / a_t) ** 2), dim=-1)
-
-
-def _check_outputs(student, teacher, anchors_s, anchors_t) -> None:
-    if len(student) != len(teacher):
-        raise ValueError(f"student has {len(student)} output levels, teacher {len(teacher)}")
-    for i, (ps, pt) in enumerate(zip(student, teacher)):
-        if ps.shape != pt.shape:
-            raise ValueError(f"output level {i}: student shape {tuple(ps.shape)} != teacher {tuple(pt.shape)} "
-                             "(same nc, anchors per level and strides are required)")
-    na = student[0].shape[1]
-    for what, a in (("student", anchors_s), ("teacher", anchors_t)):
-        if tuple(a.shape) != (len(student), na, 2):
-            raise ValueError(f"{what} anchors must be (nl, na, 2) = ({len(student)}, {na}, 2) in grid units, "
-                             f"got {tuple(a.shape)}")
-
-
-class OutputL2KD(_OutputKD):
-    """L2 output distillation (Mehta & Ozturk 2018): obj = (sigma(s)-sigma(t))^2, cls the same per class."""
-
-    def obj_term(self, s, t):
-        return (torch.sigmoid(s) - torch.sigmoid(t)) ** 2
-
-    def cls_term(self, s, t):
-        return (torch.sigmoid(s) - torch.sigmoid(t)) ** 2
-
-
-class OutputBCEKD(_OutputKD):
-    """BCE output distillation (Hinton et al. 2015, arXiv:1503.02531, binary form for sigmoid heads).
-
-    obj = BCE(sigma(s), sigma(t)); cls = BCE(sigma(s/tau), sigma(t/tau)) * tau^2. Raw BCE: at
-    student == teacher the loss sits at its minimum, the teacher's (weighted) binary entropy, with zero
-    gradient; it equals 'kl' plus that constant, so the two have identical gradients.
-    """
-
-    zero_at_optimum = False
-
-    def obj_term(self, s, t):
-        return soft_bce(s, t)
-
-    def cls_term(self, s, t):
-        tau = self.temperature
-        return soft_bce(s / tau, t / tau) * tau * tau
-
-
-class OutputKLKD(_OutputKD):
-    """KL output distillation (Hinton et al. 2015, arXiv:1503.02531).
-
-    Default (binary, for YOLO's independent sigmoid classes): obj = KL(Bern(sigma(t)) || Bern(sigma(s)));
-    cls = KL(Bern(sigma(t/tau)) || Bern(sigma(s/tau))) * tau^2 per class. `kl_softmax=True` gives the
-    fork's softmax-over-classes KL: KL(softmax(t/tau) || softmax(s/tau)) * tau^2, its per-class
-    terms averaged like every other element-wise term. Both are exactly 0 at student == teacher.
-    """
-
-    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 kl_softmax: bool = False):
-        super().__init__(hyp, temperature, weight_by_cls)
-        self.kl_softmax = kl_softmax
-
-    def obj_term(self, s, t):
-        return binary_kl(s, t)
-
-    def cls_term(self, s, t):
-        tau = self.temperature
-        if self.kl_softmax:
-            kl = F.kl_div(F.log_softmax(s / tau, dim=-1), F.log_softmax(t / tau, dim=-1),
-                          reduction="none", log_target=True)
-        else:
-            kl = binary_kl(s / tau, t / tau)
-        return kl * tau * tau
-
-
-def _match_size(student: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a (B, C, H, W) student map to the teacher's (H, W) (bilinear) when strides differ."""
-    if tuple(student.shape[-2:]) == tuple(size):
-        return student
-    return F.interpolate(student, size=size, mode="bilinear", align_corners=False)
-
-
-def _check_pairs(student_feats, teacher_feats) -> None:
-    if len(student_feats) != len(teacher_feats):
-        raise ValueError(f"{len(student_feats)} student feature maps but {len(teacher_feats)} teacher maps")
+def _check_feature_pairs(name: str, student_feats, teacher_feats) -> None:
+    if len(student_feats) != len(teacher_feats) or not len(student_feats):
+        raise ValueError(f"{name}: {len(student_feats)} student tensors but {len(teacher_feats)} teacher tensors")
     for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
         if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0]:
-            raise ValueError(f"feature pair {i}: need (B, C, H, W) maps with equal B, got "
+            raise ValueError(f"{name}: pair {i} needs (B, C, H, W) maps with equal B, got "
                              f"{tuple(s.shape)} and {tuple(t.shape)}")
+
+
+def _check_channels(name: str, s_shapes, t_shapes, pairs=None, hint: str = "") -> None:
+    """ValueError naming the first pair whose channel counts (dim 1) differ."""
+    for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
+        if (pairs is None or i in pairs) and (len(s) < 2 or len(t) < 2 or s[1] != t[1]):
+            raise ValueError(f"{name}: pair {i} has student shape {tuple(s)} but teacher {tuple(t)}; {name} "
+                             f"needs equal channel counts{hint}")
+
+
+class VanillaKD(nn.Module):
+    """Hinton KD (Hinton et al. 2015, arXiv:1503.02531): tau^2 * KL(softmax(T/tau) || softmax(S/tau)).
+
+    Tensor contract: per pair, logits (B, K) (or (B, K, ...), the softmax runs over dim 1) of equal shape;
+    KL summed over the K classes and averaged over the batch (and positions): torchdistill's 'batchmean'.
+    Sum over pairs. Exactly 0 at student == teacher. Spec §3.1: T = 4 with weight 0.9 (CE 0.1).
+    """
+
+    kind = "logits"
+    needs = ()
+    zero_at_optimum = True
+
+    def __init__(self, T: float = 4.0):
+        super().__init__()
+        if not T > 0:
+            raise ValueError(f"vanilla_kd: T must be > 0, got {T}")
+        self.T = float(T)
+
+    def check_shapes(self, s_shapes, t_shapes) -> None:
+        for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
+            if tuple(s) != tuple(t):
+                raise ValueError(f"vanilla_kd: pair {i} student logits {tuple(s)} vs teacher {tuple(t)}: the class "
+                                 "counts (dim 1) must be equal; distil the classifier layers of both models")
+
+    def forward(self, student_feats, teacher_feats, ctx=None) -> torch.Tensor:
+        self.check_shapes([s.shape for s in student_feats], [t.shape for t in teacher_feats])
+        device, tau = student_feats[0].device, self.T
+        loss = torch.zeros((), device=device)
+        with no_autocast(device):
+            for s, t in zip(student_feats, teacher_feats):
+                kl = F.kl_div(F.log_softmax(fp32(s) / tau, dim=1), F.log_softmax(fp32(t.detach()) / tau, dim=1),
+                              reduction="none", log_target=True)
+                loss = loss + kl.sum(1).mean() * tau * tau
+        return loss
 
 
 class AttentionTransfer(nn.Module):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017, arXiv:1612.03928).
 
+    Tensor contract: per pair (B, C_S, H, W) and (B, C_T, H', W'); channel counts may differ.
     Q = mean_c |A_c|^p (p = 2) per sample, (B, H, W); the student map is resized (bilinear) to the
     teacher's H x W if they differ; flattened and L2-normalised per sample. Loss = sum over pairs of
     the squared L2 distance ||Q_S - Q_T||^2 (summed over positions, as in the paper), averaged over the
     batch. Summing rather than averaging over positions (the authors' code) keeps the loss independent
-    of the image size: each pair lies in [0, 4]. Channel counts may differ. The weight is the
-    objective's `beta`.
+    of the image size: each pair lies in [0, 4]. Exactly 0 at student == teacher.
     """
 
     kind = "feature"
-    needs_adapters = False
+    needs = ()
     zero_at_optimum = True
 
     def __init__(self, p: float = 2.0):
@@ -232,16 +112,16 @@ class AttentionTransfer(nn.Module):
 
     def attention(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, H*W) L2-normalised attention map (resized to `size` first if given)."""
-        q = _fp32(x).abs().pow(self.p).mean(1, keepdim=True)  # (B, 1, H, W)
+        q = fp32(x).abs().pow(self.p).mean(1, keepdim=True)  # (B, 1, H, W)
         if size is not None:
-            q = _match_size(q, size)
+            q = match_size(q, size)
         return F.normalize(q.flatten(1), dim=1)
 
-    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_pairs(student_feats, teacher_feats)
+    def forward(self, student_feats, teacher_feats, ctx=None) -> torch.Tensor:
+        _check_feature_pairs("at", student_feats, teacher_feats)
         device = student_feats[0].device
         loss = torch.zeros((), device=device)
-        with _no_autocast(device):
+        with no_autocast(device):
             for s, t in zip(student_feats, teacher_feats):
                 qt = self.attention(t.detach())
                 qs = self.attention(s, size=tuple(t.shape[-2:]))
@@ -250,41 +130,229 @@ class AttentionTransfer(nn.Module):
 
 
 class FitNetHint(nn.Module):
-    """FitNet hint loss (Romero et al., ICLR 2015, arXiv:1412.6550): sum over pairs of mean((r(S) - T)^2).
+    """FitNet hints (Romero et al., ICLR 2015, arXiv:1412.6550): sum over pairs of mean((r(S) - T)^2).
 
-    Takes student maps already passed through the learnable regressors r (distill.adapters), so the
-    channel counts must match; the student map is resized (bilinear) to the teacher's H x W if needed.
+    Tensor contract: per pair (B, C_S, H, W) and (B, C_T, H', W'). r is a learnable 1x1 conv per pair
+    (distill.adapters), built from student_channels/teacher_channels (the engine probes them); without
+    them r is the identity and the channel counts must match. The student map is resized (bilinear) to
+    the teacher's H x W if needed. Exactly 0 at student == teacher with r at the identity.
     """
 
     kind = "feature"
-    needs_adapters = True
+    needs = ()
     zero_at_optimum = True
 
-    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        _check_pairs(student_feats, teacher_feats)
+    def __init__(self, student_channels: Sequence[int] | None = None, teacher_channels: Sequence[int] | None = None):
+        super().__init__()
+        if (student_channels is None) != (teacher_channels is None):
+            raise ValueError("fitnet: give both student_channels and teacher_channels, or neither")
+        self.adapters = build_adapters(student_channels, teacher_channels) if student_channels is not None else None
+
+    def check_shapes(self, s_shapes, t_shapes) -> None:
+        if self.adapters is None:
+            _check_channels("fitnet", s_shapes, t_shapes, hint=" without adapters: give student_channels/"
+                            "teacher_channels (or an example_input in the Distiller config) to build 1x1 adapters")
+        else:
+            for i, (s, t, a) in enumerate(zip(s_shapes, t_shapes, self.adapters)):
+                if (s[1], t[1]) != (a.conv.in_channels, a.conv.out_channels):
+                    raise ValueError(f"fitnet: pair {i} adapter was built for {a.conv.in_channels} -> "
+                                     f"{a.conv.out_channels} channels but the maps are {tuple(s)} and {tuple(t)}")
+
+    def forward(self, student_feats, teacher_feats, ctx=None) -> torch.Tensor:
+        _check_feature_pairs("fitnet", student_feats, teacher_feats)
+        self.check_shapes([s.shape for s in student_feats], [t.shape for t in teacher_feats])
+        if self.adapters is not None:
+            student_feats = apply_adapters(self.adapters, student_feats)
         device = student_feats[0].device
         loss = torch.zeros((), device=device)
-        with _no_autocast(device):
-            for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
-                if s.shape[1] != t.shape[1]:
-                    raise ValueError(f"feature pair {i}: student has {s.shape[1]} channels, teacher {t.shape[1]}; "
-                                     "pass the student maps through distill.adapters first")
-                s = _match_size(_fp32(s), tuple(t.shape[-2:]))
-                loss = loss + (s - _fp32(t.detach())).pow(2).mean()
+        with no_autocast(device):
+            for s, t in zip(student_feats, teacher_feats):
+                s = match_size(fp32(s), tuple(t.shape[-2:]))
+                loss = loss + (s - fp32(t.detach())).pow(2).mean()
         return loss
 
 
-LOSSES = {
-    "l2": OutputL2KD,
-    "kl": OutputKLKD,
-    "bce": OutputBCEKD,
+class VIDLoss(nn.Module):
+    """Variational information distillation (Ahn et al., CVPR 2019, arXiv:1904.05835), RepDistiller's form.
+
+    Tensor contract: per pair S (B, inC[, H, W]) and T (B, outC[, H', W']); (B, C) vectors are 1x1 maps.
+    mu = conv1x1(inC->midC) ReLU conv1x1(midC->midC) ReLU conv1x1(midC->outC) applied to S; per channel
+    variance sigma_c^2 = softplus(alpha_c) + eps, alpha initialised so sigma^2 = init_pred_var; the larger
+    map is average-pooled to the smaller's H x W; loss = mean over (B, C, H, W) of
+    0.5 * ((mu - T)^2 / sigma^2 + log sigma^2), summed over pairs. Its minimum over S is not 0: with
+    mu(S) = T it is 0.5 * mean_c log sigma_c^2 (the variances are learnt with the student).
+    Give inC, midC, outC for one pair (the seed's form), or student_channels/teacher_channels (one
+    regressor per pair, midC = the teacher's channels), which the engine fills by probing.
+    """
+
+    kind = "feature"
+    needs = ()
+    zero_at_optimum = False
+
+    def __init__(self, inC: int | None = None, midC: int | None = None, outC: int | None = None,
+                 init_pred_var: float = 5.0, eps: float = 1e-5, student_channels: Sequence[int] | None = None,
+                 teacher_channels: Sequence[int] | None = None):
+        super().__init__()
+        if inC is not None or outC is not None:
+            if inC is None or outC is None:
+                raise ValueError("vid: give both inC and outC (and optionally midC)")
+            pairs = [(int(inC), int(midC or outC), int(outC))]
+        elif student_channels is not None and teacher_channels is not None:
+            pairs = [(int(cs), int(ct), int(ct)) for cs, ct in zip(student_channels, teacher_channels)]
+        else:
+            raise ValueError("vid needs inC/midC/outC, or student_channels/teacher_channels (an example_input "
+                             "in the Distiller config lets the engine probe them)")
+        if not init_pred_var > eps:
+            raise ValueError(f"vid: init_pred_var must be > eps, got {init_pred_var}")
+        self.eps = float(eps)
+        self.channels = [(ci, co) for ci, _, co in pairs]
+        self.regressors = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(ci, cm, 1, bias=False), nn.ReLU(), nn.Conv2d(cm, cm, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(cm, co, 1, bias=False)) for ci, cm, co in pairs)
+        alpha0 = math.log(math.expm1(init_pred_var - eps))  # softplus^-1(init_pred_var - eps)
+        self.log_scales = nn.ParameterList(nn.Parameter(torch.full((co,), alpha0)) for _, _, co in pairs)
+
+    def check_shapes(self, s_shapes, t_shapes) -> None:
+        if len(s_shapes) != len(self.channels):
+            raise ValueError(f"vid: built for {len(self.channels)} layer pair(s) (inC/outC lists), mapped to "
+                             f"{len(s_shapes)}; give one vid loss per pair or student_channels/teacher_channels")
+        for i, (s, t, (ci, co)) in enumerate(zip(s_shapes, t_shapes, self.channels)):
+            if len(s) < 2 or len(t) < 2 or (s[1], t[1]) != (ci, co):
+                raise ValueError(f"vid: pair {i} has student {tuple(s)} and teacher {tuple(t)} but the loss was "
+                                 f"built with inC={ci}, outC={co}: set inC/outC to the layers' channel counts")
+
+    def variances(self) -> list[torch.Tensor]:
+        """sigma_c^2 per pair, (outC,) each."""
+        return [F.softplus(fp32(a)) + self.eps for a in self.log_scales]
+
+    def forward(self, student_feats, teacher_feats, ctx=None) -> torch.Tensor:
+        self.check_shapes([s.shape for s in student_feats], [t.shape for t in teacher_feats])
+        device = student_feats[0].device
+        loss = torch.zeros((), device=device)
+        for s, t, regressor, var in zip(student_feats, teacher_feats, self.regressors, self.variances()):
+            s, t = as_map(s), as_map(t.detach())
+            if s.shape[-2:] != t.shape[-2:]:  # the larger map is pooled to the smaller (RepDistiller)
+                size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+                s, t = F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size)
+            mu = regressor(s)
+            with no_autocast(device):
+                var = var.view(1, -1, 1, 1)
+                loss = loss + (0.5 * ((fp32(mu) - fp32(t)) ** 2 / var + torch.log(var))).mean()
+        return loss
+
+
+def _pool_channels(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, c, H, W) by averaging neighbouring channels (C = 2c: pairs, as KD-Zoo's IRG)."""
+    if x.shape[1] == c:
+        return x
+    b, _, h, w = x.shape
+    y = F.adaptive_avg_pool1d(x.flatten(2).transpose(1, 2), c)  # (B, H*W, C) -> (B, H*W, c)
+    return y.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _common_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two per-instance tensors of one model brought to one (B, c, h, w) shape, parameter-free.
+
+    Vectors (B, D) against maps: the map is globally average-pooled. Maps: the larger H x W is average-
+    pooled to the smaller (adaptive), the wider channel axis averaged down to the narrower.
+    """
+    a, b = as_map(a), as_map(b)
+    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    a, b = F.adaptive_avg_pool2d(a, (h, w)), F.adaptive_avg_pool2d(b, (h, w))
+    c = min(a.shape[1], b.shape[1])
+    return _pool_channels(a, c), _pool_channels(b, c)
+
+
+def _edge_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, B) squared Euclidean distances of the flattened instances, divided by their max."""
+    f = x.flatten(1)
+    sq = f.pow(2).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2 * f @ f.t()).clamp(min=0)
+    d = d * (1 - torch.eye(len(f), device=f.device, dtype=f.dtype))  # exact zeros on the diagonal
+    return d / d.max().clamp(min=torch.finfo(d.dtype).tiny)
+
+
+class IRGLoss(nn.Module):
+    """Instance relationship graph (Liu et al., CVPR 2019, "Knowledge Distillation via IRG"), KD-Zoo's form.
+
+    Tensor contract: all the pairs mapped to it, in network order, each (B, ...) per instance (maps or
+    vectors; student and teacher widths may differ except for the last pair). With n pairs:
+        vert = MSE(S_n, T_n)                                   the last pair (logits): equal shapes
+        edge = mean_k MSE(E(S_k), E(T_k)),  E = the (B, B) squared-distance matrix / its max
+        tran = mean_k MSE(D(S_k, S_{k+1}), D(T_k, T_{k+1})),  k < n; D = the per-instance squared
+               distance between two layers brought to one shape parameter-free (_common_shape),
+               divided by its max over the batch like E; 0 when n = 1. (KD-Zoo leaves D raw: it then
+               grows with the feature size, and diverged at lr 0.05 on 32x8x8 maps.)
+        loss = vert * vert_loss + edge * edge_loss + tran * tran_loss   (KD-Zoo: 0.1, 5.0, 5.0)
+    Exactly 0 at student == teacher. A relation over the batch: weak with very small batches.
+    """
+
+    kind = "relation"
+    needs = ()
+    zero_at_optimum = True
+
+    def __init__(self, vert: float = 0.1, edge: float = 5.0, tran: float = 5.0):
+        super().__init__()
+        self.w_vert, self.w_edge, self.w_tran = float(vert), float(edge), float(tran)
+
+    def check_shapes(self, s_shapes, t_shapes) -> None:
+        if self.w_vert and tuple(s_shapes[-1]) != tuple(t_shapes[-1]):
+            raise ValueError(f"irg: the vertex term compares the last pair, student {tuple(s_shapes[-1])} vs "
+                             f"teacher {tuple(t_shapes[-1])}: map the logits (equal shapes) last, or set vert=0")
+
+    def terms(self, student_feats, teacher_feats) -> dict[str, torch.Tensor]:
+        """The three unweighted terms {'vert', 'edge', 'tran'}."""
+        device = student_feats[0].device
+        with no_autocast(device):
+            s = [fp32(x) for x in student_feats]
+            t = [fp32(x.detach()) for x in teacher_feats]
+            vert = F.mse_loss(s[-1], t[-1]) if self.w_vert else torch.zeros((), device=device)
+            edge = torch.stack([F.mse_loss(_edge_matrix(a), _edge_matrix(b)) for a, b in zip(s, t)]).mean()
+            tran = torch.zeros((), device=device)
+            if len(s) > 1:
+                tran = torch.stack([F.mse_loss(self._transition(s[k], s[k + 1]), self._transition(t[k], t[k + 1]))
+                                    for k in range(len(s) - 1)]).mean()
+        return {"vert": vert, "edge": edge, "tran": tran}
+
+    @staticmethod
+    def _transition(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = _common_shape(a, b)
+        d = (a - b).flatten(1).pow(2).sum(1)  # (B,)
+        return d / d.max().clamp(min=torch.finfo(d.dtype).tiny)
+
+    def forward(self, student_feats, teacher_feats, ctx=None) -> torch.Tensor:
+        if len(student_feats) != len(teacher_feats) or not len(student_feats):
+            raise ValueError(f"irg: {len(student_feats)} student tensors but {len(teacher_feats)} teacher tensors")
+        self.check_shapes([s.shape for s in student_feats], [t.shape for t in teacher_feats])
+        z = self.terms(student_feats, teacher_feats)
+        return self.w_vert * z["vert"] + self.w_edge * z["edge"] + self.w_tran * z["tran"]
+
+
+def _detection_losses() -> dict[str, type]:
+    """distill/detection_losses.py's LOSSES when that module exists (it is built alongside this one)."""
+    if importlib.util.find_spec("distill.detection_losses") is None:
+        return {}
+    from distill.detection_losses import LOSSES as detection
+
+    return detection
+
+
+LOSSES: dict[str, type] = {
+    "vanilla_kd": VanillaKD,
+    "vid": VIDLoss,
+    "irg": IRGLoss,
     "at": AttentionTransfer,
     "fitnet": FitNetHint,
+    **_YOLO_LOSSES,  # YoloKDLoss
+    **_detection_losses(),
 }
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
-    """Instantiate the registered loss `name` with `kwargs`; ValueError lists the choices."""
+    """Instantiate the registered loss `name` with `kwargs`; ValueError lists the registered ones."""
     if name not in LOSSES:
-        raise ValueError(f"unknown distillation loss {name!r}; choose one of: {', '.join(LOSSES)}")
+        from distill.hooks import closest_names
+
+        raise ValueError(f"unknown distillation loss type {name!r}{closest_names(name, LOSSES)}; registered: "
+                         f"{', '.join(LOSSES)}")
     return LOSSES[name](**kwargs)

@@ -1,4 +1,6 @@
-"""Distillation losses: zero (or minimal) at student == teacher, positive with gradients otherwise."""
+"""YOLOv5 output KD (l2/kl/bce math behind YoloKDLoss), AT and FitNet: zero (or minimal) at student ==
+teacher, positive with gradients otherwise. Every registered loss is also covered generically by
+tests/test_distiller_losses.py."""
 
 import math
 
@@ -6,7 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import LOSSES, OutputBCEKD, OutputKLKD, build_loss, level_balance
+from distill.losses import AttentionTransfer, FitNetHint, OutputBCEKD, OutputKLKD, build_loss, level_balance
+from distill.yolo_output import VARIANTS
+
+# the losses of this file: the output KD variants (called with anchors) and the two feature losses
+LOCAL = {**VARIANTS, "at": AttentionTransfer, "fitnet": FitNetHint}
+
+
+def _build(name, **kwargs):
+    return LOCAL[name](**kwargs)
+
+
+def _is_output(loss_fn):
+    return isinstance(loss_fn, tuple(VARIANTS.values()))
 
 NC, NA = 4, 3
 SHAPES = [(2, NA, 8, 8, 5 + NC), (2, NA, 4, 4, 5 + NC), (2, NA, 2, 2, 5 + NC)]
@@ -26,29 +40,29 @@ def _feats(seed=0, channels=(8, 16)):
 
 
 def _evaluate(loss_fn, student, teacher):
-    """Scalar loss of any registered loss for the given inputs (output or feature kind)."""
-    if loss_fn.kind == "output":
+    """Scalar loss of any loss of this file for the given inputs (output or feature kind)."""
+    if _is_output(loss_fn):
         return loss_fn(student, teacher, ANCHORS, ANCHORS)[0]
-    return loss_fn(student, teacher)
+    return loss_fn(student, teacher, None)
 
 
 def _inputs(loss_fn, seed):
-    if loss_fn.kind == "output":
+    if _is_output(loss_fn):
         return _outputs(seed)
-    # AT compares maps of any channel count; FitNet takes already-adapted (equal-channel) maps
-    return _feats(seed, channels=(8, 16) if loss_fn.needs_adapters else (4, 12))
+    # AT compares maps of any channel count; FitNet without adapters needs equal channels
+    return _feats(seed, channels=(8, 16) if isinstance(loss_fn, FitNetHint) else (4, 12))
 
 
 def _teacher_like(loss_fn, seed):
-    if loss_fn.kind == "output":
+    if _is_output(loss_fn):
         return _outputs(seed)
     return _feats(seed, channels=(8, 16))
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", list(LOCAL))
 def test_minimum_at_equality(name):
     torch.manual_seed(0)
-    loss_fn = build_loss(name)
+    loss_fn = _build(name)
     teacher = _teacher_like(loss_fn, seed=1)
     student = [t.clone().requires_grad_(True) for t in teacher]
     loss = _evaluate(loss_fn, student, teacher)
@@ -62,13 +76,13 @@ def test_minimum_at_equality(name):
     assert _evaluate(loss_fn, perturbed, teacher).item() > loss.item()
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", list(LOCAL))
 def test_positive_with_student_gradients(name):
     torch.manual_seed(0)
-    loss_fn = build_loss(name)
+    loss_fn = _build(name)
     teacher = _teacher_like(loss_fn, seed=1)
     student = [x.requires_grad_(True) for x in _inputs(loss_fn, seed=2)]
-    if loss_fn.kind == "feature" and not loss_fn.needs_adapters:
+    if isinstance(loss_fn, AttentionTransfer):
         assert student[0].shape[1] != teacher[0].shape[1]  # AT really runs across channel counts
     loss = _evaluate(loss_fn, student, teacher)
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
@@ -148,7 +162,7 @@ def test_objectness_weighting_and_unweighted_obj():
         t[..., 4] = -30.0  # sigma ~ 1e-13: no weight anywhere
     student = [t.clone() for t in teacher]
     student[0][0, 0, 0, 0, :] = 3.0  # disagree on one cell, every channel (objectness ~0.95)
-    _, parts = build_loss("l2")(student, teacher, ANCHORS, ANCHORS)
+    _, parts = _build("l2")(student, teacher, ANCHORS, ANCHORS)
     assert parts["kd_box"].item() < 1e-10 and parts["kd_cls"].item() < 1e-10
     assert parts["kd_obj"].item() > 1e-4
 
@@ -163,34 +177,35 @@ def test_box_term_decoded_with_different_anchors():
         wh_t = (2 * t[..., 2:4].sigmoid()) ** 2 * a_t.view(1, NA, 1, 1, 2)
         sig = (wh_t / a_s.view(1, NA, 1, 1, 2)).sqrt() / 2
         s[..., 2:4] = torch.logit(sig.double()).float()
-    loss_fn = build_loss("l2")
+    loss_fn = _build("l2")
     assert loss_fn(student, teacher, anchors_s, ANCHORS)[1]["kd_box"].item() < 1e-9
     assert loss_fn(teacher, teacher, anchors_s, ANCHORS)[1]["kd_box"].item() > 1e-4
 
 
-def test_gains_and_batch_scaling():
+def test_gains_and_per_image_scale():
     student, teacher = _outputs(seed=9), _outputs(seed=10)
-    base_total, base = build_loss("l2", hyp={"box": 0.05, "obj": 1.0, "cls": 0.5})(student, teacher, ANCHORS, ANCHORS)
+    base_total, base = _build("l2", hyp={"box": 0.05, "obj": 1.0, "cls": 0.5})(student, teacher, ANCHORS, ANCHORS)
     hyp = {"box": 0.05, "giou": 0.1, "obj": 2.0, "cls": 0.25, "kd": 3.0}
-    total, parts = build_loss("l2", hyp=hyp)(student, teacher, ANCHORS, ANCHORS)
+    total, parts = _build("l2", hyp=hyp)(student, teacher, ANCHORS, ANCHORS)
     assert parts["kd_box"].item() == pytest.approx(base["kd_box"].item() * 2 * 3, rel=1e-5)  # giou wins
     assert parts["kd_obj"].item() == pytest.approx(base["kd_obj"].item() * 2 * 3, rel=1e-5)
     assert parts["kd_cls"].item() == pytest.approx(base["kd_cls"].item() * 0.5 * 3, rel=1e-5)
-    assert total.item() == pytest.approx(sum(p.item() for p in parts.values()) * SHAPES[0][0], rel=1e-5)
+    # per image, like ComputeLoss's items (DistillObjective multiplies kd_loss by the batch size)
+    assert total.item() == pytest.approx(sum(p.item() for p in parts.values()), rel=1e-5)
     assert base_total.item() > 0
 
 
 def test_single_class_has_no_class_term():
     teacher = [torch.randn(2, NA, 4, 4, 6) for _ in range(3)]
     student = [torch.randn(2, NA, 4, 4, 6) for _ in range(3)]
-    assert build_loss("kl")(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"].item() == 0.0
+    assert _build("kl")(student, teacher, ANCHORS, ANCHORS)[1]["kd_cls"].item() == 0.0
 
 
 def test_fp16_inputs_computed_in_fp32():
     student, teacher = _outputs(seed=11), _outputs(seed=12)
-    ref = build_loss("kl", temperature=2.0)(student, teacher, ANCHORS, ANCHORS)[0]
-    half = build_loss("kl", temperature=2.0)([s.half() for s in student], [t.half() for t in teacher],
-                                             ANCHORS, ANCHORS)[0]
+    ref = _build("kl", temperature=2.0)(student, teacher, ANCHORS, ANCHORS)[0]
+    half = _build("kl", temperature=2.0)([s.half() for s in student], [t.half() for t in teacher],
+                                         ANCHORS, ANCHORS)[0]
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx(ref.item(), rel=2e-2)
 
@@ -200,37 +215,47 @@ def test_attention_transfer_formula_and_resize():
     qs = F.normalize(s.pow(2).mean(1).flatten(1), dim=1)
     qt = F.normalize(t.pow(2).mean(1).flatten(1), dim=1)
     expected = (qs - qt).pow(2).sum(1).mean()  # squared L2 distance per sample (paper form), batch mean
-    assert build_loss("at")([s], [t]).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss("at")([s], [t], None).item() == pytest.approx(expected.item(), rel=1e-6)
     # a student map at half resolution is resized to the teacher's
     small = torch.randn(2, 3, 2, 2, requires_grad=True)
-    loss = build_loss("at")([small], [t])
+    loss = build_loss("at")([small], [t], None)
     loss.backward()
     assert loss.item() > 0 and small.grad.abs().sum() > 0
     # scale invariance of the normalised map: AT(c * A, A) == 0
-    assert build_loss("at")([3.0 * t], [t]).item() == pytest.approx(0.0, abs=1e-12)
+    assert build_loss("at")([3.0 * t], [t], None).item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_fitnet_needs_matching_channels():
+def test_fitnet_needs_matching_channels_or_adapters():
     with pytest.raises(ValueError, match="adapters"):
-        build_loss("fitnet")([torch.randn(1, 3, 4, 4)], [torch.randn(1, 5, 4, 4)])
+        build_loss("fitnet")([torch.randn(1, 3, 4, 4)], [torch.randn(1, 5, 4, 4)], None)
+    fit = build_loss("fitnet", student_channels=[3], teacher_channels=[5])  # owns its 1x1 regressor
+    assert fit([torch.randn(1, 3, 4, 4)], [torch.randn(1, 5, 4, 4)], None).item() > 0
+    with pytest.raises(ValueError, match="built for 3 -> 5"):
+        fit([torch.randn(1, 4, 4, 4)], [torch.randn(1, 5, 4, 4)], None)
 
 
 def test_shape_errors():
     with pytest.raises(ValueError, match="student shape"):
-        build_loss("l2")(_outputs()[:1], [torch.randn(2, NA, 8, 8, 6)], ANCHORS[:1], ANCHORS[:1])
+        _build("l2")(_outputs()[:1], [torch.randn(2, NA, 8, 8, 6)], ANCHORS[:1], ANCHORS[:1])
     with pytest.raises(ValueError, match="anchors"):
-        build_loss("l2")(_outputs(), _outputs(), ANCHORS[:2], ANCHORS)
+        _build("l2")(_outputs(), _outputs(), ANCHORS[:2], ANCHORS)
     with pytest.raises(ValueError, match="temperature"):
-        build_loss("kl", temperature=0)
+        _build("kl", temperature=0)
     with pytest.raises(ValueError, match="missing"):
-        build_loss("l2", hyp={"box": 0.05})
+        _build("l2", hyp={"box": 0.05})
+    with pytest.raises(ValueError, match="l2, kl, bce"):
+        build_loss("YoloKDLoss", variant="kld")
 
 
 def test_builder_lists_choices():
+    from distill.losses import LOSSES
+
     with pytest.raises(ValueError) as e:
         build_loss("nope")
     for name in LOSSES:
         assert name in str(e.value)
+    with pytest.raises(ValueError, match="closest: vanilla_kd"):
+        build_loss("vanila_kd")
 
 
 def test_level_balance():
@@ -244,8 +269,8 @@ def test_weight_by_cls_scales_box_and_cls_not_obj():
     student, teacher = _outputs(seed=13), _outputs(seed=14)
     for t in teacher:
         t[..., 5:] = -4.0  # max class probability sigma(-4) ~ 0.018
-    _, plain = build_loss("l2")(student, teacher, ANCHORS, ANCHORS)
-    _, by_cls = build_loss("l2", weight_by_cls=True)(student, teacher, ANCHORS, ANCHORS)
+    _, plain = _build("l2")(student, teacher, ANCHORS, ANCHORS)
+    _, by_cls = _build("l2", weight_by_cls=True)(student, teacher, ANCHORS, ANCHORS)
     ratio = torch.sigmoid(torch.tensor(-4.0)).item()
     assert by_cls["kd_box"].item() == pytest.approx(plain["kd_box"].item() * ratio, rel=1e-5)
     assert by_cls["kd_cls"].item() == pytest.approx(plain["kd_cls"].item() * ratio, rel=1e-5)

@@ -1,4 +1,4 @@
-"""KDObjective with real small YOLOv5 models (yolov5n student, yolov5s teacher, 64x64 images, CPU)."""
+"""train_kd.py's DistillObjective with real small YOLOv5 models (yolov5n student, yolov5s teacher, 64x64, CPU)."""
 
 import logging
 from copy import deepcopy
@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from distill.objective import (
-    KDObjective,
     build_kd_objective,
     check_compatible,
     load_teacher,
@@ -46,8 +45,13 @@ def _batch(seed=0, bs=2):
     return imgs, targets
 
 
-def _objective(student, teacher, **opt):
-    return build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), HYP, SimpleNamespace(**opt))
+def _objective(student, teacher, compute_loss=None, **opt):
+    compute_loss = compute_loss or ComputeLoss.from_model(student, HYP)
+    return build_kd_objective(student, teacher, compute_loss, HYP, SimpleNamespace(**opt))
+
+
+def _adapters(objective):
+    return objective.distiller.losses["fitnet"].adapters
 
 
 class Counter:
@@ -68,8 +72,9 @@ def test_teacher_frozen_and_called_once_per_batch():
     teacher_ids = {id(p) for p in teacher.parameters()}
     opt_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert not teacher_ids & opt_ids
-    assert {id(p) for p in objective.adapters.parameters()} <= opt_ids and len(objective.adapters) == len(P5_LAYERS)
-    adapter_before = objective.adapters[0].conv.weight.detach().clone()
+    adapters = _adapters(objective)
+    assert {id(p) for p in adapters.parameters()} <= opt_ids and len(adapters) == len(P5_LAYERS)
+    adapter_before = adapters[0].conv.weight.detach().clone()
 
     counter = Counter(teacher)
     nn.ModuleList([student, objective]).train()  # a wrapper putting "everything" in train mode
@@ -85,22 +90,26 @@ def test_teacher_frozen_and_called_once_per_batch():
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher {k} changed"
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert not torch.equal(objective.adapters[0].conv.weight, adapter_before)  # adapters really train
+    assert not torch.equal(adapters[0].conv.weight, adapter_before)  # adapters really train
 
 
 def test_state_dict_and_parameters_exclude_teacher():
     student, teacher = _models()
     at = _objective(student, teacher)  # AT needs no adapters
-    assert at.state_dict() == {} and list(at.parameters()) == []
+    assert list(at.state_dict()) == ["kd.iteration"] and list(at.parameters()) == []  # batch counter only
     assert at.teacher is teacher and teacher not in list(at.modules())
+    assert student not in list(at.modules())  # the student is the loop's model, saved as 'model'
     fit = _objective(student, teacher, feature_loss="fitnet")
-    keys = list(fit.state_dict())
-    assert keys and all(k.startswith("adapters.") for k in keys)
-    n_adapter = sum(p.numel() for p in fit.adapters.parameters())
+    keys = [k for k in fit.state_dict() if k != "kd.iteration"]
+    assert keys and all(k.startswith("kd.losses.fitnet.adapters.") for k in keys)
+    n_adapter = sum(p.numel() for p in _adapters(fit).parameters())
     assert sum(p.numel() for p in fit.parameters()) == n_adapter
     fit.load_state_dict(fit.state_dict())  # round trip for 'kd_state'
-    assert (at.beta, fit.beta) == (0.01, 0.1)  # per-feature-loss defaults when no --beta is given
-    assert _objective(student, teacher, feature_loss="fitnet", beta=2.0).beta == 2.0
+    old = {k.removeprefix("kd.losses.fitnet."): v for k, v in fit.state_dict().items() if "adapters" in k}
+    fit.load_state_dict(old)  # 'kd_state' of a run saved before the Distiller engine
+    beta = {o.distiller.names[1]: o.distiller.weights[1] for o in (at, fit)}
+    assert beta == {"at": 0.01, "fitnet": 0.1}  # per-feature-loss defaults when no --beta is given
+    assert _objective(student, teacher, feature_loss="fitnet", beta=2.0).distiller.weights[1] == 2.0
 
 
 def test_loss_dict_and_scaling():
@@ -125,9 +134,7 @@ def test_distillation_terms_reach_the_student():
     def zero_loss(pred, targets):
         return pred[0].sum() * 0, torch.zeros(3)
 
-    layers = default_feature_layers(student)
-    objective = KDObjective(teacher, zero_loss, HYP, kd_loss="bce", feature_loss="at",
-                            student_layers=layers, teacher_layers=default_feature_layers(teacher))
+    objective = _objective(student, teacher, zero_loss, kd_loss="bce", feature_loss="at")
     student.train()
     objective(student, *_batch())["loss"].backward()
     assert student.model[2].cv1.conv.weight.grad.abs().sum() > 0  # reached through AT only
@@ -179,8 +186,8 @@ def test_unknown_or_wrong_kind_loss():
     student, teacher = _models()
     with pytest.raises(UserError, match="l2, kl, bce"):
         _objective(student, teacher, kd_loss="at")
-    with pytest.raises(UserError, match="at, fitnet"):
-        _objective(student, teacher, feature_loss="mse")
+    with pytest.raises(UserError, match="vanilla_kd, vid, irg, at, fitnet"):
+        _objective(student, teacher, feature_loss="nope")
 
 
 def test_is_large_flag_is_only_a_warning():
@@ -192,8 +199,8 @@ def test_is_large_flag_is_only_a_warning():
     handler.emit = records.append
     LOGGER.addHandler(handler)
     try:
-        plain = _objective(student, teacher).student_layers
-        flagged = _objective(student, teacher, isL="True").student_layers
+        plain = _objective(student, teacher).distiller.student_layers
+        flagged = _objective(student, teacher, isL="True").distiller.student_layers
     finally:
         LOGGER.removeHandler(handler)
     assert plain == flagged  # the flag never changes the pairing

@@ -111,7 +111,10 @@ def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_di
     kill_when_written(cmd, tmp_path, last)
     assert last.exists(), "train_kd.py never wrote last.pt"
     saved = safe_torch_load(last)["kd_state"]
-    assert any(k.startswith("adapters.") for k in saved)  # trained 1x1 adapters travel with the run
+    assert any(k.startswith("kd.losses.fitnet.adapters.") for k in saved)  # trained 1x1 adapters travel with the run
+    kd_yaml = tmp_path / "kd/kd.yaml"
+    assert "fitnet" in kd_yaml.read_text()  # the resolved recipe of the run, read back by --resume
+    kd_yaml.write_text(kd_yaml.read_text().replace("weight: 0.1\n", "weight: 0.5\n"))  # resume uses this file
     r = subprocess.run([sys.executable, str(ROOT / "train_kd.py"), "--resume", str(last), "--workers", "0"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -120,5 +123,6 @@ def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_di
     assert "train/fitnet_loss" in names and "train/kd_loss" in names
     assert "Resuming training from epoch" in r.stdout
     assert "teacher: mAP" not in r.stdout  # the sanity check runs once, not again on resume
+    assert "0.5 x fitnet" in r.stdout + r.stderr  # weights restored from the run's kd.yaml, not re-derived
     final = safe_torch_load(tmp_path / "kd/weights/last.pt")
     assert "kd_state" not in final and torch.is_tensor(next(iter(final["model"].state_dict().values())))

@@ -1,0 +1,381 @@
+"""`Distiller(config)`: knowledge distillation for any pair of PyTorch models, configured by a dict.
+
+    distiller = Distiller({
+        'student_model': modelS, 'teacher_model': modelT,
+        'student_distill_layer': ['layer1', 'layer2'],    # names from named_modules()
+        'teacher_distill_layer': ['layer1', 'layer2'],    # paired by position with the student's
+        'loss': [dict(type='vid', inC=16, midC=16, outC=16), dict(type='vid', inC=32, midC=32, outC=32)],
+        'weights': [1.0, 1.0],                            # one per loss
+        'student_out_layer': ['linear'],                  # what forward returns (None: the model's output)
+        'device': device})
+    optimizer = torch.optim.SGD(distiller.get_learnable_params(), lr=0.1, momentum=0.9)
+    output, kd_loss = distiller(data)                     # kd_loss = sum_i weights[i] * loss_i
+    (criterion(output, target) + kd_loss).backward(); optimizer.step()
+
+The four parts (mmrazor's names): recorders = distill.hooks.FeatureHooks on the named layers;
+connectors = the adapters/regressors each loss owns; losses = the registry of distill/losses.py;
+mapping = which layer pairs go into which loss, with which weight:
+  * as many losses as layer pairs: loss i gets pair i (the seed's VID config);
+  * one loss: it gets all the pairs (IRG's edge and transformation terms need several layers);
+  * `pairs=[...]` (indices into the layer lists) in a loss dict maps it explicitly; `name=` sets the
+    key under which its weighted value is logged (default: the type, numbered when repeated).
+Every layer pair must feed at least one loss. Optional keys beyond the seed's: `example_input` (a
+tensor or a shape such as (1, 3, 32, 32)) for the dummy forward that finds the layers' channel counts
+(needed by losses that build adapters: fitnet, the detection losses; YOLOv5 models are probed without
+it). Config errors are ValueErrors naming the key.
+
+The teacher is frozen (requires_grad False), kept in eval mode whatever `.train()` is called, run once
+per call under no_grad, and never registered: it is not in parameters(), state_dict() or
+get_learnable_params(). `state_dict()` holds the student and the losses' own parameters;
+`distill_state_dict()` only the distillation part (what a training run saves next to the student).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from distill.context import KDContext
+from distill.hooks import FeatureHooks, closest_names, resolve_layer_names, unwrap_parallel
+from distill.losses import LOSSES
+from distill.yolo_output import raw_outputs
+
+REQUIRED_KEYS = ("student_model", "teacher_model", "student_distill_layer", "teacher_distill_layer", "loss")
+OPTIONAL_KEYS = ("weights", "student_out_layer", "device", "example_input")
+ENGINE_LOSS_KEYS = ("type", "name", "pairs")  # read by the engine, not passed to the loss
+CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_out", "iteration")
+
+
+class KDModules(nn.Module):
+    """Everything the distillation owns: the losses (with their adapters and parameters) and the
+    number of training batches seen (ctx.iteration, for warm-ups; restored on resume)."""
+
+    def __init__(self, losses: dict[str, nn.Module]):
+        super().__init__()
+        self.losses = nn.ModuleDict(losses)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+
+class Distiller(nn.Module):
+    """Knowledge distillation engine built from the seed's config keys (see the module docstring)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        config = _check_keys(config)
+        student, teacher = config["student_model"], config["teacher_model"]
+        for key, m in (("student_model", student), ("teacher_model", teacher)):
+            if not isinstance(m, nn.Module):
+                raise ValueError(f"config['{key}'] must be a torch nn.Module, got {type(m).__name__}")
+        self.student = unwrap_parallel(student)
+        self.__dict__["_teacher"] = unwrap_parallel(teacher).eval().requires_grad_(False)  # never registered
+        self.student_layers = _layers(self.student, config, "student_distill_layer")
+        self.teacher_layers = _layers(self.teacher, config, "teacher_distill_layer")
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(f"config['student_distill_layer'] has {len(self.student_layers)} layers but "
+                             f"config['teacher_distill_layer'] {len(self.teacher_layers)}; they are paired by position")
+        out = config.get("student_out_layer")
+        self.out_layers = _layers(self.student, config, "student_out_layer") if out else []
+
+        specs = _loss_specs(config["loss"])
+        weights = config.get("weights")
+        weights = [1.0] * len(specs) if weights is None else list(weights)
+        if len(weights) != len(specs):
+            raise ValueError(f"config['weights'] has {len(weights)} entries but config['loss'] {len(specs)}: "
+                             "give one weight per loss")
+        self.weights = [float(w) for w in weights]
+        self.pairs = _map_pairs(specs, self.student_layers, self.teacher_layers)
+        self.names = _loss_names(specs)
+
+        device = config.get("device")
+        if device is not None:
+            self.student.to(device)
+            self.teacher.to(device)
+        shapes = self._probe(config.get("example_input"))
+        losses = {name: _build_loss(i, spec, [shapes[0][k] for k in pairs] if shapes else None,
+                                    [shapes[1][k] for k in pairs] if shapes else None)
+                  for i, (name, spec, pairs) in enumerate(zip(self.names, specs, self.pairs))}
+        self.kd = KDModules(losses).to(_device_of(self.student))
+        self._shapes_checked = False
+        if shapes is not None:
+            self._check_shapes(*shapes)
+        self.terms: dict[str, torch.Tensor] = {}  # detached weighted value of each loss, last call
+        self.parts: dict[str, torch.Tensor] = {}  # detached weighted sub-terms a loss reports (YoloKDLoss)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module:
+        return self.__dict__["_teacher"]
+
+    @property
+    def losses(self) -> nn.ModuleDict:
+        return self.kd.losses
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Student and losses follow `mode`; the teacher stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def get_learnable_params(self) -> list[nn.Parameter]:
+        """The student's parameters, then the losses' own (regressors, variances, adapters); no teacher."""
+        seen, params = set(), []
+        for p in list(self.student.parameters()) + list(self.kd.parameters()):
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        return params
+
+    def distill_state_dict(self) -> dict:
+        """The distillation part of the state (losses' parameters, batch counter): saved to resume."""
+        return self.kd.state_dict()
+
+    def load_distill_state_dict(self, state: dict, strict: bool = True):
+        return self.kd.load_state_dict(state, strict=strict)
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, data, targets=None, student: nn.Module | None = None):
+        """Return (output, kd_loss). `targets` go to ctx for the losses that need them; `student` runs
+        the forward instead of the registered student (its DDP wrapper; the hooks see the same layers)."""
+        teacher = self.teacher
+        teacher.eval()  # re-asserted: a caller flipping the teacher to train mode must not move its BN
+        with torch.no_grad(), FeatureHooks(teacher, self.teacher_layers) as t_hooks:
+            t_out = teacher(data)  # the single teacher forward of this call
+        run = self.student if student is None else student
+        with FeatureHooks(self.student, self.student_layers + self.out_layers) as s_hooks:
+            s_out = run(data)
+        captured = s_hooks.outputs
+        s_feats, out_feats = captured[:len(self.student_layers)], captured[len(self.student_layers):]
+        t_feats = t_hooks.outputs
+        if not self._shapes_checked:
+            self._check_shapes(_shapes(s_feats), _shapes(t_feats))
+        ctx = KDContext(imgs=data if torch.is_tensor(data) else None, targets=targets, student=self.student,
+                        teacher=teacher, student_out=raw_outputs(s_out), teacher_out=raw_outputs(t_out),
+                        iteration=int(self.kd.iteration))
+        kd_loss = self._losses(s_feats, t_feats, ctx)
+        if self.training:
+            self.kd.iteration += 1
+        if self.out_layers:
+            output = out_feats[0] if len(out_feats) == 1 else out_feats
+        else:
+            output = s_out
+        return output, kd_loss
+
+    def _losses(self, s_feats, t_feats, ctx: KDContext) -> torch.Tensor:
+        total = None
+        self.terms, self.parts = {}, {}
+        for name, w, pairs in zip(self.names, self.weights, self.pairs):
+            loss = self.losses[name]
+            for need in getattr(loss, "needs", ()):
+                if getattr(ctx, need, None) is None:
+                    raise ValueError(f"loss '{name}' needs ctx.{need}" +
+                                     (": call distiller(data, targets)" if need == "targets" else ""))
+            value = loss([s_feats[k] for k in pairs], [t_feats[k] for k in pairs], ctx)
+            if not (torch.is_tensor(value) and value.dim() == 0):
+                raise ValueError(f"loss '{name}' must return a scalar tensor, got "
+                                 f"{tuple(value.shape) if torch.is_tensor(value) else type(value).__name__}")
+            term = w * value
+            total = term if total is None else total + term
+            self.terms[name] = term.detach()
+            self.parts.update({k: w * v for k, v in (getattr(loss, "parts", None) or {}).items()})
+        return total
+
+    # ----------------------------------------------------------------------------------------------
+    def _probe(self, example_input) -> tuple[list, list] | None:
+        """Shapes of the distilled layers (student, teacher) from one no-grad eval-mode forward, when an
+        input can be made: `example_input` (tensor or shape), or 4 x the largest stride of a YOLOv5 model."""
+        if example_input is None:
+            stride = getattr(self.student, "stride", None)
+            if not (torch.is_tensor(stride) and isinstance(getattr(self.student, "model", None), nn.Sequential)):
+                return None
+            size = int(stride.max()) * 4
+            example_input = (1, int(getattr(self.student, "yaml", {}).get("ch", 3)), size, size)
+        shapes = []
+        for model, layers in ((self.student, self.student_layers), (self.teacher, self.teacher_layers)):
+            p = next(iter(model.parameters()), None)
+            x = example_input if torch.is_tensor(example_input) else torch.zeros(
+                *example_input, device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
+            modes = {m: m.training for m in model.modules()}
+            try:
+                model.eval()  # eval: BatchNorm statistics untouched
+                with torch.no_grad(), FeatureHooks(model, layers) as hooks:
+                    model(x)
+                shapes.append(_shapes(hooks.outputs))
+            finally:
+                for m, mode in modes.items():
+                    m.training = mode
+        return shapes[0], shapes[1]
+
+    def _check_shapes(self, s_shapes: list, t_shapes: list) -> None:
+        """Each loss's check_shapes on its pairs (tensor layers only), errors naming the loss."""
+        for i, (name, pairs) in enumerate(zip(self.names, self.pairs)):
+            loss = self.losses[name]
+            ss, ts = [s_shapes[k] for k in pairs], [t_shapes[k] for k in pairs]
+            if hasattr(loss, "check_shapes") and all(s is not None for s in ss + ts):
+                try:
+                    loss.check_shapes(ss, ts)
+                except ValueError as e:
+                    layers = ", ".join(f"{self.student_layers[k]} -> {self.teacher_layers[k]}" for k in pairs)
+                    raise ValueError(f"config['loss'][{i}] ({name}, layers {layers}): {e}") from e
+        self._shapes_checked = True
+
+    # ----------------------------------------------------------------------------------------------
+    def show_student_net(self, max_depth: int | None = None) -> str:
+        """Print (and return) the student's module tree, distilled and output layers marked."""
+        marks = {}
+        for k, (s, t) in enumerate(zip(self.student_layers, self.teacher_layers)):
+            marks.setdefault(s, []).append(f"pair {k} -> teacher {t} ({self._losses_of(k)})")
+        for s in self.out_layers:
+            marks.setdefault(s, []).append("output")
+        text = module_tree(self.student, marks, max_depth)
+        print(text)
+        return text
+
+    def show_teacher_net(self, max_depth: int | None = None) -> str:
+        """Print (and return) the teacher's module tree, distilled layers marked."""
+        marks = {}
+        for k, (s, t) in enumerate(zip(self.student_layers, self.teacher_layers)):
+            marks.setdefault(t, []).append(f"pair {k} <- student {s} ({self._losses_of(k)})")
+        text = module_tree(self.teacher, marks, max_depth)
+        print(text)
+        return text
+
+    def _losses_of(self, k: int) -> str:
+        return ", ".join(n for n, pairs in zip(self.names, self.pairs) if k in pairs)
+
+    def extra_repr(self) -> str:
+        return (f"teacher={type(self.teacher).__name__} (frozen, not registered), pairs="
+                f"{list(zip(self.student_layers, self.teacher_layers))}, weights={dict(zip(self.names, self.weights))}")
+
+
+# --------------------------------------------------------------------------------------------------
+# config checks
+
+
+def _check_keys(config) -> dict:
+    if not isinstance(config, dict):
+        raise ValueError(f"Distiller config must be a dict, got {type(config).__name__}")
+    known = REQUIRED_KEYS + OPTIONAL_KEYS
+    for key in config:
+        if key not in known:
+            raise ValueError(f"unknown config key {key!r}{closest_names(key, known)}; keys: {', '.join(known)}")
+    missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
+    if missing:
+        raise ValueError(f"config is missing {', '.join(repr(k) for k in missing)} (required: {', '.join(REQUIRED_KEYS)})")
+    return config
+
+
+def _layers(model: nn.Module, config: dict, key: str) -> list[str]:
+    layers = config[key]
+    layers = [layers] if isinstance(layers, (str, int)) else list(layers)
+    if not layers:
+        raise ValueError(f"config['{key}'] is empty: name at least one layer")
+    try:
+        return resolve_layer_names(model, layers)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config['{key}']: {e}") from e
+
+
+def _loss_specs(loss) -> list[dict]:
+    specs = [loss] if isinstance(loss, dict) else list(loss)
+    if not specs:
+        raise ValueError("config['loss'] is empty: give at least one dict(type=...)")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ValueError(f"config['loss'][{i}] must be a dict with a 'type' key, got {spec!r}")
+        if spec["type"] not in LOSSES:
+            raise ValueError(f"config['loss'][{i}]: unknown loss type {spec['type']!r}"
+                             f"{closest_names(spec['type'], LOSSES)}; registered: {', '.join(LOSSES)}")
+    return [dict(s) for s in specs]
+
+
+def _map_pairs(specs: list[dict], s_layers: list[str], t_layers: list[str]) -> list[list[int]]:
+    """Layer-pair indices of each loss (see the module docstring for the rules)."""
+    n = len(s_layers)
+    implicit = [i for i, s in enumerate(specs) if s.get("pairs") is None]
+    if implicit and len(specs) not in (n, 1):
+        raise ValueError(f"config['loss'] has {len(specs)} losses for {n} layer pairs: give one loss per pair, "
+                         "one loss for all pairs, or pairs=[...] (indices into the layer lists) in each loss dict")
+    mapping = []
+    for i, spec in enumerate(specs):
+        pairs = spec.get("pairs")
+        if pairs is None:
+            pairs = list(range(n)) if len(specs) == 1 else [i]
+        pairs = [pairs] if isinstance(pairs, int) else list(pairs)
+        bad = [k for k in pairs if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n]
+        if bad or not pairs:
+            raise ValueError(f"config['loss'][{i}] ({spec['type']}): pairs={pairs} must be indices 0..{n - 1} "
+                             "into the layer lists")
+        mapping.append(pairs)
+    unused = sorted(set(range(n)) - {k for pairs in mapping for k in pairs})
+    if unused:
+        raise ValueError("layer pair(s) " + ", ".join(f"{k} ({s_layers[k]} -> {t_layers[k]})" for k in unused) +
+                         " feed no loss: remove them or map them with pairs=[...]")
+    return mapping
+
+
+def _loss_names(specs: list[dict]) -> list[str]:
+    types = [s["type"] for s in specs]
+    names = []
+    for i, spec in enumerate(specs):
+        name = spec.get("name")
+        if name is None:
+            name = spec["type"] if types.count(spec["type"]) == 1 else f"{spec['type']}_{types[:i].count(spec['type'])}"
+        name = str(name)
+        if not name.isidentifier() or name in names:
+            raise ValueError(f"config['loss'][{i}]: name {name!r} must be a unique identifier (it is a log key)")
+        names.append(name)
+    return names
+
+
+def _build_loss(i: int, spec: dict, s_shapes, t_shapes) -> nn.Module:
+    """Instantiate loss i; fill student_channels/teacher_channels from probed shapes when it takes them."""
+    cls = LOSSES[spec["type"]]
+    kwargs = {k: v for k, v in spec.items() if k not in ENGINE_LOSS_KEYS}
+    params = inspect.signature(cls.__init__).parameters
+    where = f"config['loss'][{i}] ({spec['type']})"
+    unknown = [k for k in kwargs if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
+    if unknown:
+        accepted = [p for p in params if p != "self"]
+        raise ValueError(f"{where}: unknown parameter(s) {unknown}{closest_names(unknown[0], accepted)}; "
+                         f"accepted: {', '.join(accepted) or 'none'}")
+    wants = "student_channels" in params and "teacher_channels" in params
+    seed_form = "inC" in kwargs  # vid's explicit channel form
+    if wants and "student_channels" not in kwargs and not seed_form:
+        if s_shapes is not None and all(s is not None and len(s) >= 2 for s in s_shapes + t_shapes):
+            kwargs["student_channels"] = [int(s[1]) for s in s_shapes]
+            kwargs["teacher_channels"] = [int(t[1]) for t in t_shapes]
+        elif params["student_channels"].default is inspect.Parameter.empty:
+            raise ValueError(f"{where} needs the channel counts of its layers: give student_channels/"
+                             "teacher_channels in its dict, or an example_input in the config")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
+def _shapes(outputs: Sequence) -> list:
+    return [tuple(o.shape) if torch.is_tensor(o) else None for o in outputs]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def module_tree(model: nn.Module, marks: dict[str, list[str]], max_depth: int | None = None) -> str:
+    """One line per module, indented by depth; '<==' marks. Depth defaults to the deepest mark."""
+    depth_of = {name: name.count(".") + 1 for name in marks}
+    limit = max_depth if max_depth is not None else max(depth_of.values(), default=1)
+    lines = [type(model).__name__]
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        depth = name.count(".") + 1
+        if depth > limit and name not in marks:
+            continue
+        mark = f"  <== {'; '.join(marks[name])}" if name in marks else ""
+        lines.append(f"{'  ' * depth}({name.rsplit('.', 1)[-1]}) {type(m).__name__}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,263 @@
+"""YOLOv5 output distillation: `YoloKDLoss`, the objectness-weighted KD of train_kd.py (spec §3.11).
+
+The math lives in `_OutputKD` and its three variants (l2, kl, bce), called on the raw per-level outputs:
+a list of nl tensors (bs, na, ny, nx, 5+nc) of logits, as Detect returns them in train mode (index 0:2
+xy, 2:4 wh, 4 objectness, 5: classes). `YoloKDLoss` is the registry's form of it (the seed's type name):
+    loss(student_feats, teacher_feats, ctx) with student_feats = [what the student's Detect returned].
+Everything is computed in float32 with autocast disabled (fp16 sigmoid/log terms lose precision).
+
+Notation: S = student, T = teacher, sigma = sigmoid, tau = temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.common import fp32, no_autocast
+from distill.hooks import unwrap_parallel
+
+_V60_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # hyp.scratch.yaml, used when no hyp is given
+
+
+def level_balance(nl: int) -> list[float]:
+    """Per-level weights of YOLOv5's objectness loss: [4.0, 1.0, 0.4] for 3 levels (P3-P5)."""
+    if nl == 3:
+        return [4.0, 1.0, 0.4]
+    base = [4.0, 1.0, 0.25, 0.06, 0.02]  # ComputeLoss's list for other level counts
+    return (base + [base[-1]] * nl)[:nl]
+
+
+def binary_kl(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(Bern(sigma(t)) || Bern(sigma(s))); exactly 0 where s == t (log-sigmoid form)."""
+    q = torch.sigmoid(logits_t)
+    return q * (F.logsigmoid(logits_t) - F.logsigmoid(logits_s)) + (1 - q) * (
+        F.logsigmoid(-logits_t) - F.logsigmoid(-logits_s))
+
+
+def soft_bce(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    """Elementwise BCE(sigma(s), sigma(t)) = binary_kl + H(sigma(t)); its minimum over s is the entropy."""
+    return F.binary_cross_entropy_with_logits(logits_s, torch.sigmoid(logits_t), reduction="none")
+
+
+class _OutputKD(nn.Module):
+    """Teacher-objectness-weighted output distillation (Mehta & Ozturk 2018, arXiv:1805.06361).
+
+    Per level i (balance b_i = level_balance(nl)[i]) with w = sigma(t_obj) (x max_c sigma(t_cls) if
+    `weight_by_cls` and nc > 1), means taken over every (image, anchor, cell[, coord/class]) element:
+        box_i = mean(w * [(xy_S - xy_T)^2, ((wh_S - wh_T) / a_T)^2])   decoded, grid units:
+                xy = 2 sigma(t_xy) - 0.5 (the +grid offset cancels), wh = (2 sigma(t_wh))^2 * anchor;
+                the wh error is divided by the teacher anchor so P5's large anchors do not dominate
+                (with equal anchors it is the error of (2 sigma)^2). Anchors may differ S vs T.
+        obj_i = mean(obj_term(s_obj, t_obj))                            NOT weighted
+        cls_i = mean(w * cls_term(s_cls, t_cls))                        only when nc > 1
+    Totals: box = g_box * sum_i b_i box_i (g_box = hyp['giou'] if present else hyp['box']),
+    obj = g_obj * sum_i b_i obj_i, cls = g_cls * sum_i b_i cls_i, each gain x hyp.get('kd', 1.0);
+    returned loss = box + obj + cls, per image like ComputeLoss's items (ComputeLoss's loss is that x bs).
+    """
+
+    zero_at_optimum = True  # loss is exactly 0 when student outputs == teacher outputs
+
+    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        hyp = dict(_V60_GAINS) if hyp is None else hyp
+        missing = [k for k in ("obj", "cls") if k not in hyp] + ([] if "giou" in hyp or "box" in hyp else ["box"])
+        if missing:
+            raise ValueError(f"hyp is missing the loss gain(s) {missing} needed by output distillation")
+        kd = float(hyp.get("kd", 1.0))
+        self.gains = {"box": float(hyp["giou"] if "giou" in hyp else hyp["box"]) * kd,
+                      "obj": float(hyp["obj"]) * kd, "cls": float(hyp["cls"]) * kd}
+        self.temperature = float(temperature)
+        self.weight_by_cls = weight_by_cls
+
+    def obj_term(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cls_term(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                student_anchors: torch.Tensor, teacher_anchors: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (scalar loss, {'kd_box', 'kd_obj', 'kd_cls'} detached, after gains), per image.
+
+        student/teacher: nl raw tensors (bs, na, ny, nx, 5+nc) each; anchors: (nl, na, 2) grid units.
+        """
+        _check_outputs(student, teacher, student_anchors, teacher_anchors)
+        device = student[0].device
+        balance = level_balance(len(student))
+        lbox, lobj, lcls = (torch.zeros((), device=device) for _ in range(3))
+        with no_autocast(device):
+            for i, (ps, pt) in enumerate(zip(student, teacher)):
+                ps, pt = fp32(ps), fp32(pt.detach())
+                nc = ps.shape[-1] - 5
+                w = torch.sigmoid(pt[..., 4])  # (bs, na, ny, nx) teacher objectness
+                if self.weight_by_cls and nc > 1:
+                    w = w * torch.sigmoid(pt[..., 5:]).amax(-1)
+                lbox = lbox + balance[i] * (self._box_error(ps, pt, student_anchors[i], teacher_anchors[i])
+                                            * w[..., None]).mean()
+                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], pt[..., 4]).mean()
+                if nc > 1:  # like ComputeLoss: no class loss for a single class
+                    lcls = lcls + balance[i] * (self.cls_term(ps[..., 5:], pt[..., 5:]) * w[..., None]).mean()
+        lbox, lobj, lcls = lbox * self.gains["box"], lobj * self.gains["obj"], lcls * self.gains["cls"]
+        parts = {"kd_box": lbox.detach(), "kd_obj": lobj.detach(), "kd_cls": lcls.detach()}
+        return lbox + lobj + lcls, parts
+
+    @staticmethod
+    def _box_error(ps: torch.Tensor, pt: torch.Tensor, anchors_s: torch.Tensor, anchors_t: torch.Tensor):
+        """Squared decoded-box error (bs, na, ny, nx, 4), grid units; wh error relative to a_T."""
+        na = ps.shape[1]
+        a_s = fp32(anchors_s).to(ps.device).view(1, na, 1, 1, 2)  # (na, 2) -> broadcast over cells
+        a_t = fp32(anchors_t).to(ps.device).view(1, na, 1, 1, 2)
+        xy_s, xy_t = torch.sigmoid(ps[..., :2]) * 2 - 0.5, torch.sigmoid(pt[..., :2]) * 2 - 0.5
+        wh_s = (torch.sigmoid(ps[..., 2:4]) * 2) ** 2 * a_s
+        wh_t = (torch.sigmoid(pt[..., 2:4]) * 2) ** 2 * a_t
+        return torch.cat(((xy_s - xy_t) ** 2, ((wh_s - wh_t) / a_t) ** 2), dim=-1)
+
+
+def _check_outputs(student, teacher, anchors_s, anchors_t) -> None:
+    if len(student) != len(teacher):
+        raise ValueError(f"student has {len(student)} output levels, teacher {len(teacher)}")
+    for i, (ps, pt) in enumerate(zip(student, teacher)):
+        if ps.shape != pt.shape:
+            raise ValueError(f"output level {i}: student shape {tuple(ps.shape)} != teacher {tuple(pt.shape)} "
+                             "(same nc, anchors per level and strides are required)")
+    na = student[0].shape[1]
+    for what, a in (("student", anchors_s), ("teacher", anchors_t)):
+        if tuple(a.shape) != (len(student), na, 2):
+            raise ValueError(f"{what} anchors must be (nl, na, 2) = ({len(student)}, {na}, 2) in grid units, "
+                             f"got {tuple(a.shape)}")
+
+
+class OutputL2KD(_OutputKD):
+    """L2 output distillation (Mehta & Ozturk 2018): obj = (sigma(s)-sigma(t))^2, cls the same per class."""
+
+    def obj_term(self, s, t):
+        return (torch.sigmoid(s) - torch.sigmoid(t)) ** 2
+
+    def cls_term(self, s, t):
+        return (torch.sigmoid(s) - torch.sigmoid(t)) ** 2
+
+
+class OutputBCEKD(_OutputKD):
+    """BCE output distillation (Hinton et al. 2015, arXiv:1503.02531, binary form for sigmoid heads).
+
+    obj = BCE(sigma(s), sigma(t)); cls = BCE(sigma(s/tau), sigma(t/tau)) * tau^2. Raw BCE: at
+    student == teacher the loss sits at its minimum, the teacher's (weighted) binary entropy, with zero
+    gradient; it equals 'kl' plus that constant, so the two have identical gradients.
+    """
+
+    zero_at_optimum = False
+
+    def obj_term(self, s, t):
+        return soft_bce(s, t)
+
+    def cls_term(self, s, t):
+        tau = self.temperature
+        return soft_bce(s / tau, t / tau) * tau * tau
+
+
+class OutputKLKD(_OutputKD):
+    """KL output distillation (Hinton et al. 2015, arXiv:1503.02531).
+
+    Default (binary, for YOLO's independent sigmoid classes): obj = KL(Bern(sigma(t)) || Bern(sigma(s)));
+    cls = KL(Bern(sigma(t/tau)) || Bern(sigma(s/tau))) * tau^2 per class. `kl_softmax=True` gives the
+    fork's softmax-over-classes KL: KL(softmax(t/tau) || softmax(s/tau)) * tau^2, its per-class
+    terms averaged like every other element-wise term. Both are exactly 0 at student == teacher.
+    """
+
+    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
+                 kl_softmax: bool = False):
+        super().__init__(hyp, temperature, weight_by_cls)
+        self.kl_softmax = kl_softmax
+
+    def obj_term(self, s, t):
+        return binary_kl(s, t)
+
+    def cls_term(self, s, t):
+        tau = self.temperature
+        if self.kl_softmax:
+            kl = F.kl_div(F.log_softmax(s / tau, dim=-1), F.log_softmax(t / tau, dim=-1),
+                          reduction="none", log_target=True)
+        else:
+            kl = binary_kl(s / tau, t / tau)
+        return kl * tau * tau
+
+
+VARIANTS = {"l2": OutputL2KD, "kl": OutputKLKD, "bce": OutputBCEKD}
+
+
+def raw_outputs(out):
+    """Raw per-level list from a train-mode list or an eval-mode (decoded, raw) tuple of a Detect head."""
+    return out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (list, tuple)) else out
+
+
+def detect_anchors(model: nn.Module | None, what: str) -> torch.Tensor:
+    """(nl, na, 2) anchors in grid units of the model's last layer (a YOLOv5 Detect), read live."""
+    model = unwrap_parallel(model) if model is not None else None
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) else None
+    if head is None or not hasattr(head, "anchors"):
+        raise ValueError(f"YoloKDLoss reads the anchors of ctx.{what}'s Detect head, but ctx.{what} is "
+                         f"{type(model).__name__}: it needs YOLOv5 models (an anchor-based Detect last layer)")
+    return head.anchors.detach()
+
+
+class YoloKDLoss(nn.Module):
+    """YOLOv5 output distillation (Mehta & Ozturk 2018, arXiv:1805.06361): the seed's 'YoloKDLoss'.
+
+    Tensor contract: one layer pair, the Detect heads; student_feats[0] / teacher_feats[0] are what they
+    returned (train mode: nl raw (B, na, ny, nx, 5+nc) logits; eval mode: (decoded, raw), raw used).
+    Anchors are read from ctx.student / ctx.teacher's Detect at every call (autoanchor changes seen).
+    Returns a float32 scalar per image (a mean, like ComputeLoss's items): ComputeLoss returns its loss
+    x batch size, so multiply kd_loss by the batch size when adding them (DistillObjective does).
+    After each call `parts` holds the detached box/obj/cls terms (kd_box, kd_obj, kd_cls).
+
+    Args (seed names): nc (checked against the outputs if given), giou (box gain), obj, cls (gains),
+    dist (gain of all three, the forks' distill ratio / hyp 'kd'); or hyp=dict with box/'giou', obj, cls,
+    kd (train_kd.py passes its scaled hyp). variant: 'l2' | 'kl' | 'bce' (see OutputL2KD/KL/BCE);
+    T: temperature of the kl/bce class terms (x T^2); weight_by_cls; kl_softmax (kl only).
+    """
+
+    kind = "output"
+    needs = ("student",)
+
+    def __init__(self, nc: int | None = None, giou: float = 0.05, obj: float = 1.0, cls: float = 0.5,
+                 dist: float = 1.0, variant: str = "l2", T: float = 1.0, weight_by_cls: bool = False,
+                 kl_softmax: bool = False, hyp: dict | None = None):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"YoloKDLoss variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
+        if kl_softmax and variant != "kl":
+            raise ValueError("YoloKDLoss kl_softmax=True needs variant='kl'")
+        if hyp is None:
+            hyp = {"giou": giou, "obj": obj, "cls": cls, "kd": dist}
+        kw = {"kl_softmax": kl_softmax} if variant == "kl" else {}
+        self.core = VARIANTS[variant](hyp=hyp, temperature=T, weight_by_cls=weight_by_cls, **kw)
+        self.nc, self.variant = nc, variant
+        self.zero_at_optimum = self.core.zero_at_optimum
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def forward(self, student_feats, teacher_feats, ctx) -> torch.Tensor:
+        if len(student_feats) != 1 or len(teacher_feats) != 1:
+            raise ValueError(f"YoloKDLoss takes one layer pair (the Detect heads), got {len(student_feats)}")
+        s, t = raw_outputs(student_feats[0]), raw_outputs(teacher_feats[0])
+        if not isinstance(s, (list, tuple)) or not all(torch.is_tensor(p) and p.dim() == 5 for p in s):
+            raise ValueError("YoloKDLoss: the student layer must be a YOLOv5 Detect head returning raw "
+                             "(B, na, ny, nx, 5+nc) tensors; map it to the Detect layer (e.g. 'model.24')")
+        if self.nc is not None and s[0].shape[-1] - 5 != self.nc:
+            raise ValueError(f"YoloKDLoss nc={self.nc} but the outputs have {s[0].shape[-1] - 5} classes")
+        loss, self.parts = self.core(s, t, detect_anchors(ctx.student, "student"),
+                                     detect_anchors(ctx.teacher, "teacher"))
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, T={self.core.temperature:g}, gains={self.core.gains}"
+
+
+LOSSES = {"YoloKDLoss": YoloKDLoss}
