@@ -42,7 +42,7 @@ from utils.general import (
     xyxy2xywh,
 )
 from utils.image_loaders import is_stream
-from utils.nms import non_max_suppression
+from utils.nms import nms_for
 from utils.options import check_classes_in_model, check_detect_args
 from utils.plots import Annotator, colors, save_one_box
 from utils.torch_utils import select_device, time_sync
@@ -199,7 +199,7 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
             pred = model(im, augment=augment)
             t3 = time_sync()
             dt[1] += t3 - t2
-            pred = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
+            pred = nms_for(model)(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
             dt[2] += time_sync() - t3
             for i, det in enumerate(pred):  # one image (or one stream's frame) at a time
                 seen += 1

@@ -38,7 +38,7 @@ from utils.general import (
     xyxy2xywh,
 )
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
-from utils.nms import non_max_suppression
+from utils.nms import nms_for
 from utils.options import VAL_TASKS, check_val_args
 from utils.plots import (
     output_to_target,
@@ -242,7 +242,7 @@ def _loop(model, dataloader, device, names, save_dir, confusion_matrix, compute_
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # normalised -> pixels
         lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if o["save_hybrid"] else []
         t3 = time_sync()
-        out = non_max_suppression(out.float(), o["conf_thres"], o["iou_thres"], labels=lb, multi_label=True,
+        out = nms_for(model)(out.float(), o["conf_thres"], o["iou_thres"], labels=lb, multi_label=True,
                                   agnostic=o["single_cls"])
         dt[2] += time_sync() - t3
 

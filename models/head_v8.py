@@ -121,8 +121,9 @@ class DetectV8(nn.Module):
         return V8DetectionLoss.from_model(model, hyp)
 
     @staticmethod
-    def nms(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.7, **kwargs) -> list[torch.Tensor]:
-        """NMS for this head's eval output (B, 4 + nc, N): utils.nms.non_max_suppression_v8."""
+    def nms(prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        """NMS for this head's eval output (B, 4 + nc, N): utils.nms.non_max_suppression_v8 (same arguments
+        as the YOLOv5 non_max_suppression)."""
         from utils.nms import non_max_suppression_v8
 
-        return non_max_suppression_v8(prediction, conf_thres, iou_thres, **kwargs)
+        return non_max_suppression_v8(prediction, *args, **kwargs)

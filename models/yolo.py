@@ -95,11 +95,11 @@ class Detect(nn.Module):
         return ComputeLoss.from_model(model, hyp)
 
     @staticmethod
-    def nms(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45, **kwargs) -> list[torch.Tensor]:
+    def nms(prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
         """NMS for this head's eval output (B, N, 5 + nc): utils.nms.non_max_suppression."""
         from utils.nms import non_max_suppression
 
-        return non_max_suppression(prediction, conf_thres, iou_thres, **kwargs)
+        return non_max_suppression(prediction, *args, **kwargs)
 
     def _make_grid(self, nx, ny, i, like):
         d = self.anchors.device
@@ -270,10 +270,11 @@ class Model(nn.Module):
         The gains in hyp are used as given (scale v5 gains first with utils.loss.scale_loss_gains)."""
         return self.model[-1].build_loss(self, hyp)
 
-    def nms(self, prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-            **kwargs) -> list[torch.Tensor]:
-        """NMS matching this model's eval output; returns per image (n, 6) [x1, y1, x2, y2, conf, cls]."""
-        return self.model[-1].nms(prediction, conf_thres, iou_thres, **kwargs)
+    def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        """NMS matching this model's eval output, with the arguments of utils.nms.non_max_suppression
+        (conf_thres, iou_thres, classes, agnostic, multi_label, labels, max_det, backend); returns per
+        image (n, 6) [x1, y1, x2, y2, conf, cls]."""
+        return self.model[-1].nms(prediction, *args, **kwargs)
 
 
 DetectionModel = Model  # v7.0 name

@@ -57,3 +57,20 @@ def test_classes_labels_and_tuple_input():
     assert with_lb[0].tolist() == [28.0, 28.0, 32.0, 32.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="conf_thres"):
         non_max_suppression_v8(pred, 1.5)
+
+
+def test_nms_for_asks_the_model():
+    from models.yolo import Model
+    from utils.nms import nms_for
+
+    class Holder:  # a backend or DDP-style wrapper holding the model
+        def __init__(self, m):
+            self.model = m
+
+    v8, v5 = Model("yolov8n.yaml", nc=3), Model("yolov5n.yaml", nc=3)
+    pred = torch.zeros(1, 7, 4)
+    pred[0, :4] = 10.0
+    pred[0, 4, 0] = 0.9
+    for m in (v8, Holder(v8)):
+        assert nms_for(m)(pred, 0.25, 0.7)[0][:, 4].tolist() == pytest.approx([0.9])
+    assert nms_for(v5).__self__ is v5 and nms_for(object()) is non_max_suppression

@@ -255,3 +255,14 @@ def non_max_suppression_v8(prediction: torch.Tensor, conf_thres: float = 0.25, i
             LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
             break
     return output
+
+
+def nms_for(model: object) -> Callable[..., list[torch.Tensor]]:
+    """The NMS that matches a model's eval output: its own `nms` (the detection head decides, see
+    models.yolo.Model.nms), looked up on the model, a DDP/DP wrapper (.module) or a backend holding the
+    model (.model); the YOLOv5 non_max_suppression for anything else (exported YOLOv5 models)."""
+    for m in (model, getattr(model, "module", None), getattr(model, "model", None)):
+        fn = getattr(m, "nms", None)
+        if callable(fn):
+            return fn
+    return non_max_suppression
