@@ -103,11 +103,11 @@ def _level_of(name: str, k: int, t: Tensor, out: object, what: str) -> int:
     """Index of the Detect level whose grid (ny, nx) equals the teacher map's H x W."""
     if not isinstance(out, (list, tuple)) or not all(isinstance(p, Tensor) and p.dim() == 5 for p in out):
         raise ShapeError(f"{name}: ctx.{what} must be the raw per-level list (B, na, ny, nx, 5+nc) of a "
-                        "YOLOv5 Detect head in train mode")
+                         "YOLOv5 Detect head in train mode")
     sizes = [tuple(p.shape[2:4]) for p in out]
     if tuple(t.shape[-2:]) not in sizes:
         raise ShapeError(f"{name}: pair {k} teacher map {tuple(t.shape)} matches no Detect level grid {sizes}; "
-                        "map this loss to layers at the detection strides (the maps entering Detect)")
+                         "map this loss to layers at the detection strides (the maps entering Detect)")
     return sizes.index(tuple(t.shape[-2:]))
 
 
@@ -120,8 +120,8 @@ def detect_input_layers(model: nn.Module) -> list[str]:
     if head is None or not isinstance(getattr(head, "f", None), (list, tuple)):
         raise UserError(f"{type(model).__name__} has no YOLOv5 head with input layers (.model[-1].f); "
                         "pass the distillation layers explicitly")
-    n = len(layers)
-    return [f"model.{i % n}" for i in head.f]  # .f may count from the end (-1 = previous layer)
+    head_index = len(layers) - 1
+    return [f"model.{i if i >= 0 else head_index + i}" for i in head.f]  # -1: the layer before the head
 
 
 class FineGrainedImitation(_FeatureLoss):

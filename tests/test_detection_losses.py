@@ -276,6 +276,12 @@ def test_real_models_detect_inputs(yolo_pair, name):
     student, teacher = yolo_pair
     layers = detect_input_layers(student)
     assert layers == ["model.17", "model.20", "model.23"] == detect_input_layers(teacher)
+    head = student.model[-1]  # layer 24
+    head.f, f = [-7, -4, -1], head.f  # relative to the head: 17, 20, and the layer before it (23)
+    try:
+        assert detect_input_layers(student) == layers
+    finally:
+        head.f = f
     imgs = torch.rand(B, 3, 64, 96)  # non-square: grids 8 x 12, 4 x 6, 2 x 3
     with FeatureHooks(student, layers) as s_feats:
         s_out = student(imgs)
