@@ -45,7 +45,9 @@ class _FeatureLoss(nn.Module):
 
     kind = "feature"
     needs: tuple[str, ...] = ()
-    zero_at_optimum = True  # at student == teacher with adapters at the identity (see each class)
+    # 0 at student == teacher with the adapters at the identity; behind the ReLU adapters of imitation,
+    # mse and scorel2 only where the teacher maps are >= 0 (SiLU features dip to -0.28)
+    zero_at_optimum = True
     name = ""
     size_hint = "pick layers at the same stride"
 
