@@ -172,7 +172,9 @@ class DFL(nn.Module):
     def forward(self, x):
         b, _, a = x.shape
         x = x.view(b, 4, self.c1, a).transpose(2, 1)  # (B, 4*c1, A) -> (B, c1, 4, A): softmax over bins
-        return self.conv(x.softmax(1)).view(b, 4, a)  # (B, 1, 4, A) -> (B, 4, A)
+        # the bin values are fixed even if a freeze/unfreeze pass sets requires_grad on every parameter
+        y = F.conv2d(x.softmax(1), self.conv.weight.detach())  # (B, 1, 4, A)
+        return y.view(b, 4, a)
 
 
 class Focus(nn.Module):

@@ -114,6 +114,10 @@ class DetectV8(nn.Module):
         self.anchors, self.strides = torch.empty(0), torch.empty(0)
 
     # ---- what the scripts ask the head --------------------------------------------------------------
+    def loss_gains(self, hyp: dict, nc: int, imgsz: int) -> dict:
+        """The v8 gains (box, cls, dfl) are used as written: no rescaling for nc, levels or image size."""
+        return dict(hyp)
+
     def build_loss(self, model: nn.Module, hyp: dict):
         """The training loss of this head: utils.loss_v8.V8DetectionLoss (box CIoU, BCE classes, DFL)."""
         from utils.loss_v8 import V8DetectionLoss

@@ -88,6 +88,12 @@ class Detect(nn.Module):
         wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
         return torch.cat((xy, wh, y[..., 4:]), -1)
 
+    def loss_gains(self, hyp: dict, nc: int, imgsz: int) -> dict:
+        """hyp with the v6.0 gains scaled for nc classes, this head's levels and imgsz (utils.loss.scale_loss_gains)."""
+        from utils.loss import scale_loss_gains
+
+        return scale_loss_gains(hyp, nc, self.nl, imgsz)
+
     def build_loss(self, model: nn.Module, hyp: dict):
         """The training loss of this head: utils.loss.ComputeLoss (v6.0)."""
         from utils.loss import ComputeLoss
@@ -263,6 +269,15 @@ class Model(nn.Module):
     def family(self) -> str:
         """'v5' (anchor-based, objectness) or 'v8' (anchor-free with DFL): decided by the head in the yaml."""
         return getattr(self.model[-1], "family", "v5")
+
+    @property
+    def has_anchors(self) -> bool:
+        """True for the anchor-based YOLOv5 head (autoanchor applies), False for the anchor-free one."""
+        return isinstance(self.model[-1], Detect)
+
+    def loss_gains(self, hyp: dict, nc: int, imgsz: int) -> dict:
+        """A copy of hyp with the loss gains this head's training uses for nc classes at imgsz pixels."""
+        return self.model[-1].loss_gains(hyp, nc, imgsz)
 
     def build_loss(self, hyp: dict):
         """The training loss for this model's head, called as loss(raw_outputs, targets) -> (loss * bs, items).

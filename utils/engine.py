@@ -133,7 +133,7 @@ def _loaders(opt, r, model):
             prefix=colorstr("val: "))[0]
         if not opt.resume:
             _plot_labels(dataset, r.names, r.save_dir)
-            if not opt.noautoanchor:
+            if not opt.noautoanchor and getattr(model, "has_anchors", True):  # anchor-free heads: nothing to fit
                 from utils.autoanchor import check_anchors
 
                 check_anchors(dataset, model=model, thr=r.hyp["anchor_t"], imgsz=r.imgsz)
@@ -146,10 +146,13 @@ def _objective(opt, r, model, dataset, val_loader, make_objective):
     from utils.loss import ComputeLoss, scale_loss_gains
     from utils.objective import DetectionObjective
 
-    r.hyp = scale_loss_gains(r.hyp, r.nc, model.model[-1].nl, r.imgsz)
+    # the model's head decides its gains and loss (YOLOv5: scaled v6.0 gains, ComputeLoss; v8: as written)
+    has_head = hasattr(model, "build_loss")
+    r.hyp = model.loss_gains(r.hyp, r.nc, r.imgsz) if has_head else scale_loss_gains(
+        r.hyp, r.nc, model.model[-1].nl, r.imgsz)
     model.nc, model.hyp, model.names = r.nc, r.hyp, r.names
     model.class_weights = _class_weights(dataset.labels, r.nc).to(r.device)
-    compute_loss = ComputeLoss.from_model(model, r.hyp)
+    compute_loss = model.build_loss(r.hyp) if has_head else ComputeLoss.from_model(model, r.hyp)
     ctx = SimpleNamespace(model=model, compute_loss=compute_loss, hyp=r.hyp, opt=opt, device=r.device,
                           data_dict=r.data_dict, val_loader=val_loader, imgsz=r.imgsz, nc=r.nc, names=r.names)
     objective = make_objective(ctx) if make_objective else DetectionObjective(compute_loss)

@@ -23,4 +23,5 @@ class DetectionObjective(nn.Module):
     def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         pred = model(imgs)  # train mode: list of nl raw tensors (bs, na, ny, nx, 5 + nc)
         loss, items = self.compute_loss(pred, targets)
-        return {"loss": loss, "box": items[0], "obj": items[1], "cls": items[2]}
+        names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
+        return {"loss": loss, **{k: items[i] for i, k in enumerate(names)}}
