@@ -270,6 +270,21 @@ class Model(nn.Module):
         """'v5' (anchor-based, objectness) or 'v8' (anchor-free with DFL): decided by the head in the yaml."""
         return getattr(self.model[-1], "family", "v5")
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (any loader): an ultralytics DetectionModel becomes a plain Model of ours: its names
+        dict {0: 'a', ...} -> list, its yaml head 'Detect' -> 'DetectV8' (so Model(model.yaml) rebuilds the
+        same layers here) and its training arguments `args` dropped (the model carries nc, names, stride)."""
+        super().__setstate__(state)
+        if isinstance(self.__dict__.get("names"), dict):
+            self.names = [str(self.names[k]) for k in sorted(self.names)]
+        head = self._modules["model"][-1] if "model" in self._modules else None
+        yaml = self.__dict__.get("yaml")
+        if isinstance(head, DetectV8) and isinstance(yaml, dict) and yaml.get("head"):
+            row = yaml["head"][-1]
+            if isinstance(row, list) and len(row) == 4 and row[2] == "Detect":
+                row[2] = "DetectV8"
+            self.__dict__.pop("args", None)
+
     @property
     def has_anchors(self) -> bool:
         """True for the anchor-based YOLOv5 head (autoanchor applies), False for the anchor-free one."""

@@ -155,22 +155,10 @@ def model_from_checkpoint(ckpt, path: str | Path = "<memory>", cfg=None) -> nn.M
     raise UserError(f"checkpoint '{path}' has no 'model'/'ema' module and no state_dict (keys: {list(ckpt)[:10]})")
 
 
-def _from_ultralytics(model: nn.Module) -> None:
-    """An ultralytics DetectionModel mapped onto Model: names dict -> list, yaml head 'Detect' -> 'DetectV8'
-    (so Model(model.yaml) rebuilds the same layers here), training arguments dropped from the model."""
-    names = getattr(model, "names", None)
-    if isinstance(names, dict):
-        model.names = [str(names[k]) for k in sorted(names)]
-    yaml = getattr(model, "yaml", None)
-    if isinstance(yaml, dict) and yaml.get("head") and yaml["head"][-1][2] == "Detect":
-        yaml["head"][-1][2] = "DetectV8"
-    model.__dict__.pop("args", None)  # ultralytics train settings; the model carries nc, names, stride only
-
-
 def _compat(model: nn.Module, inplace: bool) -> None:
-    """Make a model unpickled from any release run under this code (v6.0 attempt_load pass)."""
-    if isinstance(model, Model) and isinstance(model.model[-1], DetectV8):
-        _from_ultralytics(model)
+    """Make a model unpickled from any release run under this code (v6.0 attempt_load pass).
+
+    ultralytics models are already translated while unpickling (Model.__setstate__)."""
     for m in model.modules():
         t = type(m)
         if t in (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU, Detect, DetectV8, Model):
