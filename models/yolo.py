@@ -197,11 +197,15 @@ class Model(nn.Module):
         img_size = x.shape[-2:]  # (h, w)
         gs = int(self.stride.max())
         y = []
+        v8 = isinstance(self.model[-1], DetectV8)
         for si, fi in zip((1, 0.83, 0.67), (None, 3, None)):  # scales and flips (3 = left-right)
             xi = scale_img(x.flip(fi) if fi else x, si, gs=gs)
             yi = self._forward_once(xi)[0]
+            if v8:
+                yi = yi.transpose(1, 2)  # (B, 4 + nc, N) -> (B, N, 4 + nc): one row per box, as for v5
             y.append(self._descale_pred(yi, fi, si, img_size))
-        return torch.cat(self._clip_augmented(y), 1), None
+        out = torch.cat(self._clip_augmented(y), 1)
+        return (out.transpose(1, 2) if v8 else out), None  # each family's own eval layout
 
     @staticmethod
     def _descale_pred(p, flips, scale, img_size):

@@ -141,3 +141,16 @@ def test_head_decides_loss_and_nms():
         pred, _ = v8(torch.rand(2, 3, 64, 64))
     out = v8.nms(pred, 0.0, 0.7, max_det=5)
     assert len(out) == 2 and all(o.shape == (5, 6) for o in out)
+
+
+def test_augmented_inference_v8_layout():
+    """Test-time augmentation keeps the (B, 4 + nc, N) layout; the full-scale pass is its first block."""
+    torch.manual_seed(0)
+    model = Model("yolov8n.yaml", nc=3).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)[0]
+        aug, _ = model(x, augment=True)
+    assert aug.shape[:2] == (1, 7) and aug.shape[2] > plain.shape[2] * 1.5
+    kept = plain.shape[2] - 2 * 2  # the P5 tail (2x2 cells) of the full-scale pass is clipped
+    assert torch.allclose(aug[:, :, :kept], plain[:, :, :kept])
