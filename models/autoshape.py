@@ -35,7 +35,7 @@ from utils.general import (
     scale_coords,
     xyxy2xywh,
 )
-from utils.nms import non_max_suppression
+from utils.nms import nms_for
 
 URL_TIMEOUT_S = 10
 
@@ -136,10 +136,10 @@ class AutoShape(nn.Module):
         x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()).to(p.device).type_as(p) / 255  # BHWC -> BCHW
         t1 = time.time()
         y = self.model(x, augment=augment)
-        y = y[0] if isinstance(y, (tuple, list)) else y  # (B, N, 5 + nc) decoded
+        y = y[0] if isinstance(y, (tuple, list)) else y  # decoded, in the layout of the model's head
         t2 = time.time()
-        pred = non_max_suppression(y.float(), self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
-                                   max_det=self.max_det)
+        pred = nms_for(self.model)(y.float(), self.conf, self.iou, classes=self.classes, agnostic=self.agnostic,
+                                   multi_label=self.multi_label, max_det=self.max_det)  # the head's own NMS
         for det, im in zip(pred, arrays):
             scale_coords(shape1, det[:, :4], im.shape[:2])  # letterboxed pixels -> original pixels
         t3 = time.time()
