@@ -209,6 +209,16 @@ def test_data_yaml_fields(data, tmp_path, change, words):
     assert str(f) in msg  # the data yaml is named
 
 
+def test_data_fields_are_checked_before_any_run_folder(data, tmp_path):
+    """train.py and val.py read the data yaml's fields first: no run folder is made for a wrong names dict."""
+    f = _data_variant(data, tmp_path, {"names": {"a": 0, "b": 1, "c": 2}})
+    opt = _train_opt(f, "--project", str(tmp_path / "runs"))
+    _raises(lambda: check_train_opt(opt), str(f), "looks inverted")
+    _raises(lambda: train.main(_train_opt(f, "--project", str(tmp_path / "runs"))), "looks inverted")
+    assert not (tmp_path / "runs").exists()
+    _raises(_val(f, ROOT / "models" / "yolov5n.yaml"), "looks inverted")
+
+
 def test_names_dict_in_order_is_accepted(data, tmp_path, caplog):
     f = _data_variant(data, tmp_path, {"names": {2: "c", 0: "a", 1: "a"}})
     with caplog.at_level(logging.WARNING, logger="yolov5"):

@@ -178,6 +178,21 @@ def _run_download(data: dict, s: str, where: str) -> None:
         exec(s, {"yaml": data, "__name__": "__download__"})  # noqa: S102 (v6.0 semantics)
 
 
+def _check_fields(data: dict, where: str) -> None:
+    for k in ("train", "val"):
+        if not data.get(k):
+            raise UserError(f"{where}: '{k}' is missing; give a directory, a *.txt list of images, or a list")
+    _check_names(data, where)
+
+
+def check_data_fields(data: str | Path | dict) -> dict:
+    """The fields of a data yaml (train/val given, nc, names numbered 0..nc-1) without touching the dataset:
+    what the scripts check before any folder, data or model exists. Returns the checked dict."""
+    data, file = _load(data)
+    _check_fields(data, str(file) if file else "data dict")
+    return data
+
+
 def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
     """Load and validate a data yaml (or dict); download/build the data if missing and allowed.
 
@@ -186,10 +201,7 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
     """
     data, file = _load(data)
     where = str(file) if file else "data dict"
-    for k in ("train", "val"):
-        if not data.get(k):
-            raise UserError(f"{where}: '{k}' is missing; give a directory, a *.txt list of images, or a list")
-    _check_names(data, where)
+    _check_fields(data, where)
     raw = {k: data.get(k) for k in ("path", "train", "val", "test")}
     missing = _resolve_splits(data, file.parent if file else None)
     if missing:

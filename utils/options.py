@@ -169,6 +169,13 @@ def check_model_yaml(flag: str, path) -> None:
                         f"models/yolov5s.yaml")
 
 
+def _check_data(flag: str, data) -> None:
+    """The data yaml exists and its fields (nc, names 0..nc-1, train/val) are right; the images are not read."""
+    from utils.dataset_config import check_data_fields
+
+    check_data_fields(data if isinstance(data, dict) else check_yaml_file(flag, data))
+
+
 def check_thresholds(conf_thres, iou_thres) -> None:
     check_range("--conf-thres", conf_thres, 0, 1, hint="a confidence between 0 and 1, e.g. 0.25")
     check_range("--iou-thres", iou_thres, 0, 1, hint="an NMS IoU between 0 and 1, e.g. 0.45")
@@ -262,7 +269,7 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
         p = check_pt_file("--weights", opt.weights, f"{weights_hint(opt.weights)}, or use --weights '' --cfg <yaml>")
         if p.suffix != ".pt":
             raise UserError(f"--weights {p} must be a .pt checkpoint (or '' to train from scratch)")
-    check_yaml_file("--data", opt.data)
+    _check_data("--data", opt.data)
     if not isinstance(opt.hyp, dict):
         hyp = yaml_load(check_yaml_file("--hyp", opt.hyp))
         check_hyp(hyp, f"--hyp {opt.hyp}")
@@ -286,8 +293,7 @@ def check_val_args(data, weights, batch_size, imgsz, conf_thres, iou_thres, task
     check_imgsz("--imgsz", imgsz)
     check_thresholds(conf_thres, iou_thres)
     check_range("--workers", workers, 0, integer=True, hint="0 loads data in the main process")
-    if not isinstance(data, dict):
-        check_yaml_file("--data", data)
+    _check_data("--data", data)
     if cfg:
         check_model_yaml("--cfg", cfg)
     return check_weights("--weights", weights, (".pt",), "val.py (use detect.py for exported models)")
