@@ -91,13 +91,18 @@ def prepare_model(model: nn.Module, train: bool = False, inplace: bool = False, 
         if isinstance(m, Detect):
             m.inplace = inplace
             m.onnx_dynamic = dynamic
+        elif hasattr(m, "dynamic"):  # the v8 head: rebuild anchor points for every input size
+            m.dynamic = dynamic
     return ExportWrapper(model).train(train)
 
 
 def metadata(model: nn.Module, im: torch.Tensor) -> dict:
-    """{'shape', 'stride', 'names'} stored with every export (detect.py reads them back)."""
+    """{'shape', 'stride', 'names'} stored with every export (detect.py reads them back), plus 'family': 'v8'
+    for the anchor-free family (output (B, 4 + nc, N), no objectness); YOLOv5 exports stay as v6.0 wrote them."""
     names = model.module.names if hasattr(model, "module") else model.names
-    return {"shape": list(im.shape), "stride": int(max(model.stride)), "names": [str(n) for n in names]}
+    meta = {"shape": list(im.shape), "stride": int(max(model.stride)), "names": [str(n) for n in names]}
+    family = getattr(model, "family", "v5")
+    return meta if family == "v5" else {**meta, "family": family}
 
 
 def export_torchscript(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, optimize: bool = False,
@@ -148,7 +153,8 @@ def export_onnx(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, op
     axes = None
     if dynamic:
         axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-        axes.update({o: {0: "batch", 1: "anchors"} for o in outputs} if not train else
+        box_axis = 2 if meta.get("family") == "v8" else 1  # v8: (B, 4 + nc, N), v5: (B, N, 5 + nc)
+        axes.update({o: {0: "batch", box_axis: "anchors"} for o in outputs} if not train else
                     {o: {0: "batch", 2: "y", 3: "x"} for o in outputs})
     with warnings.catch_warnings():
         # the legacy exporter warns that it is deprecated and that traced shapes become constants
@@ -161,7 +167,7 @@ def export_onnx(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, op
                           dynamic_axes=axes, **kwargs)
     model_onnx = onnx.load(str(f))
     onnx.checker.check_model(model_onnx)
-    for k in ("stride", "names"):  # str() like v6.x so other YOLOv5 tools read it too
+    for k in [k for k in ("stride", "names", "family") if k in meta]:  # str() like v6.x for other YOLOv5 tools
         prop = model_onnx.metadata_props.add()
         prop.key, prop.value = k, str(meta[k])
     if simplify:
@@ -251,6 +257,8 @@ def check_export(f: Path, wrapper: nn.Module, im: torch.Tensor) -> tuple[float, 
         except Exception as e:  # noqa: BLE001 (the file is written; report a runtime that cannot run it)
             LOGGER.warning(f"{prefix} WARNING: check run failed ({type(e).__name__}: {str(e).splitlines()[0]})")
             return None
+    if getattr(wrapper.model, "family", "v5") == "v8" and not wrapper.training:
+        ref, out = ref.transpose(1, 2), torch.as_tensor(out).transpose(1, 2)  # (B, 4 + nc, N) -> (B, N, 4 + nc)
     box, score = max_diffs(ref, out)
     what = "raw box logits" if wrapper.training else "boxes"
     LOGGER.info(f"{prefix} check vs PyTorch on {tuple(im.shape)}: max abs diff {what} {box:.3g}"

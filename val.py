@@ -237,7 +237,10 @@ def _loop(model, dataloader, device, names, save_dir, confusion_matrix, compute_
         out, train_out = model(img, augment=o["augment"])
         dt[1] += time_sync() - t2
         if compute_loss is not None and train_out is not None:
-            loss += compute_loss([x.float() for x in train_out], targets)[1]
+            items = compute_loss([x.float() for x in train_out], targets)[1]
+            names = getattr(compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
+            loss += torch.stack([items[names.index(k)] if k in names else items.new_zeros(()) for k in
+                                 ("box", "obj", "cls")])  # the val/box, val/obj, val/cls columns
 
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # normalised -> pixels
         lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if o["save_hybrid"] else []

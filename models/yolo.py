@@ -315,7 +315,6 @@ class Model(nn.Module):
 DetectionModel = Model  # v7.0 name
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # yaml -> layers: models/parse.py (shared by both families); the YOLOv5 head defined here joins its table.
 register_module("Detect", Detect)

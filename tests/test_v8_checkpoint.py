@@ -147,3 +147,36 @@ def test_unknown_ultralytics_global_is_refused(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(UserError, match=r"seg\.pt.*ultralytics\.nn\.modules\.head\.Segment"):
         safe_torch_load(f)
+
+
+def test_ultralytics_80x_flat_module_names_load(loaded, tmp_path, ref_v8):
+    """ultralytics 8.0.x pickled its blocks as ultralytics.nn.modules.<Class> (one modules.py): same mapping."""
+    import pickle
+    import types
+
+    from models.common import DFL, SPPF, Bottleneck, C2f, Concat, Conv
+
+    flat = {Conv: "Conv", Concat: "Concat", C2f: "C2f", Bottleneck: "Bottleneck", SPPF: "SPPF", DFL: "DFL",
+            DetectV8: "Detect"}
+
+    globals_80x = {cls: f"ultralytics.nn.modules\n{name}\n" for cls, name in flat.items()}
+    globals_80x[Model] = "ultralytics.nn.tasks\nDetectionModel\n"
+
+    class FlatPickler(pickle._Pickler):  # the pure-Python pickler: writes our classes under 8.0.x names
+        def save_global(self, obj, name=None):
+            if obj not in globals_80x:
+                return super().save_global(obj, name)
+            self.write(pickle.GLOBAL + globals_80x[obj].encode())
+            self.memoize(obj)
+            return None
+
+    mod = types.SimpleNamespace(Pickler=FlatPickler, __name__="flat_pickle")
+    f = tmp_path / "v80.pt"
+    torch.save({"epoch": -1, "model": copy.deepcopy(loaded["yolov8n"]).half()}, f, pickle_module=mod)
+    raw = f.read_bytes()
+    assert b"ultralytics.nn.modules\nC2f" in raw and b"models.common" not in raw
+    model = attempt_load(f, fuse=False)
+    assert isinstance(model.head, DetectV8)
+    with torch.no_grad():
+        e_box, e_cls = pred_error(model(ref_v8["x_eval"])[0], ref_v8["yolov8n/eval_pred"])
+    assert e_box <= TOL[torch.float32]["xywh"] and e_cls <= TOL[torch.float32]["cls"]

@@ -97,6 +97,7 @@ class DetectBackend:
             raise UserError("--weights: several weights (an ensemble) are only supported for .pt checkpoints")
         self.fmt, self.device = fmts.pop(), device
         self.fp16 = half and device.type == "cuda"
+        self.family = "v5"  # 'v8': output (B, 4 + nc, N), no objectness (from the model or the export metadata)
         self.fixed_shape: tuple[int, int] | None = None
         self.stride, self.names = 32, []
         if self.fmt == "pt":
@@ -115,6 +116,7 @@ class DetectBackend:
         self.stride = int(max(model.stride))
         names = model.module.names if hasattr(model, "module") else model.names
         self.names = parse_names(names, int(model.model[-1].nc) if hasattr(model, "model") else None)
+        self.family = getattr(model, "family", "v5")
         self.model = model.half() if self.fp16 else model.float()
 
     def _load_torchscript(self, path: Path) -> None:
@@ -131,6 +133,7 @@ class DetectBackend:
         if cfg.get("shape"):
             self.fixed_shape = tuple(int(x) for x in cfg["shape"][2:4])  # traced: grids baked in at this size
         self.names = parse_names(cfg.get("names"), None)
+        self.family = cfg.get("family", "v5")
         self._nc_from_output = not self.names
 
     def _load_onnx(self, path: Path) -> None:
@@ -153,8 +156,10 @@ class DetectBackend:
         if all(isinstance(x, int) for x in hw):
             self.fixed_shape = (int(hw[0]), int(hw[1]))
         self.stride = int(meta.get("stride", 32))
-        no = out.shape[-1] if out.shape and isinstance(out.shape[-1], int) else None
-        self.names = parse_names(meta.get("names"), no - 5 if no else None)
+        self.family = meta.get("family", "v5")
+        axis, extra = (1, 4) if self.family == "v8" else (-1, 5)  # v8 (B, 4 + nc, N), v5 (B, N, 5 + nc)
+        no = out.shape[axis] if len(out.shape) == 3 and isinstance(out.shape[axis], int) else None
+        self.names = parse_names(meta.get("names"), no - extra if no else None)
         self._nc_from_output = not self.names
 
     def __call__(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
@@ -169,8 +174,18 @@ class DetectBackend:
         if isinstance(y, (tuple, list)):  # v6.0 models (and their traces) return (decoded, raw maps)
             y = y[0]
         if getattr(self, "_nc_from_output", False):  # no names stored: class0..class{nc-1}
-            self.names, self._nc_from_output = parse_names(None, y.shape[-1] - 5), False
+            nc = y.shape[1] - 4 if self.family == "v8" else y.shape[-1] - 5
+            self.names, self._nc_from_output = parse_names(None, nc), False
         return y.float()
+
+    def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        """The NMS for this model's output (arguments of utils.nms.non_max_suppression): the model's own for
+        .pt weights, else chosen by the exported family."""
+        from utils.nms import non_max_suppression, non_max_suppression_v8
+
+        fn = getattr(self.model, "nms", None) if self.fmt == "pt" else None
+        fn = fn or (non_max_suppression_v8 if self.family == "v8" else non_max_suppression)
+        return fn(prediction, *args, **kwargs)
 
     def warmup(self, imgsz: tuple[int, int] = (640, 640)) -> None:
         """One forward on zeros so the first timed image does not pay for lazy initialisation."""

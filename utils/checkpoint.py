@@ -46,6 +46,9 @@ _ULTRALYTICS = {
     "ultralytics.nn.modules.block.DFL": common.DFL,
     "ultralytics.nn.modules.head.Detect": DetectV8,
 }
+# ultralytics 8.0.0-8.0.9x kept every module in one file, ultralytics/nn/modules.py: the same classes
+_ULTRALYTICS.update({f"ultralytics.nn.modules.{k.rsplit('.', 1)[1]}": v for k, v in list(_ULTRALYTICS.items())
+                     if k.startswith("ultralytics.nn.modules.")})
 
 
 def _numpy_globals() -> list:
