@@ -180,3 +180,17 @@ def test_ultralytics_80x_flat_module_names_load(loaded, tmp_path, ref_v8):
     with torch.no_grad():
         e_box, e_cls = pred_error(model(ref_v8["x_eval"])[0], ref_v8["yolov8n/eval_pred"])
     assert e_box <= TOL[torch.float32]["xywh"] and e_cls <= TOL[torch.float32]["cls"]
+
+
+def test_v8_ensemble(fixtures_dir, ref_v8):
+    from models.experimental import Ensemble
+
+    paths = [fixtures_dir / "yolov8n_ultralytics.pt", fixtures_dir / "yolov8s_ultralytics.pt"]
+    ens = attempt_load(paths)
+    assert isinstance(ens, Ensemble) and ens.family == "v8"
+    with torch.no_grad():
+        y, _ = ens(ref_v8["x_eval"])
+    assert y.shape == (1, 84, 2 * 1680)  # boxes of both models along the box axis
+    assert len(ens.nms(y, 0.25, 0.7)) == 1
+    with pytest.raises(UserError, match="mix head families"):
+        attempt_load([fixtures_dir / "yolov8n_ultralytics.pt", fixtures_dir / "yolov5n_v6.0.pt"])

@@ -202,6 +202,9 @@ def attempt_load(weights, map_location=None, inplace: bool = True, fuse: bool = 
     nc = {getattr(m, "nc", None) or m.model[-1].nc for m in model}
     if len(nc) > 1:
         raise UserError(f"ensemble models have different class counts {sorted(nc)}: {weights}")
+    families = {getattr(m, "family", "v5") for m in model}
+    if len(families) > 1:
+        raise UserError(f"ensemble models mix head families {sorted(families)} (outputs and NMS differ): {weights}")
     model.names = model[-1].names
     model.stride = model[int(torch.argmax(torch.tensor([m.stride.max() for m in model])))].stride
     return model
