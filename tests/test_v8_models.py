@@ -57,6 +57,10 @@ def test_bias_priors():
 
 def test_cbam_variant_forward_backward():
     torch.manual_seed(0)
+    full = Model("yolov8s-cbam.yaml")  # the yaml as shipped: builds and decodes
+    assert n_params(full) > n_params(Model("yolov8s.yaml")) and full.family == "v8"
+    with torch.no_grad():
+        assert full.eval()(torch.rand(1, 3, 64, 64))[0].shape == (1, 84, 84)
     cfg = yaml_load(MODELS_DIR / "yolov8s-cbam.yaml")
     cfg["width_multiple"], cfg["depth_multiple"] = 0.25, 0.33  # small for speed; ASCBAM args scale with it
     model = Model(cfg)
