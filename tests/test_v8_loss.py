@@ -71,6 +71,13 @@ def test_targets_per_image_and_dfl():
     assert torch.allclose(dfl_loss(logits, torch.full((1, 4), 3.5), 16), torch.tensor([[math.log(2)]]))
 
 
+def test_v5_hyp_is_refused_with_the_file_to_use():
+    from utils.general import UserError
+
+    with pytest.raises(UserError, match=r"\['dfl'\].*hyp\.v8\.yaml"):
+        Model("yolov8n.yaml", nc=2).build_loss({"box": 0.05, "cls": 0.5, "obj": 1.0, "anchor_t": 4.0})
+
+
 def test_empty_targets_and_gradients():
     torch.manual_seed(0)
     model = Model("yolov8n.yaml", nc=4)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.head_v8 import bbox2dist, dist2bbox, make_anchors
+from utils.general import UserError
 from utils.metrics import bbox_iou
 from utils.tal import TaskAlignedAssigner
 
@@ -63,6 +64,10 @@ class V8DetectionLoss:
 
     def __init__(self, hyp: dict, nc: int, stride: list[float] | torch.Tensor, reg_max: int = 16, topk: int = 10,
                  alpha: float = 0.5, beta: float = 6.0):
+        missing = [k for k in ("box", "cls", "dfl") if k not in hyp]
+        if missing:
+            raise UserError(f"the YOLOv8-style loss needs the hyperparameters {missing} (gains box, cls, dfl); "
+                            f"train v8 models with --hyp data/hyps/hyp.v8.yaml")
         self.hyp = hyp
         self.nc, self.reg_max = int(nc), int(reg_max)
         self.no = self.nc + 4 * self.reg_max
