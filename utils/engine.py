@@ -270,7 +270,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
                 mean[k] = (mean.get(k, 0.0) * i + float(v)) / (i + 1)
         if s.rank in (-1, 0):
             if i == 0:  # v6.0 column header, with the objective's extra terms (kd, at, ...)
-                pbar.write(log_header([k for k in mean if k not in ("box", "obj", "cls")]))
+                pbar.write(log_header([], list(mean)))  # the logged terms, in the order they are printed
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
             pbar.set_description(("%10s" * 2 + "%10.4g" * (len(mean) + 2)) % (
                 f"{s.epoch}/{s.epochs - 1}", mem, *mean.values(), targets.shape[0], imgs.shape[-1]))

@@ -171,8 +171,9 @@ def labels_array(dataset) -> np.ndarray:
     return np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
 
 
-def log_header(extra: list[str]) -> str:
-    names = ["Epoch", "gpu_mem", "box", "obj", "cls", *extra, "labels", "img_size"]
+def log_header(extra: list[str], terms: list[str] | tuple[str, ...] = ("box", "obj", "cls")) -> str:
+    """Console column titles: the objective's terms (YOLOv5: box obj cls; v8: box cls dfl), then extra."""
+    names = ["Epoch", "gpu_mem", *terms, *extra, "labels", "img_size"]
     return ("%10s" * len(names)) % tuple(names)
 
 
