@@ -22,7 +22,7 @@ def _opt(**kw):
 def test_ddp_batch_size_must_divide_world_size(monkeypatch, tmp_path):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(UserError, match="multiple of the number of DDP processes"):
+    with pytest.raises(UserError, match="must be a multiple of the number of processes"):
         prepare_opt(_opt(batch_size=16, cfg="models/yolov5n.yaml", project=str(tmp_path)))
 
 

@@ -433,9 +433,12 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
     nw = min(os.cpu_count() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
     sampler = None
     if augment or shuffle or rank != -1:
+        # `rank` is the LOCAL_RANK (per machine, for the cache barrier); the split over processes needs the
+        # global RANK, or two machines would train on the same half of the data
         world_size = int(os.getenv("WORLD_SIZE", "1")) if rank != -1 else 1
-        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, start_epoch=start_epoch, rank=rank,
-                               world_size=world_size)
+        global_rank = int(os.getenv("RANK", str(rank))) if rank != -1 else -1
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, start_epoch=start_epoch,
+                               rank=global_rank, world_size=world_size)
     loader = DataLoader if image_weights else InfiniteDataLoader
     g = torch.Generator()
     g.manual_seed(seed + max(rank, 0))

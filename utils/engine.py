@@ -20,6 +20,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils.distributed import (
+    allreduce_grads,
+    barrier,
+    broadcast_object,
+    cleanup,
+    rank_device,
+    sync_detect_anchors,
+    wrap_ddp,
+)
 from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
 from utils.train_setup import (
     build_model,
@@ -66,10 +75,8 @@ def train(opt, make_objective=None) -> Path:
     start_epoch, best_fitness = _restore(ckpt, opt, optimizer, ema, objective) if ckpt else (0, 0.0)
     del ckpt
     scheduler.last_epoch = start_epoch - 1
-    if r.cuda and r.local_rank != -1:
-        if opt.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(r.device)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[r.local_rank], output_device=r.local_rank)
+    if r.local_rank != -1:
+        model = wrap_ddp(model, r.device, sync_bn=opt.sync_bn)
 
     r.lf, r.nb = lf, len(train_loader)
     # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
@@ -84,6 +91,8 @@ def train(opt, make_objective=None) -> Path:
     _fit(opt, r, loop, start_epoch, best_fitness)
     if r.rank in (-1, 0):
         _finish(r, opt, val_loader, compute_loss)
+    barrier()  # the other ranks wait for rank 0's final validation, then all leave the process group
+    cleanup()
     torch.cuda.empty_cache()
     return r.save_dir
 
@@ -94,10 +103,11 @@ def _setup(opt) -> SimpleNamespace:
     from utils.torch_utils import select_device
 
     local_rank, rank, world_size = ddp_env()
-    device = select_device(opt.device, batch_size=opt.batch_size)
+    device = rank_device() or select_device(opt.device, batch_size=opt.batch_size)
     save_dir = Path(opt.save_dir)
     wdir = save_dir / "weights"
-    wdir.mkdir(parents=True, exist_ok=True)
+    if rank in (-1, 0):  # rank 0 alone writes files
+        wdir.mkdir(parents=True, exist_ok=True)
     if not opt.resume and rank in (-1, 0):  # --exist-ok into an old run: its best.pt, results.csv are not ours
         from utils.loggers import clear_previous_run
 
@@ -105,9 +115,9 @@ def _setup(opt) -> SimpleNamespace:
     hyp = load_hyp(opt.hyp)
     hyp["label_smoothing"] = opt.label_smoothing
     opt.hyp = dict(hyp)  # opt.yaml keeps the values, so --resume does not depend on the hyp file
-    if not opt.resume:
+    if not opt.resume and rank in (-1, 0):
         write_run_files(save_dir, hyp, opt)
-    init_seeds(opt.seed + 1 + rank, deterministic=True)
+    init_seeds(opt.seed + max(rank, 0), deterministic=True)  # rank 0 starts as a single process does
     data_dict = check_dataset(opt.data)
     nc = 1 if opt.single_cls else int(data_dict["nc"])
     names = ["item"] if opt.single_cls and len(data_dict["names"]) != 1 else list(data_dict["names"])
@@ -137,7 +147,9 @@ def _loaders(opt, r, model):
                 from utils.autoanchor import check_anchors
 
                 check_anchors(dataset, model=model, thr=r.hyp["anchor_t"], imgsz=r.imgsz)
-            model.half().float()  # pre-reduce anchor precision (v6.0)
+    if not opt.resume:
+        model.half().float()  # pre-reduce anchor precision (v6.0), on every rank alike
+    sync_detect_anchors(model)  # autoanchor ran on rank 0: losses on the other ranks must see its anchors
     return train_loader, dataset, val_loader
 
 
@@ -203,21 +215,22 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
                                 state)
         lrs = [x["lr"] for x in loop.optimizer.param_groups][:3]
         loop.scheduler.step()
-        if r.rank not in (-1, 0):
-            continue
-        loop.ema.update_attr(loop.model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
-        final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
-        if not opt.noval or final_epoch:
-            results, maps, _ = validate.run(r.data_dict, batch_size=r.batch_size * 2, imgsz=r.imgsz,
-                                            model=loop.ema.ema, single_cls=opt.single_cls,
-                                            dataloader=loop.val_loader, save_dir=r.save_dir, plots=False,
-                                            compute_loss=loop.compute_loss, half=r.cuda)
-        fi = _fitness(results)
-        best_fitness = max(best_fitness, fi)
-        logger.log_epoch(epoch, mloss, results, lrs)
-        if not opt.nosave or final_epoch:
-            _save(epoch, best_fitness, fi, loop, opt, r.wdir)
-        if stopper(epoch=epoch, fitness=fi):
+        stop = False
+        if r.rank in (-1, 0):  # rank 0 validates, logs, saves and decides on early stopping
+            loop.ema.update_attr(loop.model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+            final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
+            if not opt.noval or final_epoch:
+                results, maps, _ = validate.run(r.data_dict, batch_size=r.batch_size * 2, imgsz=r.imgsz,
+                                                model=loop.ema.ema, single_cls=opt.single_cls,
+                                                dataloader=loop.val_loader, save_dir=r.save_dir, plots=False,
+                                                compute_loss=loop.compute_loss, half=r.cuda)
+            fi = _fitness(results)
+            best_fitness = max(best_fitness, fi)
+            logger.log_epoch(epoch, mloss, results, lrs)
+            if not opt.nosave or final_epoch:
+                _save(epoch, best_fitness, fi, loop, opt, r.wdir)
+            stop = stopper(epoch=epoch, fitness=fi)
+        if broadcast_object(stop):  # all ranks leave together: a rank left in a collective would hang
             break
     if logger:
         LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
@@ -258,6 +271,8 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
                                 f"The last good checkpoint is {s.last if s.last.exists() else 'none (first epoch)'}; "
                                 "lower lr0 in the hyp file or check the labels, then --resume or restart")
         scaler.scale(loss).backward()
+        if s.world_size > 1:
+            allreduce_grads(objective)  # adapters/loss parameters sit outside the DDP-wrapped student
         if ni - last_opt_step >= accumulate:
             scaler.step(optimizer)
             scaler.update()

@@ -52,18 +52,20 @@ def prepare_opt(opt: argparse.Namespace) -> argparse.Namespace:
     if getattr(opt, "evolve", None):
         raise UserError("--evolve (hyperparameter evolution) is not implemented in yolov5-kd; "
                         "train with a hyp file instead (--hyp data/hyps/hyp.scratch-high.yaml)")
-    local_rank, _, world_size = ddp_env()
-    if local_rank != -1:
-        if opt.batch_size % world_size:
-            raise UserError(f"--batch-size {opt.batch_size} must be a multiple of the number of DDP "
-                            f"processes (WORLD_SIZE={world_size})")
+    if ddp_env()[0] != -1:  # launched by torchrun: one process per device, a process group over them
+        from utils.distributed import init_distributed
+
+        init_distributed(opt.device, opt.batch_size)
         if opt.image_weights:
             raise UserError("--image-weights is not supported with DDP (multi-GPU) training")
     if opt.resume:
         return _resume_opt(opt)
     if not opt.cfg and not opt.weights:
         raise UserError("either --cfg or --weights must be given (e.g. --cfg models/yolov5n.yaml --weights '')")
-    opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    from utils.distributed import broadcast_object
+
+    # rank 0 names the run folder; the others take its name (each picking exp2, exp3... would split the run)
+    opt.save_dir = broadcast_object(str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)))
     return opt
 
 
