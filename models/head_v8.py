@@ -69,6 +69,8 @@ class DetectV8(nn.Module):
         super().__init__()
         if not ch:
             raise ValueError("DetectV8 needs the input channels of each level (ch)")
+        if reg_max < 2:
+            raise ValueError(f"DetectV8 reg_max={reg_max}: the DFL head needs at least 2 bins per box edge")
         self.nc = nc
         self.nl = len(ch)
         self.reg_max = reg_max
@@ -78,7 +80,7 @@ class DetectV8(nn.Module):
         self.cv2 = nn.ModuleList(
             nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1)) for x in ch)
         self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
-        self.dfl = DFL(reg_max) if reg_max > 1 else nn.Identity()
+        self.dfl = DFL(reg_max)
         self.anchors = torch.empty(0)  # cached (2, N) anchor points and (1, N) strides
         self.strides = torch.empty(0)
 

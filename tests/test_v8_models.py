@@ -92,6 +92,10 @@ def test_yaml_errors():
     with pytest.raises(UserError, match="anchors"):
         Model(bad)
     bad = deepcopy(cfg)
+    bad["head"][-1][3] = ["nc", 1]  # reg_max 1: no distribution to learn
+    with pytest.raises(UserError, match="layer 22 .*reg_max=1"):
+        Model(bad)
+    bad = deepcopy(cfg)
     bad["head"][-1][2] = "DetectV9"
     with pytest.raises(UserError, match="unknown module 'DetectV9'.*DetectV8"):
         Model(bad)
