@@ -22,9 +22,9 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-import train  # noqa: E402
-from utils.general import LOGGER, UserError, colorstr, run_cli  # noqa: E402
-from utils.train_setup import ddp_env, weights_hint  # noqa: E402
+import train
+from utils.general import LOGGER, UserError, colorstr, run_cli
+from utils.train_setup import ddp_env, weights_hint
 
 KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
 

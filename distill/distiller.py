@@ -39,7 +39,12 @@ import torch
 from torch import nn
 
 from distill.context import KDContext
-from distill.hooks import FeatureHooks, closest_names, resolve_layer_names, unwrap_parallel
+from distill.hooks import (
+    FeatureHooks,
+    closest_names,
+    resolve_layer_names,
+    unwrap_parallel,
+)
 from distill.losses import LOSSES
 from distill.yolo_output import raw_outputs
 
@@ -68,7 +73,7 @@ class Distiller(nn.Module):
         student, teacher = config["student_model"], config["teacher_model"]
         for key, m in (("student_model", student), ("teacher_model", teacher)):
             if not isinstance(m, nn.Module):
-                raise ValueError(f"config['{key}'] must be a torch nn.Module, got {type(m).__name__}")
+                raise TypeError(f"config['{key}'] must be a torch nn.Module, got {type(m).__name__}")
         self.student = unwrap_parallel(student)
         self.__dict__["_teacher"] = unwrap_parallel(teacher).eval().requires_grad_(False)  # never registered
         self.student_layers = _layers(self.student, config, "student_distill_layer")
@@ -256,7 +261,7 @@ class Distiller(nn.Module):
 
 def _check_keys(config) -> dict:
     if not isinstance(config, dict):
-        raise ValueError(f"Distiller config must be a dict, got {type(config).__name__}")
+        raise TypeError(f"Distiller config must be a dict, got {type(config).__name__}")
     known = REQUIRED_KEYS + OPTIONAL_KEYS
     for key in config:
         if key not in known:

@@ -124,8 +124,9 @@ def apply_flags(cfg: dict, opt_like) -> dict:
     """A copy of cfg with the explicitly given train_kd.py flags applied (None / False = not given).
 
     Output flags (--kd_loss_selected, --temperature, --alpha, --weight_by_cls, --kl_softmax) set the
-    YoloKDLoss entry (added if the file has none). --feature_loss X replaces the feature entries by one X
-    entry (keeping the first one's layers), 'none' removes them; --beta sets the feature entry's weight;
+    YoloKDLoss entry (added if the file has none). --feature_loss X [Y ...] replaces the feature entries by
+    one entry per type (on the replaced entry's explicit layer lists when it had some and one type is
+    given, else on the type's default layers), 'none' removes them; --beta sets the feature entry's weight;
     --student_layers / --teacher_layers set the feature entries' layers.
     """
     cfg = copy.deepcopy(cfg)
@@ -148,7 +149,8 @@ def apply_flags(cfg: dict, opt_like) -> dict:
         off = [k for k in kinds if str(k).lower() in ("", "none")]
         if off and len(off) != len(kinds):
             raise UserError(f"--feature_loss {' '.join(map(str, kinds))}: 'none' cannot be combined with losses")
-        keep = {k: features[0][k] for k in ("layers", "student_layers", "teacher_layers") if features and k in features[0]}
+        # explicit layer lists of the replaced entry are kept; a keyword ('auto') gives way to the new type's default
+        keep = {k: features[0][k] for k in ("student_layers", "teacher_layers") if features and features[0].get(k)}
         losses[:] = [e for e in losses if e["type"] in OUTPUT_TYPES]
         features = [] if off else [{"type": k, "name": k, **(keep if keep and len(kinds) == 1 else
                                                             {"layers": _default_layers(k)})} for k in kinds]
@@ -169,8 +171,12 @@ def apply_flags(cfg: dict, opt_like) -> dict:
 
 
 def _default_layers(loss_type: str) -> str:
-    """Where a feature loss goes when no layers are given: its class's `default_layers`, else 'auto'."""
-    return getattr(LOSSES.get(loss_type), "default_layers", "auto")
+    """Where a feature loss goes when no layers are given: its class's `default_layers`; else the maps
+    entering Detect for the detection losses (distill/detection_losses.py: built for the FPN levels the
+    anchors belong to), 'auto' (the C3/SPPF pairs) for the others."""
+    cls = LOSSES.get(loss_type)
+    default = "detect_inputs" if getattr(cls, "__module__", "") == "distill.detection_losses" else "auto"
+    return getattr(cls, "default_layers", default)
 
 
 def _detect_name(model: nn.Module) -> list[str]:

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import AttentionTransfer, FitNetHint, OutputBCEKD, OutputKLKD, build_loss, level_balance
+from distill.losses import (
+    AttentionTransfer,
+    FitNetHint,
+    OutputBCEKD,
+    OutputKLKD,
+    build_loss,
+    level_balance,
+)
 from distill.yolo_output import VARIANTS
 
 # the losses of this file: the output KD variants (called with anchors) and the two feature losses

@@ -1,0 +1,196 @@
+"""train_kd.py's objective as a Distiller configuration: the first batch equals the pre-engine code
+(golden values in tests/data, never rewritten here), --kd_config recipes equal their flags, flags
+override a file, the resolved kd.yaml rebuilds the same objective, and bad recipes are clear errors."""
+
+import json
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from distill.objective import build_kd_objective
+from distill.yolo_config import KD_DIR, load_kd_config, write_kd_config
+from utils.general import UserError
+from utils.loss import ComputeLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+from make_kd_golden import (
+    CASES,
+    HYP,
+    batch,
+    grad_norm,
+    models,
+    seeded_adapters_,
+    zero_loss,
+)
+
+GOLDEN = json.loads((ROOT / "tests/data/kd_first_batch_golden.json").read_text())["cases"]
+
+# Tolerance. The golden values are float32 sums over a yolov5s forward (~60 convolutions at 64 px, bs 2)
+# and its backward. Another CPU (AVX2 / AVX-512 / AMX) or thread count changes the summation order: a
+# dot product of K <= 4608 terms carries ~sqrt(K) * 6e-8 ~ 4e-6 relative error, compounded over ~30
+# layers in sequence ~ sqrt(30) * 4e-6 ~ 2e-5; the backward doubles the depth. rel 1e-4 (values) and
+# 2e-4 (gradient norms) leave a 5x margin. On the machine that wrote the file the new code matches to
+# 1 ulp. A real mistake is far outside: test_tolerance_catches_real_mistakes shows a 1% weight change,
+# T = 4 instead of 20, or AT's features detached move a value by more than 10x the tolerance. (T = 19
+# would not: at T ~ 20 the binary class KL is ~ (z_S - z_T)^2 / 8 whatever T, issue 11 item 3.)
+REL, REL_GRAD = 1e-4, 2e-4
+
+
+_BUILT = []
+
+
+def _models():
+    """make_kd_golden.models() (seeded yolov5n student, yolov5s teacher), built once, copied per test."""
+    if not _BUILT:
+        _BUILT.extend(models())
+    return deepcopy(_BUILT[0]), deepcopy(_BUILT[1])
+
+
+def _objective(flags: dict, compute_loss=None, kd_config=None, hyp_extra=None):
+    flags = dict(flags)
+    hyp = {**HYP, **flags.pop("hyp", {}), **(hyp_extra or {})}
+    student, teacher = _models()
+    student.train()
+    torch.manual_seed(0)  # adapters drawn from the global RNG: the same for every build
+    objective = build_kd_objective(student, teacher, compute_loss or ComputeLoss.from_model(student, hyp), hyp,
+                                   SimpleNamespace(**flags), kd_config=kd_config)
+    for loss in objective.distiller.losses.values():
+        if getattr(loss, "adapters", None) is not None and hasattr(loss.adapters[0], "conv"):
+            seeded_adapters_([a.conv for a in loss.adapters])  # FitNet: the same adapters as the golden run
+    return objective, student
+
+
+def _first_batch(flags: dict, kd_config=None) -> dict:
+    """Values the golden file records: the objective's dict, the student's gradient norm, and the
+    gradient norm of the distillation terms alone (detection loss replaced by 0)."""
+    objective, student = _objective(flags, kd_config=kd_config)
+    imgs, targets = batch()
+    out = objective(student, imgs, targets)
+    out["loss"].backward()
+    values = {k: float(v.detach()) for k, v in out.items()}
+    values["student_grad_norm"] = grad_norm(student)
+    objective, student = _objective(flags, compute_loss=zero_loss, kd_config=kd_config)
+    objective(student, imgs, targets)["loss"].backward()
+    values["kd_only_student_grad_norm"] = grad_norm(student)
+    return values
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_first_batch_equals_pre_engine_code(case):
+    golden = {k: v for k, v in GOLDEN[case].items() if k != "flags"}
+    got = _first_batch(CASES[case])
+    assert list(got) == list(golden)  # same logged terms, same order
+    for k, v in golden.items():
+        assert got[k] == pytest.approx(v, rel=REL_GRAD if "grad" in k else REL, abs=1e-12), k
+
+
+def test_tolerance_catches_real_mistakes():
+    card = GOLDEN["card_kl_at"]
+    wrong_alpha = _first_batch({"kd_loss_selected": "kl", "alpha": 2.02})
+    wrong_t = _first_batch({"kd_loss_selected": "kl", "temperature": 4.0})
+    for got in (wrong_alpha, wrong_t):
+        assert abs(got["kd"] / card["kd"] - 1) > 10 * REL
+    objective, student = _objective({"kd_loss_selected": "kl"}, compute_loss=zero_loss)
+    at = objective.distiller.losses["at"]
+    forward = at.forward
+    at.forward = lambda s, t, ctx: forward([x.detach() for x in s], t, ctx)  # AT's gradient cut
+    objective(student, *batch())["loss"].backward()
+    assert abs(grad_norm(student) / card["kd_only_student_grad_norm"] - 1) > 10 * REL_GRAD
+
+
+def _parse(*argv) -> dict:
+    """train_kd.py's options for argv, as flags for _objective (the hyp file is not used here)."""
+    import train_kd
+
+    return {k: v for k, v in vars(train_kd.get_args_parser().parse_args(list(argv))).items() if k != "hyp"}
+
+
+RECIPE_FLAGS = {  # each shipped recipe and the flags that describe the same run
+    "card": ["--kd_loss_selected", "kl"],
+    "l2_at": [],
+    "kl_only": ["--kd_loss_selected", "kl", "--feature_loss", "none"],
+    "bce_at": ["--kd_loss_selected", "bce"],
+    "fitnet": ["--kd_loss_selected", "kl", "--feature_loss", "fitnet"],
+    **{m: ["--kd_loss_selected", "kl", "--feature_loss", m] for m in ("imitation", "cwd", "mse", "pkd", "scorel2")},
+}
+
+
+def test_every_shipped_recipe_is_listed_here():
+    assert sorted(p.stem for p in KD_DIR.glob("*.yaml")) == sorted(RECIPE_FLAGS)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPE_FLAGS))
+def test_recipe_equals_its_flags(recipe):
+    """`--kd_config data/kd/<recipe>.yaml` and the flags give the same objective and first-batch values."""
+    by_file = _parse("--kd_config", str(KD_DIR / f"{recipe}.yaml"))
+    by_flags = _parse(*RECIPE_FLAGS[recipe])
+    cfg = load_kd_config(by_file["kd_config"])
+    a, student_a = _objective(by_file, kd_config=cfg)
+    b, student_b = _objective(by_flags)
+    assert a.resolved == b.resolved
+    for obj in (a, b):
+        obj.distiller.kd.iteration.fill_(10**6)  # past imitation's warm-up: every term is live
+    imgs, targets = batch()
+    out_a, out_b = a(student_a, imgs, targets), b(student_b, imgs, targets)
+    assert list(out_a) == list(out_b)
+    for k in out_a:
+        assert torch.equal(out_a[k], out_b[k]), k
+    assert torch.isfinite(out_a["loss"]) and all(float(out_a[k]) > 0 for k in a.distiller.names)
+
+
+def test_card_recipe_equals_card_command_golden():
+    """The must-show: --kd_config data/kd/card.yaml gives the first-batch values of the card's flags."""
+    got = _first_batch({}, kd_config=load_kd_config("card"))
+    for k, v in GOLDEN["card_kl_at"].items():
+        if k != "flags":
+            assert got[k] == pytest.approx(v, rel=REL_GRAD if "grad" in k else REL, abs=1e-12), k
+
+
+def test_flags_override_the_file():
+    card = load_kd_config("card")
+
+    def resolved(**flags):
+        return _objective(flags, kd_config=card)[0].resolved["losses"]
+
+    kd, at = resolved(alpha=5.0, temperature=4.0)
+    assert (kd["weight"], kd["T"], at["weight"]) == (5.0, 4.0, 0.01)
+    assert [e["type"] for e in resolved(feature_loss=["fitnet"])] == ["YoloKDLoss", "fitnet"]
+    assert [e["type"] for e in resolved(feature_loss=["none"])] == ["YoloKDLoss"]
+    kd, at = resolved(beta=0.5, kd_loss_selected="l2", student_layers="model.4,model.6", teacher_layers="4,6")
+    assert (kd["variant"], at["weight"], at["student_layers"]) == ("l2", 0.5, ["model.4", "model.6"])
+    with pytest.raises(UserError, match="--beta"):
+        resolved(feature_loss=["at", "cwd"], beta=0.1)  # ambiguous: two feature losses
+
+
+def test_resolved_config_round_trip(tmp_path):
+    objective, _ = _objective({"kd_loss_selected": "kl", "feature_loss": ["fitnet"], "beta": 0.3})
+    write_kd_config(objective.resolved, tmp_path / "kd.yaml", "test")
+    again, _ = _objective({}, kd_config=load_kd_config(tmp_path / "kd.yaml"))
+    assert again.resolved == objective.resolved
+    fit = again.resolved["losses"][1]
+    assert fit["weight"] == 0.3 and fit["student_layers"][0] == "model.2"  # explicit, nothing left to infer
+
+
+def test_bad_recipes_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, match in [("losses:\n  - {type: cwdd}\n", r"unknown loss type 'cwdd' \(closest: cwd\)"),
+                        ("losses:\n  - {type: at, layers: neck}\n", "layers: 'neck' must be one of"),
+                        ("loss: []\n", "one key, 'losses'"),
+                        ("losses:\n  - {type: at}\n  - {type: at}\n", "used twice")]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=match):
+            load_kd_config(bad)
+    with pytest.raises(UserError, match="shipped recipes in data/kd/: bce_at, card"):
+        load_kd_config("nope")
+    bad.write_text("losses:\n  - {type: at, layers: auto, gamma: 2}\n")
+    with pytest.raises(UserError, match=r"unknown parameter\(s\) \['gamma'\]"):
+        _objective({}, kd_config=load_kd_config(bad))
+    r = subprocess.run([sys.executable, str(ROOT / "train_kd.py"), "--kd_config", "nope", "--teacher_weight",
+                        str(ROOT / "train_kd.py")], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    assert r.returncode == 2 and "--kd_config nope: file not found" in r.stderr and "Traceback" not in r.stderr
