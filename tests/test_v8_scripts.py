@@ -1,4 +1,4 @@
-"""End to end for the YOLOv8 family: train.py one epoch of a yolov8n at --img 64 on generated images with
+"""End to end for the YOLOv8 family: train.py two epochs of a yolov8n at --img 64 on generated images with
 hyp.v8.yaml, then val.py and detect.py on the result and on the ultralytics fixture."""
 
 import subprocess
@@ -22,13 +22,38 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def v8_run(tiny_data, tmp_path_factory):
+    """Two epochs with hyp.v8.yaml, close_mosaic 1: the second epoch trains without mosaic."""
+    from utils.general import yaml_load, yaml_save
+
     project = tmp_path_factory.mktemp("runs")
+    hyp = project / "hyp.v8.close1.yaml"
+    yaml_save(hyp, {**yaml_load(ROOT / "data/hyps/hyp.v8.yaml"), "close_mosaic": 1})
     cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(tiny_data), "--cfg", str(ROOT / "models/yolov8n.yaml"),
-           "--weights", "", "--hyp", str(ROOT / "data/hyps/hyp.v8.yaml"), "--img", "64", "--epochs", "1",
+           "--weights", "", "--hyp", str(hyp), "--img", "64", "--epochs", "2",
            "--batch-size", "4", "--workers", "0", "--project", str(project), "--name", "exp"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=project, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Closing mosaic: epochs 1-1" in r.stdout + r.stderr
     return project / "exp"
+
+
+def test_close_mosaic_loader(tiny_data):
+    from types import SimpleNamespace
+
+    from utils.dataset_config import check_dataset
+    from utils.engine import _mosaic_closed, _train_loader
+
+    hyp = {"mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 2, "hsv_h": 0.0, "hsv_s": 0.0,
+           "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0,
+           "flipud": 0.0, "fliplr": 0.0}
+    r = SimpleNamespace(hyp=hyp, data_dict=check_dataset(tiny_data), imgsz=64, batch_size=4, gs=32, local_rank=-1,
+                        nc=3)
+    opt = SimpleNamespace(epochs=5, single_cls=False, cache=None, rect=False, workers=0, image_weights=False,
+                          quad=False, seed=0, data=str(tiny_data))
+    assert [_mosaic_closed(opt, r, e) for e in range(5)] == [False, False, False, True, True]
+    assert not _mosaic_closed(opt, SimpleNamespace(hyp={}), 4)  # YOLOv5 hyps have no close_mosaic: never
+    assert _train_loader(opt, r, 2)[1].hyp["mosaic"] == 1.0
+    assert _train_loader(opt, r, 3)[1].hyp["mosaic"] == 0.0 and hyp["mosaic"] == 1.0  # a copy, not the run's hyp
 
 
 def test_train_one_epoch_v8(v8_run, tiny_data):
@@ -37,7 +62,8 @@ def test_train_one_epoch_v8(v8_run, tiny_data):
 
     names, rows = read_results_csv(v8_run / "results.csv")
     assert names[:14] == V6_COLUMNS and names[14:] == ["train/dfl_loss"]  # v8 items: box, cls, dfl
-    row = dict(zip(names, rows[0]))
+    assert len(rows) == 2
+    row = dict(zip(names, rows[-1]))
     assert row["train/box_loss"] > 0 and row["train/cls_loss"] > 0 and row["train/dfl_loss"] > 0
     assert row["train/obj_loss"] == 0 and row["val/obj_loss"] == 0  # no objectness in this family
     assert row["val/box_loss"] > 0 and row["val/cls_loss"] > 0  # v8 items land in their own columns

@@ -126,15 +126,28 @@ def _setup(opt) -> SimpleNamespace:
                            best=wdir / "best.pt", hyp=hyp, data_dict=data_dict, nc=nc, names=names)
 
 
+def _mosaic_closed(opt, r, epoch: int) -> bool:
+    """hyp close_mosaic (v8 hyps: 10): the last that many epochs train without mosaic/mixup/copy-paste."""
+    return epoch >= opt.epochs - int(r.hyp.get("close_mosaic", 0))
+
+
+def _train_loader(opt, r, epoch: int):
+    """The shuffled augmented train loader from `epoch` on (mosaic off once _mosaic_closed)."""
+    from utils.datasets import create_dataloader
+
+    hyp = {**r.hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if _mosaic_closed(opt, r, epoch) else r.hyp
+    return create_dataloader(
+        r.data_dict["train"], r.imgsz, r.batch_size, r.gs, opt.single_cls, hyp=hyp, augment=True,
+        cache=opt.cache, rect=opt.rect, rank=r.local_rank, workers=opt.workers, image_weights=opt.image_weights,
+        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=r.nc, data_file=opt.data,
+        start_epoch=epoch)
+
+
 def _loaders(opt, r, model):
     """Shuffled augmented train loader; rect val loader, label plots and autoanchor on the main process."""
     from utils.datasets import create_dataloader
 
-    train_loader, dataset = create_dataloader(
-        r.data_dict["train"], r.imgsz, r.batch_size, r.gs, opt.single_cls, hyp=r.hyp, augment=True,
-        cache=opt.cache, rect=opt.rect, rank=r.local_rank, workers=opt.workers, image_weights=opt.image_weights,
-        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=r.nc, data_file=opt.data,
-        start_epoch=r.start_epoch)
+    train_loader, dataset = _train_loader(opt, r, r.start_epoch)
     val_loader = None
     if r.rank in (-1, 0):
         val_loader = create_dataloader(
@@ -206,6 +219,9 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
         # data (EpochSampler): a resumed epoch repeats what an uninterrupted run does in it
         init_seeds(opt.seed + 1 + max(r.rank, 0) + 1000 * (epoch + 1))
         loop.model.train()
+        if epoch > start_epoch and _mosaic_closed(opt, r, epoch) and not _mosaic_closed(opt, r, epoch - 1):
+            LOGGER.info(f"Closing mosaic: epochs {epoch}-{opt.epochs - 1} train on single images (hyp close_mosaic)")
+            loop.train_loader, loop.dataset = _train_loader(opt, r, epoch)  # same order and seeds per epoch
         if opt.image_weights:
             _reweight_images(loop.dataset, loop.model, maps, r.nc)
         state = SimpleNamespace(**{**vars(r), "batch_size": opt.batch_size}, epoch=epoch, epochs=opt.epochs,
