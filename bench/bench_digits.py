@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
-import distill_digits as D  # noqa: E402
+import distill_digits as D
 
 GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 

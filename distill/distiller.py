@@ -200,8 +200,9 @@ class Distiller(nn.Module):
         shapes = []
         for model, layers in ((self.student, self.student_layers), (self.teacher, self.teacher_layers)):
             p = next(iter(model.parameters()), None)
-            x = example_input if torch.is_tensor(example_input) else torch.zeros(
-                *example_input, device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
+            device, dtype = (p.device, p.dtype) if p is not None else (None, None)
+            x = example_input.to(device, dtype) if torch.is_tensor(example_input) else torch.zeros(
+                *example_input, device=device, dtype=dtype)
             modes = {m: m.training for m in model.modules()}
             try:
                 model.eval()  # eval: BatchNorm statistics untouched

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make `distill` importable
 
-from distill import Distiller  # noqa: E402
+from distill import Distiller
 
 METHODS = ("vanilla_kd", "vid", "irg", "at", "fitnet")
 
