@@ -87,6 +87,35 @@ def sync_detect_anchors(model: nn.Module) -> None:
         broadcast_tensor(head.anchors)
 
 
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Every rank's parameters and buffers of `module` become rank src's: for what DDP does not wrap (the
+    objective's adapters are initialised from each rank's own seed, or restored on resume)."""
+    if ddp_active():
+        for t in module.state_dict().values():
+            if torch.is_tensor(t):
+                dist.broadcast(t, src=src)
+
+
+def check_replicas(module: nn.Module, what: str) -> None:
+    """UserError if `module`'s parameters differ between ranks: they must take identical steps (DDP or
+    allreduce_grads). One small all-gather per call (a float64 checksum per rank), so it runs every epoch."""
+    if not ddp_active():
+        return
+    params = [p.detach().double().reshape(-1) for p in module.parameters()]
+    if not params:
+        return
+    flat = torch.cat(params)
+    local = torch.stack([flat.sum(), flat.abs().sum(), (flat * torch.arange(1, flat.numel() + 1,
+                         dtype=flat.dtype, device=flat.device)).sum()])
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    ref = gathered[0]
+    for rank, other in enumerate(gathered[1:], 1):
+        if not torch.allclose(other, ref, rtol=1e-9, atol=1e-9):  # same steps in float32: identical values
+            raise UserError(f"DDP: the {what} on rank {rank} differ from rank 0's (checksums {other.tolist()} vs "
+                            f"{ref.tolist()}): their gradients were not averaged over the processes")
+
+
 def wrap_ddp(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """DistributedDataParallel around `module` (the student, or the student with its distillation
     adapters), so every parameter with a gradient is all-reduced. SyncBatchNorm needs CUDA."""

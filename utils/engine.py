@@ -23,7 +23,9 @@ from tqdm import tqdm
 from utils.distributed import (
     allreduce_grads,
     barrier,
+    broadcast_module,
     broadcast_object,
+    check_replicas,
     cleanup,
     rank_device,
     sync_detect_anchors,
@@ -76,7 +78,8 @@ def train(opt, make_objective=None) -> Path:
     del ckpt
     scheduler.last_epoch = start_epoch - 1
     if r.local_rank != -1:
-        model = wrap_ddp(model, r.device, sync_bn=opt.sync_bn)
+        model = wrap_ddp(model, r.device, sync_bn=opt.sync_bn)  # broadcasts rank 0's student
+        broadcast_module(objective)  # and rank 0's adapters / loss parameters, which DDP does not hold
 
     r.lf, r.nb = lf, len(train_loader)
     # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
@@ -231,6 +234,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
                                 state)
         lrs = [x["lr"] for x in loop.optimizer.param_groups][:3]
         loop.scheduler.step()
+        check_replicas(loop.objective, "distillation adapters and loss parameters")  # no silent drift
         stop = False
         if r.rank in (-1, 0):  # rank 0 validates, logs, saves and decides on early stopping
             loop.ema.update_attr(loop.model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
@@ -380,6 +384,8 @@ def _save(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> 
             "date": datetime.now().isoformat()}
     if len(extra):
         ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
+    for k, v in (getattr(loop.objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
+        ckpt.setdefault(k, v)
     save_checkpoint(ckpt, wdir / "last.pt")
     if best_fitness == fi:
         save_checkpoint(ckpt, wdir / "best.pt")
