@@ -166,7 +166,9 @@ def test_train_kd_two_processes_like_one(same_images, tmp_path):
 def test_train_kd_adapters_stay_identical_across_ranks(tmp_path):
     """Different images on each rank (augmented, shuffled): the adapters' gradients differ per rank, so only
     their all-reduce keeps the copies equal. The engine checks that every epoch (utils.distributed.
-    check_replicas) and stops with a UserError naming the rank otherwise: this run must finish."""
+    check_replicas) and stops with a UserError naming the rank otherwise: this run must finish.
+    Mutation checked: without allreduce_grads in train_one_epoch the run stops at the end of epoch 0
+    ("... on rank 1 differ from rank 0's")."""
     from utils.synthetic import build_synthetic_dataset
 
     data = build_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=64, nc=6, seed=2)
