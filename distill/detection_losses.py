@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from distill.context import KDContext
 from distill.hooks import unwrap_parallel
-from distill.imitation import imitation_mask
+from distill.imitation import centre_region_mask, imitation_mask
 from utils.general import UserError
 
 
@@ -131,7 +131,8 @@ class FineGrainedImitation(_FeatureLoss):
 
     Per pair k (student (B, c_S, H, W), teacher (B, c_T, H, W), same H x W, at a Detect level):
     A = ReLU(conv3x3(S)) (c_S -> c_T, weights ~ N(0, 1e-4) as in the official code), mask I (B, H, W)
-    from imitation_mask with the student's anchors of the level whose grid is H x W, and
+    from imitation_mask with the student's anchors of the level whose grid is H x W (an anchor-free v8
+    student: centre_region_mask, anchor points inside a box's centre region), and
         loss = sum_k sum_{b,h,w} I * sum_c (A - T)^2 / (2 * N_p),   N_p = sum_k sum I (0 when N_p == 0).
     Returns 0 (still connected to the adapters) for ctx.iteration < warmup. The ReLU (the paper's
     ResNet features are >= 0) cannot reach SiLU's negative values (>= -0.28): a small floor remains, so
@@ -157,6 +158,8 @@ class FineGrainedImitation(_FeatureLoss):
         if ctx.targets is None or ctx.student is None:
             raise UserError("imitation needs ctx.targets and ctx.student (the anchors come from its Detect)")
         detect = unwrap_parallel(ctx.student).model[-1]
+        if getattr(detect, "family", "v5") == "v8":  # anchor points: the centre-region rule (distill/imitation.py)
+            return self._centre_masks(teacher_feats, ctx)
         if not (hasattr(detect, "anchors") and isinstance(getattr(detect, "stride", None), Tensor)):
             raise UserError(f"imitation needs an anchor-based YOLOv5 Detect head, the student ends in "
                             f"{type(detect).__name__}")
@@ -168,6 +171,24 @@ class FineGrainedImitation(_FeatureLoss):
         with _no_autocast(device):  # box coordinates in float32 whatever the caller's autocast
             per_level = imitation_mask(ctx.targets.to(device), anchors_px, stride, shapes,
                                        teacher_feats[0].shape[0], self.psi)
+        return [per_level[lv] for lv in levels]
+
+    def _centre_masks(self, teacher_feats: Sequence[Tensor], ctx: KDContext) -> list[Tensor]:
+        """Masks for an anchor-free (v8) student: centre_region_mask on the grids of its raw
+        (B, 4*reg_max + nc, ny, nx) output levels; each pair takes the level of its teacher map's H x W."""
+        out = ctx.student_out
+        if not isinstance(out, (list, tuple)) or not all(isinstance(p, Tensor) and p.dim() == 4 for p in out):
+            raise ShapeError("imitation: ctx.student_out must be the raw per-level maps of the v8 head (train mode)")
+        shapes = [tuple(p.shape[2:4]) for p in out]
+        levels = []
+        for k, t in enumerate(teacher_feats):
+            if tuple(t.shape[-2:]) not in shapes:
+                raise ShapeError(f"imitation: pair {k} teacher map {tuple(t.shape)} matches no head level grid "
+                                 f"{shapes}; map this loss to the maps entering the head")
+            levels.append(shapes.index(tuple(t.shape[-2:])))
+        device = teacher_feats[0].device
+        with _no_autocast(device):
+            per_level = centre_region_mask(ctx.targets.to(device), shapes, teacher_feats[0].shape[0])
         return [per_level[lv] for lv in levels]
 
     def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], ctx: KDContext) -> Tensor:

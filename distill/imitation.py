@@ -147,3 +147,35 @@ def model_imitation_masks(model: torch.nn.Module, targets: Tensor, img_hw: tuple
     anchors_px = detect.anchors.float().cpu() * stride.view(-1, 1, 1)  # grid units -> pixels
     shapes = [(-(-img_hw[0] // int(s)), -(-img_hw[1] // int(s))) for s in stride.tolist()]
     return imitation_mask(targets.cpu(), anchors_px, stride, shapes, batch_size, psi), stride
+
+
+CENTRE_RADIUS = 2.5  # cells: the centre-sampling radius of anchor-free detectors (YOLOX)
+
+
+def centre_region_mask(targets: Tensor, shapes: Sequence[tuple[int, int]], batch_size: int,
+                       radius: float = CENTRE_RADIUS) -> list[Tensor]:
+    """Imitation masks for an anchor-free head (YOLOv8-style anchor points), one (B, H, W) bool per level.
+
+    Without anchor boxes there is no IoU to threshold: a cell is positive when its anchor point
+    (j + 0.5, i + 0.5) lies inside a box and within `radius` cells of the box centre along x and along y
+    (the centre region), on every level. Like v8's assigner, a box narrower than a cell may hold no point.
+    targets: (n, 6) rows [img_index, cls, x, y, w, h] normalised to the image; shapes: nl (H, W) grids of
+    that image. Cost O(n x (H + W)) per level plus one (n, H, W) product.
+    """
+    _check_inputs(targets, torch.zeros(len(shapes), 1, 2), torch.ones(len(shapes)), shapes, batch_size, 0.5)
+    device = targets.device
+    masks = []
+    img = targets[:, 0].long()
+    for h, w in shapes:
+        count = torch.zeros(batch_size, h * w, device=device)
+        if len(targets):
+            xywh = targets[:, 2:6].float() * torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            cx, cy, bw, bh = xywh.unbind(1)  # (n,) each, grid units
+            px = torch.arange(w, device=device, dtype=torch.float32) + 0.5  # anchor points of the columns
+            py = torch.arange(h, device=device, dtype=torch.float32) + 0.5
+            in_x = (px[None] - cx[:, None]).abs() < torch.clamp(bw / 2, max=radius)[:, None]  # (n, W)
+            in_y = (py[None] - cy[:, None]).abs() < torch.clamp(bh / 2, max=radius)[:, None]  # (n, H)
+            inside = (in_y[:, :, None] & in_x[:, None, :]).flatten(1).float()  # (n, H, W) -> (n, H*W)
+            count.index_add_(0, img, inside)
+        masks.append((count > 0).view(batch_size, h, w))
+    return masks

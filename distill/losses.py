@@ -5,14 +5,15 @@
 The lists hold the tensors captured at the layer pairs mapped to the loss (distill.distiller), in pair
 order; see distill/context.py for ctx. Every loss cites its paper in one docstring line and states its
 tensor contract. Optional class attributes the engine reads:
-    kind             'logits' | 'feature' | 'relation' | 'output' (documentation and tests)
+    kind             'logits' | 'feature' | 'relation' | 'output' | 'dfl_output' (documentation and tests)
     needs            ctx fields the loss reads besides the features (checked by the engine)
     zero_at_optimum  True when the loss is exactly 0 at student == teacher (else: at its minimum there)
     check_shapes(student_shapes, teacher_shapes)  raises ValueError for shapes the loss cannot take;
                      called at build when the engine could probe the layers, else at the first forward
 A loss owning learnable alignment takes `student_channels` / `teacher_channels` (one per pair) in
 __init__; the engine fills them from a dummy forward. Output losses of YOLOv5 live in
-distill/yolo_output.py, detection feature losses in distill/detection_losses.py; both merge here.
+distill/yolo_output.py, of the v8 DFL head in distill/v8_output.py, detection feature losses in
+distill/detection_losses.py; all merge here.
 
 Notation: S = student, T = teacher, tau (T) = temperature. Teacher tensors are always detached.
 """
@@ -29,6 +30,7 @@ from torch import nn
 
 from distill.adapters import apply_adapters, build_adapters
 from distill.common import as_map, fp32, match_size, no_autocast
+from distill.v8_output import LOSSES as _V8_LOSSES
 from distill.yolo_output import LOSSES as _YOLO_LOSSES
 from distill.yolo_output import (  # noqa: F401  (re-exported: the output KD math)
     OutputBCEKD,
@@ -345,6 +347,7 @@ LOSSES: dict[str, type] = {
     "fitnet": FitNetHint,
     **_YOLO_LOSSES,  # YoloKDLoss
     **_detection_losses(),
+    **_V8_LOSSES,  # v8_output_kd
 }
 
 

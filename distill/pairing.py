@@ -3,7 +3,8 @@
 Default layers of a YOLOv5 Model: the output of every C3-type block and of SPPF/SPP, in layer order
 (backbone and neck alike); when an attention block (SELayer, ASCBAM, CABlock) directly follows such a
 block, its output is taken instead. For the v6.0 P5 yamls that is model.{2,4,6,8,9,13,17,20,23};
-for the '-se/-cbam/-ca' yamls model.{3,6,9,12,13,18,23,27,31}. Layers are found by module type,
+for the '-se/-cbam/-ca' yamls model.{3,6,9,12,13,18,23,27,31}. For the v8 yamls (C2f blocks)
+model.{2,4,6,8,9,12,15,18,21}: nine too, so the two families pair one to one. Layers are found by module type,
 never by hard-coded indices, and student/teacher layers are paired by position.
 """
 
@@ -18,7 +19,7 @@ from torch import nn
 from distill.hooks import FeatureHooks, resolve_layer_names, unwrap_parallel
 from utils.general import LOGGER, UserError
 
-CSP_BLOCKS = ("C3", "BottleneckCSP", "C3TR", "C3SPP", "C3Ghost")
+CSP_BLOCKS = ("C3", "BottleneckCSP", "C3TR", "C3SPP", "C3Ghost", "C2f")  # C2f: the v8 family
 POOL_BLOCKS = ("SPPF", "SPP")
 ATTENTION_BLOCKS = ("SELayer", "ASCBAM", "CABlock")
 

@@ -34,7 +34,7 @@ from utils.general import LOGGER, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 KD_DIR = ROOT / "data" / "kd"
-OUTPUT_TYPES = ("YoloKDLoss",)
+OUTPUT_TYPES = ("YoloKDLoss", "v8_output_kd")  # YOLOv5 heads, v8 DFL heads (distill/v8_output.py)
 LAYER_KEYWORDS = ("detect", "auto", "detect_inputs")
 ENTRY_KEYS = ("type", "name", "weight", "layers", "student_layers", "teacher_layers")
 
@@ -55,7 +55,11 @@ DEFAULT_CONFIG = {"losses": [
 
 
 def default_weight(entry: dict) -> float:
-    """train_kd.py's default weight of a config entry (its --alpha / --beta default)."""
+    """train_kd.py's default weight of a config entry (its --alpha / --beta default); a loss class may
+    declare its own (`default_weight`, e.g. v8_output_kd)."""
+    own = getattr(LOSSES.get(entry["type"]), "default_weight", None)
+    if own is not None:
+        return float(own)
     if entry["type"] in OUTPUT_TYPES:
         return OUTPUT_DEFAULT_ALPHA.get(entry.get("variant", "l2"), DEFAULT_ALPHA)
     if entry["type"] in FEATURE_DEFAULT_BETA:

@@ -47,6 +47,10 @@ def _inputs(kind: str, ctx: KDContext, same: bool, seed: int):
         t = [o.clone() for o in ctx.teacher_out]
         s = [o.clone() for o in t] if same else [o + rand(*o.shape) for o in t]
         return [s], [t]
+    if kind == "dfl_output":  # the DetectV8 heads: raw (B, 4 * 16 + nc, ny, nx) per level, strides 8, 16, 32
+        t = [rand(BS, 4 * 16 + NC, IMG // st, IMG // st) for st in (8, 16, 32)]
+        s = [o.clone() for o in t] if same else [o + rand(*o.shape) for o in t]
+        return [s], [t]
     if kind == "logits":
         t = [rand(BS, 6), rand(BS, 6)]
         return ([x.clone() for x in t] if same else [rand(BS, 6), rand(BS, 6)]), t

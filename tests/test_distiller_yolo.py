@@ -122,7 +122,8 @@ RECIPE_FLAGS = {  # each shipped recipe and the flags that describe the same run
 
 
 def test_every_shipped_recipe_is_listed_here():
-    assert sorted(p.stem for p in KD_DIR.glob("*.yaml")) == sorted(RECIPE_FLAGS)
+    """The YOLOv5 recipes; the v8_* ones (v8 models) are checked in tests/test_v8_kd.py."""
+    assert sorted(p.stem for p in KD_DIR.glob("*.yaml") if not p.stem.startswith("v8_")) == sorted(RECIPE_FLAGS)
 
 
 @pytest.mark.parametrize("recipe", list(RECIPE_FLAGS))

@@ -1,0 +1,197 @@
+"""Output distillation for the YOLOv8-style DFL head (the seed's 'ver2'), and the family rules of train_kd.py.
+
+`V8OutputKD` (registry type `v8_output_kd`) reads what DetectV8 returns: nl raw maps (B, 4*R + nc, ny, nx),
+channels 0..4R-1 the box-edge logits (left, top, right, bottom; R = reg_max bins each), then nc class
+logits. Per anchor point p (every cell of every level and image), with T the temperature:
+
+    box_p = T^2 / 4 * sum_edges KL(softmax(t_edge / T) || softmax(s_edge / T))    (LD, Zheng et al. 2022)
+    w_p   = max_c sigmoid(t_cls)                                                   the teacher's confidence
+    cls_p = tau^2 * sum_c KL(Bern(sigmoid(t_c / tau)) || Bern(sigmoid(s_c / tau)))
+    loss  = gain * (box * sum_p w_p box_p / sum_p w_p  +  cls * mean_p cls_p)
+
+Both KLs are taken between log-probabilities in float32 with autocast off, the teacher detached. The box
+term is a confidence-weighted mean: background points (w ~ 0) hardly count, like LD's main region; the
+class term counts every point, since without objectness the class scores are what suppresses background.
+The seed's version took both distributions from the student (always ~0) and fed probabilities where
+KLDivLoss expects log-probabilities; here the loss is exactly 0 only when the two outputs are equal.
+
+The module also holds what train_kd.py needs to tell the families apart (`default_config`, `for_family`):
+output KD compares two heads of one family; features can be distilled across families.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.common import fp32, no_autocast
+from distill.hooks import unwrap_parallel
+from distill.yolo_output import binary_kl, raw_outputs
+from utils.general import LOGGER, UserError
+
+LD_TEMPERATURE = 10.0  # LD's T for the edge distributions (mmdet configs/ld)
+
+
+def split_level(p: torch.Tensor, reg_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 4*R + nc, ny, nx) -> box logits (B, 4, R, ny*nx) and class logits (B, nc, ny*nx)."""
+    b, _, ny, nx = p.shape
+    box, cls = p.flatten(2).split((4 * reg_max, p.shape[1] - 4 * reg_max), 1)  # (B, no, ny*nx) split on channels
+    return box.view(b, 4, reg_max, ny * nx), cls
+
+
+class V8OutputKD(nn.Module):
+    """Output KD of the DFL head: LD on the box-edge distributions (Zheng et al., CVPR 2022, arXiv:2102.12252)
+    weighted by teacher confidence, plus per-class binary KL (Hinton et al. 2015, arXiv:1503.02531).
+
+    Tensor contract: one layer pair, the DetectV8 heads; student_feats[0] / teacher_feats[0] are what they
+    returned (train mode: nl raw (B, 4*reg_max + nc, ny, nx) logits; eval mode: (decoded, raw), raw used).
+    reg_max is read from ctx.student's head (16 when there is none). Returns a float32 scalar, a per-image
+    mean like the detection loss items; `parts` holds the detached weighted kd_box / kd_cls after a call.
+
+    Args: T (edge distributions, x T^2), tau (class sigmoids, x tau^2; default T), box / cls (gains of the
+    two terms), hyp (train_kd.py's: its 'kd' scales the whole loss). variant / weight_by_cls / kl_softmax
+    are train_kd.py's YOLOv5 output flags: only what this loss does is accepted (kl; class weighting on).
+    """
+
+    kind = "dfl_output"  # raw DetectV8 maps (the registry tests' input recipe)
+    needs = ()
+    zero_at_optimum = True
+    default_weight = 4.0  # train_kd.py's weight when the entry sets none (see V8_DEFAULT_CONFIG)
+
+    def __init__(self, T: float = LD_TEMPERATURE, tau: float | None = None, box: float = 1.0, cls: float = 1.0,
+                 hyp: dict | None = None, nc: int | None = None, variant: str = "kl", weight_by_cls: bool = True,
+                 kl_softmax: bool = False):
+        super().__init__()
+        tau = T if tau is None else tau
+        if not (T > 0 and tau > 0):
+            raise ValueError(f"v8_output_kd: temperatures must be > 0, got T={T}, tau={tau}")
+        if variant != "kl" or kl_softmax or not weight_by_cls:
+            raise ValueError(f"v8_output_kd is KL on the DFL edge distributions and class sigmoids, weighted by "
+                             f"the teacher's class confidence; variant={variant!r}, kl_softmax={kl_softmax}, "
+                             f"weight_by_cls={weight_by_cls} (--kd_loss_selected l2/bce, --kl_softmax) are for "
+                             "YOLOv5 students: drop them")
+        self.T, self.tau, self.nc = float(T), float(tau), nc
+        gain = float((hyp or {}).get("kd", 1.0))
+        self.gains = {"box": float(box) * gain, "cls": float(cls) * gain}
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def forward(self, student_feats: Sequence, teacher_feats: Sequence, ctx=None) -> torch.Tensor:
+        if len(student_feats) != 1 or len(teacher_feats) != 1:
+            raise ValueError(f"v8_output_kd takes one layer pair (the DetectV8 heads), got {len(student_feats)}")
+        s, t = raw_outputs(student_feats[0]), raw_outputs(teacher_feats[0])
+        head = _head(getattr(ctx, "student", None))
+        reg_max = int(getattr(head, "reg_max", 16))
+        _check_levels(s, t, reg_max, self.nc)
+        loss, self.parts = self.terms(s, t, reg_max)
+        return loss
+
+    def terms(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], reg_max: int
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, {'kd_box', 'kd_cls'} detached after gains) of nl level pairs (B, 4*R + nc, ny, nx)."""
+        device = student[0].device
+        box_sum, w_sum, cls_sum, points = (torch.zeros((), device=device) for _ in range(4))
+        with no_autocast(device):
+            for ps, pt in zip(student, teacher):
+                (box_s, cls_s), (box_t, cls_t) = split_level(fp32(ps), reg_max), split_level(fp32(pt.detach()), reg_max)
+                log_s = F.log_softmax(box_s / self.T, dim=2)  # (B, 4, R, P) over the bins of each edge
+                log_t = F.log_softmax(box_t / self.T, dim=2)
+                kl_box = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, P): KL per edge, mean of 4 edges
+                w = torch.sigmoid(cls_t).amax(1) if cls_t.shape[1] else torch.ones_like(kl_box)  # (B, P)
+                box_sum = box_sum + (w * kl_box).sum()
+                w_sum = w_sum + w.sum()
+                cls_sum = cls_sum + binary_kl(cls_s / self.tau, cls_t / self.tau).sum()  # over (B, nc, P)
+                points = points + kl_box.numel()
+            box = self.gains["box"] * self.T**2 * box_sum / w_sum.clamp(min=torch.finfo(torch.float32).tiny)
+            cls = self.gains["cls"] * self.tau**2 * cls_sum / points
+        return box + cls, {"kd_box": box.detach(), "kd_cls": cls.detach()}
+
+    def extra_repr(self) -> str:
+        return f"T={self.T:g}, tau={self.tau:g}, gains={self.gains}"
+
+
+def _head(model: nn.Module | None) -> nn.Module | None:
+    layers = getattr(unwrap_parallel(model), "model", None) if model is not None else None
+    return layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+
+
+def _check_levels(student, teacher, reg_max: int, nc: int | None) -> None:
+    ok = isinstance(student, (list, tuple)) and all(torch.is_tensor(p) and p.dim() == 4 for p in student)
+    if not ok:
+        raise ValueError("v8_output_kd: the student layer must be a DetectV8 head returning raw (B, 4*reg_max + nc, "
+                         "ny, nx) maps (layers: detect); YOLOv5 heads use YoloKDLoss")
+    if len(student) != len(teacher):
+        raise ValueError(f"v8_output_kd: student has {len(student)} output levels, teacher {len(teacher)}")
+    for i, (ps, pt) in enumerate(zip(student, teacher)):
+        if not torch.is_tensor(pt) or ps.shape != pt.shape:
+            raise ValueError(f"v8_output_kd: level {i} student {tuple(ps.shape)} != teacher "
+                             f"{tuple(getattr(pt, 'shape', ()))} (same nc, reg_max and strides are required)")
+        if ps.shape[1] < 4 * reg_max or (nc is not None and ps.shape[1] - 4 * reg_max != nc):
+            raise ValueError(f"v8_output_kd: level {i} has {ps.shape[1]} channels, not 4 x reg_max {reg_max} + nc")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# families in train_kd.py
+
+OUTPUT_FAMILY = {"YoloKDLoss": "v5", "v8_output_kd": "v8"}  # the head family each output loss reads
+# Default weights, by train_kd.py's rule (each KD term about a third of the detection loss at the start of
+# training). Measured on one batch: yolov8n from scratch, the ultralytics yolov8s fixture as teacher (nc 80),
+# 8 generated shapes images at 160 px, hyp.v8.yaml gains: detection items box + cls + dfl = 15.2, raw
+# v8_output_kd 1.14 (kd_box 0.07, kd_cls 1.07 at T = tau = 10), raw mse 0.20. So v8_output_kd weighs 4
+# (V8OutputKD.default_weight). mse keeps detection_losses' 1.0, the seed's plain sum, the same whichever
+# way it is asked for (--kd_layer, --feature_loss mse, a file): at 1.3% of the detection loss here, raise
+# it with --beta (25 would be the third).
+V8_DEFAULT_CONFIG = {"losses": [  # both seeds at once: ver2 on the heads, ver1 on the maps entering them
+    {"type": "v8_output_kd", "name": "kd", "layers": "detect", "T": LD_TEMPERATURE},
+    {"type": "mse", "name": "mse", "layers": "detect_inputs"},
+]}
+CROSS_DEFAULT_CONFIG = {"losses": [{"type": "mse", "name": "mse", "layers": "detect_inputs"}]}
+
+
+def family(model: nn.Module) -> str:
+    """'v5' or 'v8': the head family of a Model (looked through DP/DDP)."""
+    return str(getattr(_head(model), "family", "v5"))
+
+
+def default_config(student: nn.Module, teacher: nn.Module, v5_default: dict) -> dict:
+    """The kd config train_kd.py uses without a file: v5_default for two YOLOv5 models, V8_DEFAULT_CONFIG
+    for two v8 models, feature MSE alone across families (output KD needs one head family)."""
+    fs, ft = family(student), family(teacher)
+    if fs == ft == "v5":
+        return v5_default
+    if fs == ft:
+        return V8_DEFAULT_CONFIG
+    LOGGER.info(f"distillation: student {fs}, teacher {ft}: feature distillation only by default (mse on the "
+                "maps entering the heads)")
+    return CROSS_DEFAULT_CONFIG
+
+
+def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
+    """A copy of cfg whose output entries fit the pair: YoloKDLoss entries become v8_output_kd for two v8
+    models (so the output flags mean the same with either family; variant l2/bce and T of YOLOv5 entries
+    are refused or kept as given); UserError naming both families when output KD crosses families."""
+    cfg = copy.deepcopy(cfg)
+    fs, ft = family(student), family(teacher)
+    for i, e in enumerate(cfg["losses"]):
+        needs = OUTPUT_FAMILY.get(e["type"])
+        if needs is None:
+            continue
+        if fs != ft:
+            raise UserError(f"output distillation ({e['type']}, losses[{i}] '{e.get('name', e['type'])}') compares "
+                            f"the heads of one family, but the student is {fs} and the teacher {ft}: use a {fs} "
+                            "teacher, or feature losses only (--kd_config data/kd/v8_ver1.yaml, or a config "
+                            "without output entries)")
+        if needs != fs and fs == "v8":
+            e["type"] = "v8_output_kd"
+            if e.get("variant") == "kl":
+                del e["variant"]
+        elif needs != fs:
+            raise UserError(f"losses[{i}] '{e.get('name', e['type'])}': {e['type']} reads v8 heads but student and "
+                            "teacher are v5: use YoloKDLoss")
+    return cfg
+
+
+LOSSES = {"v8_output_kd": V8OutputKD}
