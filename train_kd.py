@@ -9,12 +9,15 @@ Usage:
     python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
         --teacher_weight weights/teacher-shapes-yolov5s.pt --img 256 --epochs 30
     python train_kd.py --resume runs/train/exp3/weights/last.pt   # rebuilds the teacher, restores KD state
+    python train_kd.py --model models/yolov8n.yaml --teacher best-v8s.pt --kd_layer 15 18 21 \
+        --hyp data/hyps/hyp.v8.yaml   # a v8 student (the YOLOv8 KD seed's names; README "YOLOv8-style models")
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 FILE = Path(__file__).resolve()
@@ -26,6 +29,7 @@ import train
 from utils.general import LOGGER, UserError, colorstr, run_cli
 from utils.train_setup import ddp_env, weights_hint
 
+DEFAULT_TEACHER = ROOT / "weights/yolov5m.pt"  # the seed fork's teacher
 KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
 
 
@@ -59,8 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 parents=[train.get_args_parser(add_help=False)])
     p.set_defaults(cfg=str(ROOT / "models/yolov5s.yaml"))
     g = p.add_argument_group("distillation")
-    g.add_argument("--teacher_weight", "--teacher-weight", type=str, default=str(ROOT / "weights/yolov5m.pt"),
-                   help="trained teacher checkpoint (official v6.0/v7.0 or ours), same classes as --data")
+    g.add_argument("--teacher_weight", "--teacher-weight", "--teacher", type=str, default=None,
+                   help="trained teacher checkpoint (official v6.0/v7.0 or ours), same classes as --data "
+                        "(default: weights/yolov5m.pt); with --resume: use this file instead of the run's teacher")
     g.add_argument("--kd_config", "--kd-config", type=str, default=None,
                    help="distillation recipe: layers, losses, parameters, weights (data/kd/NAME.yaml or NAME, "
                         "e.g. card); the flags below override it; the resolved recipe is saved as kd.yaml in the run")
@@ -81,6 +86,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
                    metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
                    ", ".join(features) + "; or none (default: at; fitnet uses 1x1 adapters)")
+    g.add_argument("--imitation_weight", type=float, default=None, help="imitation loss weight (default 0.01, FGFI)")
+    g.add_argument("--imitation_psi", type=float, default=None,
+                   help="imitation mask: a cell is positive when an anchor has IoU > psi x the box's best (default 0.5)")
+    g.add_argument("--imitation_warmup", type=int, default=None, help="imitation off for this many steps (default 400)")
+    g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 10)")
+    g.add_argument("--cwd_tau", type=float, default=None, help="CWD softmax temperature (default 1)")
+    g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 1)")
+    g.add_argument("--pkd_weight", type=float, default=None, help="PKD weight (default 10)")
+    g.add_argument("--scorel2_weight", type=float, default=None, help="score-weighted L2 weight (default 1)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,
                    help="hooked student layers, e.g. 'model.4,model.6,model.17' (default: C3/SPPF outputs per stride)")
     g.add_argument("--teacher_layers", "--teacher-layers", type=str, default=None,
@@ -90,7 +104,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl_softmax", action="store_true",
                    help="kl: softmax over classes as in the public forks (default: per-class binary KL)")
     g.add_argument("--kd", action="store_true", default=True, help="accepted for compatibility with the seed fork")
+    g.add_argument("--kd_layer", "--kd-layer", type=int, nargs="+", default=None, metavar="I",
+                   help="the YOLOv8 KD seed's layers: the same indices hooked in student and teacher (e.g. 15 18 21), "
+                        "= --student_layers/--teacher_layers; feature loss mse unless --feature_loss is given")
+    # the YOLOv8 KD seed's spellings of train.py flags (suppressed defaults: the originals' stay)
+    g.add_argument("--model", dest="cfg", default=argparse.SUPPRESS, help="= --cfg (model.yaml)")
+    g.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help="= --batch-size")
     return p
+
+
+def seed_layers(opt: argparse.Namespace) -> None:
+    """--kd_layer I [I ...]: the same layer indices for student and teacher (the seed's ver1); mse unless
+    --feature_loss is given. UserError next to --student_layers / --teacher_layers."""
+    layers = getattr(opt, "kd_layer", None)
+    if not layers:
+        return
+    if getattr(opt, "student_layers", None) or getattr(opt, "teacher_layers", None):
+        raise UserError("--kd_layer sets both --student_layers and --teacher_layers: give one or the others")
+    opt.student_layers = opt.teacher_layers = ",".join(str(i) for i in layers)
+    if getattr(opt, "feature_loss", None) is None:
+        opt.feature_loss = ["mse"]
 
 
 def check_teacher_path(path: str | Path) -> Path:
@@ -101,14 +134,38 @@ def check_teacher_path(path: str | Path) -> Path:
     return path
 
 
-def make_kd_objective(ctx):
-    """Objective factory for utils.engine.train: load the teacher, sanity-check it, build the KD objective."""
+def record_teacher(opt, override: str | None = None) -> Path:
+    """The teacher file of this run, recorded (path, size, sha256) in opt and the run's opt.yaml;
+    on --resume checked against the record (distill/teacher_record.py)."""
+    import yaml
+
+    from distill.teacher_record import resume_teacher, teacher_record
+
+    if opt.resume:
+        path, record = resume_teacher(getattr(opt, "teacher_record", None), opt.teacher_weight, override)
+    else:
+        path = check_teacher_path(opt.teacher_weight)
+        record = teacher_record(path)
+    opt.teacher_weight, opt.teacher_record = record.get("path", str(path)), record
+    opt_file = Path(opt.save_dir) / "opt.yaml"
+    if ddp_env()[1] in (-1, 0) and opt_file.is_file():
+        saved = yaml.safe_load(opt_file.read_text()) or {}
+        if (saved.get("teacher_weight"), saved.get("teacher_record")) != (opt.teacher_weight, record):
+            saved.update(teacher_weight=opt.teacher_weight, teacher_record=record)
+            opt_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+    return path
+
+
+def make_kd_objective(ctx, teacher_override: str | None = None):
+    """Objective factory for utils.engine.train: load the teacher, sanity-check it, build the KD objective.
+
+    teacher_override: --teacher_weight given with --resume (replaces the run's recorded teacher)."""
     import val as validate
     from distill.objective import build_kd_objective, load_teacher
     from distill.yolo_config import load_kd_config, write_kd_config
 
     opt = ctx.opt
-    path = check_teacher_path(opt.teacher_weight)
+    path = record_teacher(opt, teacher_override)
     for k, v in KD_DEFAULTS.items():
         ctx.hyp.setdefault(k, v)
     teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False))
@@ -132,17 +189,21 @@ def make_kd_objective(ctx):
         for n, w, p in zip(d.names, d.weights, d.pairs)) + ("" if resumed else f"; recipe saved to {kd_file}"))
     if not opt.resume and ddp_env()[1] in (-1, 0):
         write_kd_config(objective.resolved, kd_file, f"--kd_config {opt.kd_config}" if opt.kd_config else "flags")
+    objective.checkpoint_extra = {"teacher": dict(opt.teacher_record)}  # saved in every mid-run checkpoint
     return objective
 
 
 def main(opt: argparse.Namespace) -> Path:
+    override = opt.teacher_weight if opt.resume else None  # opt.yaml replaces opt.teacher_weight on resume
     if not opt.resume:
+        seed_layers(opt)
+        opt.teacher_weight = opt.teacher_weight or str(DEFAULT_TEACHER)
         check_teacher_path(opt.teacher_weight)  # fail before any data scanning or model building
         if opt.kd_config:
             from distill.yolo_config import load_kd_config
 
             load_kd_config(opt.kd_config)  # a missing or malformed recipe also fails first
-    return train.main(opt, make_objective=make_kd_objective)
+    return train.main(opt, make_objective=partial(make_kd_objective, teacher_override=override))
 
 
 def run(**kwargs) -> Path:

@@ -24,6 +24,7 @@ from torch import nn
 from distill.distiller import Distiller
 from distill.hooks import unwrap_parallel
 from distill.pairing import check_is_large_flag
+from distill.v8_output import default_config, for_family
 from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train_kd.py's help)
     DEFAULT_ALPHA,
     DEFAULT_BETA,
@@ -31,19 +32,22 @@ from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train
     DEFAULT_TEMPERATURE,
     FEATURE_DEFAULT_BETA,
     OUTPUT_DEFAULT_ALPHA,
+    OUTPUT_TYPES,
     apply_flags,
     distiller_config,
     resolve_layers,
 )
 from distill.yolo_output import raw_outputs
-from utils.general import UserError
+from utils.general import LOGGER, UserError
 
 
 def detect_layer(model: nn.Module) -> nn.Module:
-    """The Detect head of a YOLOv5 Model (last layer), looked through DP/DDP."""
+    """The detection head of a Model (last layer), looked through DP/DDP: a YOLOv5 Detect (nc, nl, na,
+    anchors) or a head of another family (`family` attribute, e.g. DetectV8: nc, nl, reg_max)."""
     model = unwrap_parallel(model)
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    if head is None or not all(hasattr(head, a) for a in ("nc", "nl", "na", "anchors")):
+    needs = ("nc", "nl", "na", "anchors") if getattr(head, "family", "v5") == "v5" else ("nc", "nl")
+    if head is None or not all(hasattr(head, a) for a in needs):
         raise UserError(f"{type(model).__name__} has no YOLOv5 Detect head as its last layer")
     return head
 
@@ -60,12 +64,18 @@ def check_compatible(student: nn.Module, teacher: nn.Module, what: str = "teache
     if s.nc != t.nc:
         raise UserError(f"{what} predicts {t.nc} classes but the student {s.nc}: distillation needs the same "
                         "classes; train or fine-tune the teacher on this dataset first")
-    if (s.nl, s.na) != (t.nl, t.na):
+    if (s.nl, getattr(s, "na", None)) != (t.nl, getattr(t, "na", None)) and not _cross_family(s, t):
         raise UserError(f"{what} has {t.nl} output levels x {t.na} anchors, the student {s.nl} x {s.na}; "
                         "use a teacher of the same family (P5 with P5, P6 with P6)")
     ss, ts = getattr(s, "stride", None), getattr(t, "stride", None)
     if ss is not None and ts is not None and [float(x) for x in ss] != [float(x) for x in ts]:
         raise UserError(f"{what} strides {[float(x) for x in ts]} differ from the student's {[float(x) for x in ss]}")
+
+
+def _cross_family(s: nn.Module, t: nn.Module) -> bool:
+    """Heads of two families (v5 and v8): only features are distilled, anchors per level do not matter
+    (distill.v8_output.for_family refuses output KD between them)."""
+    return getattr(s, "family", "v5") != getattr(t, "family", "v5") and s.nl == t.nl
 
 
 class DistillObjective(nn.Module):
@@ -93,7 +103,8 @@ class DistillObjective(nn.Module):
         """model: the student as the loop holds it (maybe DDP-wrapped); the Distiller hooks its layers."""
         pred, kd_loss = self.distiller(imgs, targets, student=model)
         loss, items = self.compute_loss(raw_outputs(pred), targets)
-        out = {"box": items[0], "obj": items[1], "cls": items[2], **self.distiller.terms}
+        names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
+        out = {**{k: items[i] for i, k in enumerate(names)}, **self.distiller.terms}
         if self.log_parts:
             out.update(self.distiller.parts)
         return {"loss": loss + kd_loss * imgs.shape[0], **out}
@@ -131,10 +142,12 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
                         f"expects {nc}; train or fine-tune the teacher on this dataset first")
     device = next(unwrap_parallel(student).parameters()).device
     freeze_teacher(teacher).to(device)
-    cfg = kd_config if kd_config is not None else DEFAULT_CONFIG
+    cfg = kd_config if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
     if flags:
         cfg = apply_flags(cfg, opt_like)
-    resolved = resolve_layers(cfg, student, teacher)
+    resolved = resolve_layers(_fused_names(for_family(cfg, student, teacher), teacher), student, teacher)
+    if any(e["type"] in OUTPUT_TYPES for e in resolved["losses"]):
+        align_anchors(student, teacher, compute_loss)
     try:
         distiller = Distiller(distiller_config(resolved, student, teacher, hyp))
     except ValueError as e:
@@ -144,13 +157,78 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     return objective
 
 
+def align_anchors(student: nn.Module, teacher: nn.Module, compute_loss=None) -> bool:
+    """Give the student the teacher's anchors when they differ (after autoanchor); True if copied.
+
+    Output KD teaches anchor slot a of the student from slot a of the teacher: the objectness and class
+    of a slot are only comparable when both slots stand for the same prior box. The detection loss's
+    copy of the anchors (compute_loss.anchors) follows. Anchors equal to fp16 rounding (rel 1e-3 > the
+    half-ulp 4.9e-4 of the fp16-stored anchors) are left alone."""
+    s, t = detect_layer(student), detect_layer(teacher)
+    # anchor-free heads: nothing to align (DetectV8's .anchors is its cache of anchor points, not priors)
+    if any(getattr(h, "family", "v5") != "v5" or not hasattr(h, "anchors") for h in (s, t)):
+        return False
+    new = t.anchors.detach().to(s.anchors.device, s.anchors.dtype)
+    if torch.allclose(s.anchors, new, rtol=1e-3, atol=0):
+        return False
+
+    def pixels(head, a):  # (nl, na, 2) grid units -> rounded pixel lists, as autoanchor prints them
+        return [[[round(float(v), 1) for v in wh] for wh in level] for level in a * head.stride.view(-1, 1, 1).to(a)]
+
+    LOGGER.warning(f"WARNING: student anchors {pixels(s, s.anchors)} differ from the teacher's {pixels(s, new)} "
+                   "(pixels, per level): output distillation compares anchor slots one to one, so the student "
+                   "takes the teacher's anchors")
+    with torch.no_grad():
+        s.anchors[:] = new
+    if isinstance(getattr(s, "anchor_grid", None), list):  # decode caches built from the old anchors
+        s.anchor_grid = [torch.zeros(1)] * s.nl
+    if torch.is_tensor(getattr(compute_loss, "anchors", None)):
+        compute_loss.anchors = new.to(compute_loss.anchors.device, compute_loss.anchors.dtype).clone()
+    return True
+
+
+def _fused_names(cfg: dict, teacher: nn.Module) -> dict:
+    """cfg with each entry's teacher_layers passed through fused_layer_names (kd.yaml keeps the hooked names)."""
+    from distill.pairing import parse_layer_list
+
+    entries = []
+    for e in cfg["losses"]:
+        names = parse_layer_list(e.get("teacher_layers"))
+        if names:
+            strings = fused_layer_names(teacher, [n for n in names if isinstance(n, str)])
+            e = {**e, "teacher_layers": [n if isinstance(n, int) else strings.pop(0) for n in names]}
+        entries.append(e)
+    return {**cfg, "losses": entries}
+
+
+def fused_layer_names(teacher: nn.Module, names: list[str]) -> list[str]:
+    """Teacher layer names after Conv+BN fusion: a hooked '<conv block>.bn' (a BatchNorm that fusion
+    folds into the conv) is resolved to '<conv block>.conv', whose fused output is what the BatchNorm
+    returned (to rounding). Any other name fusion removed is a UserError naming the layer."""
+    modules = dict(unwrap_parallel(teacher).named_modules())
+    out = []
+    for name in names:
+        if name not in modules and name.endswith(".bn") and f"{name[:-3]}.conv" in modules:
+            LOGGER.info(f"teacher layer {name}: fused into {name[:-3]}.conv (Conv+BN fusion), hooked there")
+            name = f"{name[:-3]}.conv"
+        elif name not in modules and ".bn." in f"{name}.":
+            raise UserError(f"teacher layer {name} does not exist in the fused teacher (Conv+BN fusion removes "
+                            "BatchNorm modules); hook its conv block instead, e.g. " + name.split(".bn")[0])
+        out.append(name)
+    return out
+
+
 def load_teacher(path: str | Path, device: torch.device | str, nc: int, trust: bool = False) -> nn.Module:
-    """Load a teacher checkpoint (unfused, float32, eval, frozen) and check it predicts nc classes."""
+    """Load a teacher checkpoint (Conv+BN fused, float32, eval, frozen); check it predicts nc classes.
+
+    Fusion folds each BatchNorm into its conv: the teacher only runs in eval mode, where the two are
+    the same function, and its forward (most of the distillation overhead) gets cheaper. Hooks on a
+    '.bn' module are moved to the fused conv (fused_layer_names)."""
     from utils.checkpoint import (
         attempt_load,  # helper A's loader (allow-listed, clear UserErrors)
     )
 
-    teacher = attempt_load(path, map_location=device, fuse=False, trust=trust)
+    teacher = attempt_load(path, map_location=device, fuse=True, trust=trust)
     if isinstance(teacher, nn.ModuleList):
         raise UserError(f"--teacher_weight {path}: give one teacher checkpoint, not an ensemble")
     freeze_teacher(teacher).to(device)

@@ -209,27 +209,50 @@ def test_single_class_has_no_class_term():
 
 
 def test_fp16_inputs_computed_in_fp32():
-    student, teacher = _outputs(seed=11), _outputs(seed=12)
-    ref = _build("kl", temperature=2.0)(student, teacher, ANCHORS, ANCHORS)[0]
-    half = _build("kl", temperature=2.0)([s.half() for s in student], [t.half() for t in teacher],
-                                         ANCHORS, ANCHORS)[0]
-    assert half.dtype == torch.float32
-    assert half.item() == pytest.approx(ref.item(), rel=2e-2)
+    """fp16 outputs are computed in float32: the loss of half inputs equals, to float32 rounding, the loss
+    of the same (half-rounded) values given as float32. Both paths run identical float32 kernels on
+    identical values, so they agree to rel 1e-6; half arithmetic inside (sigmoid, log-sigmoid, /tau,
+    squares, means over ~4000 elements) would be off by >= the fp16 half-ulp 4.9e-4 relative.
+    Mutation seen failing: distill.common.fp32 made the identity (lambda x: x)."""
+    student, teacher = _outputs(seed=11, scale=6.0), _outputs(seed=12, scale=6.0)
+    half_s, half_t = [s.half() for s in student], [t.half() for t in teacher]
+    for name in ("kl", "l2", "bce"):
+        ref = _build(name, temperature=2.0)([s.float() for s in half_s], [t.float() for t in half_t], ANCHORS, ANCHORS)
+        half = _build(name, temperature=2.0)(half_s, half_t, ANCHORS, ANCHORS)
+        assert half[0].dtype == torch.float32
+        for k in ref[1]:
+            assert half[1][k].item() == pytest.approx(ref[1][k].item(), rel=1e-6, abs=1e-12), (name, k)
 
 
 def test_attention_transfer_formula_and_resize():
-    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
-    qs = F.normalize(s.pow(2).mean(1).flatten(1), dim=1)
-    qt = F.normalize(t.pow(2).mean(1).flatten(1), dim=1)
-    expected = (qs - qt).pow(2).sum(1).mean()  # squared L2 distance per sample (paper form), batch mean
-    assert build_loss("at")([s], [t], None).item() == pytest.approx(expected.item(), rel=1e-6)
-    # a student map at half resolution is resized to the teacher's
-    small = torch.randn(2, 3, 2, 2, requires_grad=True)
-    loss = build_loss("at")([small], [t], None)
+    """AT against values worked out by hand (no re-implementation of the formula).
+    Mutations seen failing: p = 1 instead of 2; nearest instead of bilinear resizing of the attention map;
+    the features resized instead of the attention map. (Sum instead of mean over channels is the same
+    loss after the normalisation, so no test can tell them apart.)"""
+    at = build_loss("at")
+    # student, 2 channels on 2x2: A_0 = e_(0,0), A_1 = sqrt(3) e_(1,1) -> Q = mean_c A_c^2 = (0.5, 0, 0, 1.5),
+    # normalised (0.5, 0, 0, 1.5) / sqrt(2.5); teacher Q = e_(0,0): ||Q_S - Q_T||^2 = 2 - 2 * 0.5 / sqrt(2.5)
+    s = torch.zeros(1, 2, 2, 2)
+    s[0, 0, 0, 0], s[0, 1, 1, 1] = 1.0, 3 ** 0.5
+    t = torch.zeros(1, 1, 2, 2)
+    t[0, 0, 0, 0] = 1.0
+    assert at([s], [t], None).item() == pytest.approx(2 - 1 / 2.5 ** 0.5, rel=1e-6)
+    assert at([s.repeat(3, 1, 1, 1)], [t.repeat(3, 1, 1, 1)], None).item() == pytest.approx(2 - 1 / 2.5 ** 0.5, rel=1e-6)
+    # resize: student 2x2 with Q = 4 e_(0,0) (A = 2 e_(0,0)), teacher 4x4 with Q = e_(0,0). Bilinear
+    # (align_corners=False) of the 1-D profile (4, 0) to 4 samples is 4 * (1, 0.75, 0.25, 0); the 2-D map is
+    # the outer product, whose norm is 4 * (1 + 0.75^2 + 0.25^2) = 4 * 1.625: loss = 2 - 2 / 1.625
+    small = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    with torch.no_grad():
+        small[0, 0, 0, 0] = 2.0
+    big_t = torch.zeros(1, 1, 4, 4)
+    big_t[0, 0, 0, 0] = 1.0
+    loss = at([small], [big_t], None)
+    assert loss.item() == pytest.approx(2 - 2 / 1.625, rel=1e-6)
     loss.backward()
-    assert loss.item() > 0 and small.grad.abs().sum() > 0
+    assert small.grad.abs().sum() > 0
     # scale invariance of the normalised map: AT(c * A, A) == 0
-    assert build_loss("at")([3.0 * t], [t], None).item() == pytest.approx(0.0, abs=1e-12)
+    t = torch.randn(2, 5, 4, 4)
+    assert at([3.0 * t], [t], None).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_fitnet_needs_matching_channels_or_adapters():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distill.objective import (
+    OUTPUT_DEFAULT_ALPHA,
     build_kd_objective,
     check_compatible,
     load_teacher,
@@ -112,7 +113,32 @@ def test_state_dict_and_parameters_exclude_teacher():
     assert _objective(student, teacher, feature_loss="fitnet", beta=2.0).distiller.weights[1] == 2.0
 
 
+def _direct_kd_terms(student, teacher, imgs, kd_loss, at_layers):
+    """The output-KD and AT values computed here from the two models' own forwards, without the
+    Distiller: YoloKDLoss's math on the raw Detect outputs, AT on hooked features (FeatureHooks)."""
+    from distill.hooks import FeatureHooks
+    from distill.losses import AttentionTransfer
+    from distill.yolo_config import DEFAULT_TEMPERATURE
+    from distill.yolo_output import VARIANTS, raw_outputs
+
+    with torch.no_grad(), FeatureHooks(teacher, at_layers) as th:
+        t_out = teacher.eval()(imgs)
+    with FeatureHooks(student, at_layers) as sh:
+        s_out = student(imgs)
+    hyp = {"box": HYP["box"], "obj": HYP["obj"], "cls": HYP["cls"], "kd": HYP["kd"]}
+    kd, _ = VARIANTS[kd_loss](hyp=hyp, temperature=DEFAULT_TEMPERATURE)(raw_outputs(s_out), raw_outputs(t_out),
+                                                         student.model[-1].anchors,
+                                                         teacher.model[-1].anchors)
+    return s_out, kd, AttentionTransfer()(sh.outputs, th.outputs)
+
+
 def test_loss_dict_and_scaling():
+    """The objective's loss equals ComputeLoss(student) + bs * (alpha * output KD + beta * AT), each
+    computed here from the models' own forwards (not from the objective's logged entries), and every
+    entry is logged. Both sides run the same float32 kernels on the same inputs: the only differences
+    are summation order in the final additions (rel ~1e-7), hence rel=1e-5.
+    Mutations seen failing: the `* imgs.shape[0]` batch scaling in DistillObjective.forward dropped;
+    Distiller._losses ignoring the weights (term = value)."""
     student, teacher = _models()
     objective = _objective(student, teacher, kd_loss="l2", beta=10.0)
     student.train()
@@ -120,35 +146,90 @@ def test_loss_dict_and_scaling():
     out = objective(student, imgs, targets)
     assert list(out) == ["loss", "box", "obj", "cls", "kd", "at"]
     assert all(not v.requires_grad for k, v in out.items() if k != "loss")
-    logged = sum(float(v) for k, v in out.items() if k != "loss")
-    assert out["loss"].item() == pytest.approx(logged * imgs.shape[0], rel=1e-5)
-    assert float(out["kd"]) > 0 and float(out["at"]) > 0
-    det, _ = ComputeLoss.from_model(student, HYP)(student(imgs), targets)
-    assert out["loss"].item() > det.item()
+    s_out, kd, at = _direct_kd_terms(student, teacher, imgs, "l2", P5_LAYERS)
+    det, items = ComputeLoss.from_model(student, HYP)(s_out, targets)
+    alpha = objective.distiller.weights[0]
+    assert alpha == OUTPUT_DEFAULT_ALPHA["l2"]  # the default weight of l2
+    expected = det + imgs.shape[0] * (alpha * kd + 10.0 * at)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert float(out["kd"]) == pytest.approx(alpha * kd.item(), rel=1e-5) and float(out["kd"]) > 0
+    assert float(out["at"]) == pytest.approx(10.0 * at.item(), rel=1e-5) and float(out["at"]) > 0
+    assert torch.allclose(torch.stack([out["box"], out["obj"], out["cls"]]), items, rtol=1e-5)
+
+
+def _grad_norms(student, objective, imgs, targets):
+    student.zero_grad()
+    objective(student, imgs, targets)["loss"].backward()
+    return {i: sum(float(p.grad.abs().sum()) for p in student.model[i].parameters() if p.grad is not None)
+            for i in range(len(student.model))}
 
 
 def test_distillation_terms_reach_the_student():
-    """Only the KD terms (detection loss replaced by zero): the student still gets gradients."""
+    """Each distillation term alone (detection loss replaced by zero) sends gradients to the student
+    layers it reads, and only to those: AT alone reaches the hooked backbone layers but not the Detect
+    convs (which run after every hooked layer), output KD alone reaches Detect.
+    Mutations seen failing: AT's student attention computed from `s.detach()` (AttentionTransfer.forward);
+    YoloKDLoss's student outputs detached (fp32(ps.detach()) in _OutputKD.forward)."""
     student, teacher = _models()
 
     def zero_loss(pred, targets):
         return pred[0].sum() * 0, torch.zeros(3)
 
-    objective = _objective(student, teacher, zero_loss, kd_loss="bce", feature_loss="at")
     student.train()
-    objective(student, *_batch())["loss"].backward()
-    assert student.model[2].cv1.conv.weight.grad.abs().sum() > 0  # reached through AT only
-    assert student.model[-1].m[0].weight.grad.abs().sum() > 0  # reached through output KD
+    imgs, targets = _batch()
+    at_only = build_kd_objective(student, teacher, zero_loss, HYP, SimpleNamespace(),
+                                 kd_config={"losses": [{"type": "at", "layers": "auto"}]})
+    assert at_only.distiller.names == ["at"]
+    g = _grad_norms(student, at_only, imgs, targets)
+    assert g[2] > 0 and g[4] > 0  # hooked C3 outputs of the backbone
+    assert g[len(student.model) - 1] == 0  # Detect runs after every hooked layer: AT cannot reach it
+    kd_only = _objective(student, teacher, zero_loss, kd_loss="bce", feature_loss="none")
+    g = _grad_norms(student, kd_only, imgs, targets)
+    assert g[len(student.model) - 1] > 0 and g[2] > 0  # through the whole network from the outputs
 
 
-def test_self_distillation_is_zero():
-    """Teacher == student (same weights, both eval): every KD term is exactly 0."""
-    student, teacher = _build("yolov5n.yaml"), _build("yolov5n.yaml")
+def test_self_distillation_is_zero_and_kd_uses_the_teacher():
+    """Teacher == an independent copy of the student (both eval): every KD term is exactly 0. With a
+    different teacher the terms equal those computed here from the teacher's own forward (rel 1e-5: the
+    same float32 kernels, only the final sums may be ordered differently), so a Distiller comparing the
+    student with itself, or with the wrong model, fails.
+    Mutation seen failing: Distiller._losses given the student's features as the teacher's."""
+    student = _build("yolov5n.yaml")
+    twin = deepcopy(student)
     student.eval()
     for kd_loss in ("l2", "kl"):
-        objective = _objective(student, teacher, kd_loss=kd_loss)
-        out = objective(student, *_batch())
+        out = _objective(student, twin, kd_loss=kd_loss)(student, *_batch())
         assert float(out["kd"]) == 0.0 and float(out["at"]) == 0.0
+    student, teacher = _models()
+    student.eval()
+    imgs, targets = _batch()
+    objective = _objective(student, teacher, kd_loss="kl", alpha=1.0, beta=1.0)
+    out = objective(student, imgs, targets)
+    _, kd, at = _direct_kd_terms(student, teacher, imgs, "kl", P5_LAYERS)
+    assert float(out["kd"]) == pytest.approx(kd.item(), rel=1e-5) and kd.item() > 0
+    assert float(out["at"]) == pytest.approx(at.item(), rel=1e-5) and at.item() > 0
+
+
+def test_engine_optimizer_trains_the_adapters():
+    """utils.engine builds the run's optimizer over the student and the objective (FitNet's 1x1
+    adapters); one step moves the adapters and leaves the teacher alone.
+    Mutation seen failing: utils.engine._optimizer without extra_params=[objective]."""
+    from utils.engine import _optimizer
+
+    student, teacher = _models()
+    objective = _objective(student, teacher, feature_loss="fitnet")
+    opt = SimpleNamespace(batch_size=2, adam=False, epochs=3, linear_lr=False)
+    r = SimpleNamespace(hyp={**HYP, "lr0": 0.01, "lrf": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nbs": 2})
+    optimizer, _, _ = _optimizer(opt, r, student, objective)
+    adapters = _adapters(objective)
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in adapters.parameters()} <= in_opt
+    assert not {id(p) for p in teacher.parameters()} & in_opt
+    before = [p.detach().clone() for p in adapters.parameters()]
+    student.train()
+    objective(student, *_batch())["loss"].backward()
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, adapters.parameters()))
 
 
 def test_default_pairing_by_type_and_stride():

@@ -39,6 +39,10 @@ def _kd(cwd, data, teacher, *extra):
 
 
 def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
+    """One epoch of the default recipe (output KD + AT). Every KD run has distillation state (at least the
+    batch counter kd.iteration) in its mid-run checkpoints, so best.pt lacking 'kd_state' shows that the
+    final file is stripped to the student.
+    Mutation seen failing: strip_optimizer keeping 'kd_state' (utils/checkpoint.py)."""
     teacher = fixtures_dir / "yolov5s_v6.0.pt"
     before = _md5(teacher)
     r = _kd(tmp_path, coco_like, teacher, "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "")
@@ -98,6 +102,9 @@ def test_teacher_errors_are_clear(coco_like, tmp_path):
 
 
 def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_dir, tmp_path):
+    """--resume reads the run's kd.yaml (edited weight used), skips the teacher check, continues the
+    results. That the adapters come back exactly is tests/test_kd_resume.py::test_kd_resume_is_exact's
+    (it fails when utils/engine._restore skips 'kd_state'; this test alone did not)."""
     import torch
     from conftest import kill_when_written
 

@@ -73,10 +73,11 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
     fused = fused.requires_grad_(False).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (c2,)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    b_conv = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((b_conv - bn.running_mean) * scale + bn.bias)
+    with torch.no_grad():  # else copy_ from parameters that require grad makes fused.weight a non-leaf
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (c2,)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        b_conv = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((b_conv - bn.running_mean) * scale + bn.bias)
     return fused
 
 
