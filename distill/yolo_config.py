@@ -165,6 +165,7 @@ def apply_flags(cfg: dict, opt_like) -> dict:
             raise UserError(f"--beta sets the weight of the feature loss, but the config has {len(features)} "
                             "feature losses; set each 'weight' in the kd config file instead")
         features[0]["weight"] = float(beta)
+    _apply_loss_flags(losses, opt_like)
     s_layers, t_layers = _given(opt_like, "student_layers"), _given(opt_like, "teacher_layers")
     for e in features if (s_layers or t_layers) else []:
         e.pop("layers", None)
@@ -172,6 +173,28 @@ def apply_flags(cfg: dict, opt_like) -> dict:
     if not losses:
         raise UserError("nothing to distil: the kd config and flags leave no loss")
     return check_kd_config(cfg)
+
+
+# Per-loss flags of train_kd.py: flag -> (loss type, config key). Each sets that key on every entry of
+# that type; given for a loss the run does not have, it is an error (it would silently do nothing).
+LOSS_FLAGS = {
+    "imitation_weight": ("imitation", "weight"), "imitation_psi": ("imitation", "psi"),
+    "imitation_warmup": ("imitation", "warmup"), "cwd_weight": ("cwd", "weight"), "cwd_tau": ("cwd", "tau"),
+    "mse_weight": ("mse", "weight"), "pkd_weight": ("pkd", "weight"), "scorel2_weight": ("scorel2", "weight"),
+}
+
+
+def _apply_loss_flags(losses: list[dict], opt_like) -> None:
+    for flag, (loss_type, key) in LOSS_FLAGS.items():
+        value = _given(opt_like, flag)
+        if value is None:
+            continue
+        entries = [e for e in losses if e["type"] == loss_type]
+        if not entries:
+            raise UserError(f"--{flag} {value}: the run has no '{loss_type}' loss; add it with "
+                            f"--feature_loss {loss_type} (or in the --kd_config file)")
+        for e in entries:
+            e[key] = int(value) if key == "warmup" else float(value)
 
 
 def _default_layers(loss_type: str) -> str:

@@ -1,0 +1,51 @@
+"""train_kd.py's detection feature losses from flags: several at once, their own parameters and columns."""
+
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from distill.yolo_config import DEFAULT_CONFIG, apply_flags
+from utils.general import UserError
+from utils.loggers import read_results_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "weights/teacher-shapes-yolov5s.pt"
+
+
+def _entry(cfg: dict, loss_type: str) -> dict:
+    (entry,) = [e for e in cfg["losses"] if e["type"] == loss_type]
+    return entry
+
+
+def test_per_loss_flags_set_their_loss_only():
+    cfg = apply_flags(DEFAULT_CONFIG, Namespace(feature_loss=["imitation", "cwd"], imitation_psi=0.4,
+                                                imitation_warmup=0, imitation_weight=0.02, cwd_tau=2.0))
+    imitation, cwd = _entry(cfg, "imitation"), _entry(cfg, "cwd")
+    assert (imitation["psi"], imitation["warmup"], imitation["weight"]) == (0.4, 0, 0.02)
+    assert cwd["tau"] == 2.0 and "psi" not in cwd and "weight" not in cwd  # cwd keeps its default weight
+    assert _entry(cfg, "YoloKDLoss")["layers"] == "detect"  # output KD untouched
+
+
+def test_per_loss_flag_without_its_loss_is_an_error():
+    with pytest.raises(UserError, match=r"--cwd_tau 2.*no 'cwd' loss.*--feature_loss cwd"):
+        apply_flags(DEFAULT_CONFIG, Namespace(cwd_tau=2.0))  # the default run has AT, not CWD
+
+
+def test_two_feature_losses_train_with_one_column_each(tmp_path):
+    from utils.synthetic import build_synthetic_dataset
+
+    data = build_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=64, nc=6, seed=3)
+    cmd = [sys.executable, str(ROOT / "train_kd.py"), "--teacher_weight", str(TEACHER), "--data", str(data),
+           "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "", "--img", "64", "--epochs", "1",
+           "--batch-size", "4", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "kd",
+           "--noautoanchor", "--feature_loss", "imitation", "cwd", "--imitation_warmup", "0", "--cwd_tau", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    names, rows = read_results_csv(tmp_path / "runs/kd/results.csv")
+    for col in ("train/kd_loss", "train/imitation_loss", "train/cwd_loss"):
+        assert col in names and rows[0][names.index(col)] > 0, col  # warm-up 0: imitation acts at once
+    kd_yaml = (tmp_path / "runs/kd/kd.yaml").read_text()
+    assert "tau: 2.0" in kd_yaml and "warmup: 0" in kd_yaml  # the resolved recipe records the flags
