@@ -144,7 +144,7 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     freeze_teacher(teacher).to(device)
     cfg = kd_config if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
     if flags:
-        cfg = apply_flags(cfg, opt_like)
+        cfg = _output_options(apply_flags(cfg, opt_like), opt_like)
     resolved = resolve_layers(_fused_names(for_family(cfg, student, teacher), teacher), student, teacher)
     if any(e["type"] in OUTPUT_TYPES for e in resolved["losses"]):
         align_anchors(student, teacher, compute_loss)
@@ -155,6 +155,21 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     objective = DistillObjective(distiller, compute_loss, log_parts=log_parts)
     objective.resolved = resolved
     return objective
+
+
+def _output_options(cfg: dict, opt_like) -> dict:
+    """--kd_obj bce / --bce_subtract_entropy set the YoloKDLoss entries' obj_term / subtract_entropy
+    (not given: the file's or the loss's defaults)."""
+    given = {k: v for k, v in {"obj_term": getattr(opt_like, "kd_obj", None),
+                               "subtract_entropy": getattr(opt_like, "bce_subtract_entropy", False) or None}.items()
+             if v is not None}
+    if not given:
+        return cfg
+    entries = [e for e in cfg["losses"] if e["type"] == "YoloKDLoss"]
+    if not entries:
+        raise UserError(f"{', '.join('--' + ('kd_obj' if k == 'obj_term' else 'bce_subtract_entropy') for k in given)}"
+                        " sets output distillation (YoloKDLoss), but the kd config has none")
+    return {**cfg, "losses": [{**e, **given} if e in entries else e for e in cfg["losses"]]}
 
 
 def align_anchors(student: nn.Module, teacher: nn.Module, compute_loss=None) -> bool:

@@ -43,6 +43,15 @@ def soft_bce(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits_s, torch.sigmoid(logits_t), reduction="none")
 
 
+def centred_bce(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    """soft_bce minus the teacher's binary entropy H(sigma(t)), computed without a graph: the same gradient
+    as soft_bce (H does not depend on the student), but 0 at s == t, so a logged value reads how far the
+    student is from the teacher instead of the teacher's entropy (~ln 2 per soft element)."""
+    with torch.no_grad():
+        entropy = soft_bce(logits_t, logits_t)
+    return soft_bce(logits_s, logits_t) - entropy
+
+
 class _OutputKD(nn.Module):
     """Teacher-objectness-weighted output distillation (Mehta & Ozturk 2018, arXiv:1805.06361).
 
@@ -61,10 +70,15 @@ class _OutputKD(nn.Module):
 
     zero_at_optimum = True  # loss is exactly 0 when student outputs == teacher outputs
 
-    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False):
+    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
+                 obj_term: str | None = None):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if obj_term not in (None, "bce"):
+            raise ValueError(f"obj_term {obj_term!r} is unknown; choose 'bce' or leave it unset (the variant's own)")
+        if obj_term == "bce":  # spec kd_methods.md 3.11: BCE(sigma_s, sigma_t) for objectness, in its KL form
+            self.obj_term = binary_kl  # gradient sigma_s - sigma_t: alive where the student is confidently wrong
         hyp = dict(_V60_GAINS) if hyp is None else hyp
         missing = [k for k in ("obj", "cls") if k not in hyp] + ([] if "giou" in hyp or "box" in hyp else ["box"])
         if missing:
@@ -150,16 +164,23 @@ class OutputBCEKD(_OutputKD):
     obj = BCE(sigma(s), sigma(t)); cls = BCE(sigma(s/tau), sigma(t/tau)) * tau^2. Raw BCE: at
     student == teacher the loss sits at its minimum, the teacher's (weighted) binary entropy, with zero
     gradient; it equals 'kl' plus that constant, so the two have identical gradients.
+    `subtract_entropy=True` removes that constant (centred_bce): same gradient, value 0 at the optimum.
     """
 
     zero_at_optimum = False
 
+    def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
+                 obj_term: str | None = None, subtract_entropy: bool = False):
+        self.bce = centred_bce if subtract_entropy else soft_bce
+        super().__init__(hyp, temperature, weight_by_cls, obj_term)
+        self.zero_at_optimum = bool(subtract_entropy)
+
     def obj_term(self, s, t):
-        return soft_bce(s, t)
+        return self.bce(s, t)
 
     def cls_term(self, s, t):
         tau = self.temperature
-        return soft_bce(s / tau, t / tau) * tau * tau
+        return self.bce(s / tau, t / tau) * tau * tau
 
 
 class OutputKLKD(_OutputKD):
@@ -172,8 +193,8 @@ class OutputKLKD(_OutputKD):
     """
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 kl_softmax: bool = False):
-        super().__init__(hyp, temperature, weight_by_cls)
+                 kl_softmax: bool = False, obj_term: str | None = None):
+        super().__init__(hyp, temperature, weight_by_cls, obj_term)
         self.kl_softmax = kl_softmax
 
     def obj_term(self, s, t):
@@ -221,7 +242,10 @@ class YoloKDLoss(nn.Module):
     Args (seed names): nc (checked against the outputs if given), giou (box gain), obj, cls (gains),
     dist (gain of all three, the forks' distill ratio / hyp 'kd'); or hyp=dict with box/'giou', obj, cls,
     kd (train_kd.py passes its scaled hyp). variant: 'l2' | 'kl' | 'bce' (see OutputL2KD/KL/BCE);
-    T: temperature of the kl/bce class terms (x T^2); weight_by_cls; kl_softmax (kl only).
+    T: temperature of the kl/bce class terms (x T^2); weight_by_cls; kl_softmax (kl only);
+    obj_term='bce': objectness by BCE(sigma_s, sigma_t) in its KL form (for l2, whose (sigma_s - sigma_t)^2
+    has a vanishing gradient where the student is confidently wrong); subtract_entropy (bce only): log the
+    value without the teacher's entropy (gradient unchanged, 0 at student == teacher).
     """
 
     kind = "output"
@@ -229,15 +253,19 @@ class YoloKDLoss(nn.Module):
 
     def __init__(self, nc: int | None = None, giou: float = 0.05, obj: float = 1.0, cls: float = 0.5,
                  dist: float = 1.0, variant: str = "l2", T: float = 1.0, weight_by_cls: bool = False,
-                 kl_softmax: bool = False, hyp: dict | None = None):
+                 kl_softmax: bool = False, hyp: dict | None = None, obj_term: str | None = None,
+                 subtract_entropy: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"YoloKDLoss variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
         if kl_softmax and variant != "kl":
             raise ValueError("YoloKDLoss kl_softmax=True needs variant='kl'")
+        if subtract_entropy and variant != "bce":
+            raise ValueError("YoloKDLoss subtract_entropy=True needs variant='bce' (l2 and kl are 0 at the optimum)")
         if hyp is None:
             hyp = {"giou": giou, "obj": obj, "cls": cls, "kd": dist}
         kw = {"kl_softmax": kl_softmax} if variant == "kl" else {}
+        kw.update({"obj_term": obj_term}, **({"subtract_entropy": True} if subtract_entropy else {}))
         self.core = VARIANTS[variant](hyp=hyp, temperature=T, weight_by_cls=weight_by_cls, **kw)
         self.nc, self.variant = nc, variant
         self.zero_at_optimum = self.core.zero_at_optimum

@@ -13,6 +13,7 @@ from distill.losses import (
     FitNetHint,
     OutputBCEKD,
     OutputKLKD,
+    OutputL2KD,
     build_loss,
     level_balance,
 )
@@ -116,6 +117,55 @@ def test_bce_minimum_is_weighted_teacher_entropy():
         fn(s, teacher, ANCHORS, ANCHORS)[0].backward()
         grads.append(torch.cat([x.grad.flatten() for x in s]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def _grad(fn, student, teacher):
+    s = [x.clone().requires_grad_(True) for x in student]
+    value, parts = fn(s, teacher, ANCHORS, ANCHORS)
+    value.backward()
+    return value, parts, torch.cat([x.grad.flatten() for x in s])
+
+
+def test_bce_subtract_entropy_logs_zero_at_equality_with_the_same_gradient():
+    """--bce_subtract_entropy: the logged bce value is 0 at student == teacher (raw bce reads the teacher's
+    entropy there), the gradient is raw bce's (the removed entropy is constant in the student; identical
+    autograd graphs up to a detached constant, hence rtol 1e-6), and the value equals kl's (the same
+    quantity in two float32 forms; rel 1e-5 >> the eps32 x (entropy / KL ~ 10) rounding gap).
+    Mutation seen failing: centred_bce subtracting the student's entropy soft_bce(s, s) (gradient changes)."""
+    teacher = _outputs(seed=3)
+    centred, raw, kl = (OutputBCEKD(temperature=2.0, subtract_entropy=True), OutputBCEKD(temperature=2.0),
+                        OutputKLKD(temperature=2.0))
+    total, parts = centred(teacher, teacher, ANCHORS, ANCHORS)
+    assert total.item() == 0.0 and all(v.item() == 0.0 for v in parts.values())
+    assert raw(teacher, teacher, ANCHORS, ANCHORS)[0].item() > 0.1
+    student = _outputs(seed=4)
+    v_centred, _, g_centred = _grad(centred, student, teacher)
+    v_raw, _, g_raw = _grad(raw, student, teacher)
+    torch.testing.assert_close(g_centred, g_raw, rtol=1e-6, atol=1e-12)
+    assert v_centred.item() == pytest.approx(kl(student, teacher, ANCHORS, ANCHORS)[0].item(), rel=1e-5)
+    assert v_raw.item() > v_centred.item() + 0.1
+    with pytest.raises(ValueError, match="subtract_entropy"):
+        build_loss("YoloKDLoss", variant="kl", subtract_entropy=True)
+
+
+def test_l2_with_bce_objectness_keeps_its_gradient_where_confidently_wrong():
+    """--kd_obj bce: l2's objectness term (sigma_s - sigma_t)^2 has gradient 2 (sigma_s - sigma_t) sigma_s
+    (1 - sigma_s) ~ 9e-5 at s = +10, t = -10; the BCE term's is sigma_s - sigma_t ~ 1. The term equals kl's
+    objectness (binary KL = BCE - entropy) and is 0 at student == teacher.
+    Mutation seen failing: obj_term='bce' ignored by _OutputKD.__init__."""
+    teacher = [torch.full(s, -10.0) for s in SHAPES]
+    student = [torch.full(s, 10.0) for s in SHAPES]
+    l2, l2_bce = OutputL2KD(), OutputL2KD(obj_term="bce")
+    _, _, g_l2 = _grad(l2, student, teacher)
+    _, parts, g_bce = _grad(l2_bce, student, teacher)
+    pick = torch.cat([torch.zeros(s).index_fill_(-1, torch.tensor([4]), 1).flatten() for s in SHAPES]).bool()
+    assert g_bce[pick].abs().max() > 1e3 * g_l2[pick].abs().max()  # channel 4: objectness
+    kl_obj = OutputKLKD()(student, teacher, ANCHORS, ANCHORS)[1]["kd_obj"]
+    assert parts["kd_obj"].item() == pytest.approx(kl_obj.item(), rel=1e-6)
+    t = _outputs(seed=5)
+    assert l2_bce(t, t, ANCHORS, ANCHORS)[0].item() == 0.0
+    with pytest.raises(ValueError, match="obj_term"):
+        OutputL2KD(obj_term="mse")
 
 
 def _scale_cls(outs, tau):

@@ -232,6 +232,26 @@ def test_engine_optimizer_trains_the_adapters():
     assert all(not torch.equal(b, p) for b, p in zip(before, adapters.parameters()))
 
 
+def test_output_option_flags_reach_the_loss():
+    """--kd_obj bce and --bce_subtract_entropy set the YoloKDLoss entry (recorded in the resolved config,
+    so kd.yaml and --resume keep them); defaults untouched without them; refused without output KD."""
+    from distill.yolo_output import binary_kl
+
+    student, teacher = _models()
+    plain = _objective(student, teacher, kd_loss="l2").distiller.losses["kd"]
+    assert "obj_term" not in vars(plain.core)  # the l2 class's own squared difference
+    objective = _objective(student, teacher, kd_loss="l2", kd_obj="bce")
+    assert objective.distiller.losses["kd"].core.obj_term is binary_kl
+    assert objective.resolved["losses"][0]["obj_term"] == "bce"
+    centred = _objective(student, teacher, kd_loss="bce", bce_subtract_entropy=True)
+    assert centred.distiller.losses["kd"].zero_at_optimum and centred.resolved["losses"][0]["subtract_entropy"]
+    with pytest.raises(UserError, match="subtract_entropy"):
+        _objective(student, teacher, kd_loss="kl", bce_subtract_entropy=True)
+    with pytest.raises(UserError, match="--kd_obj"):
+        build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), HYP, SimpleNamespace(kd_obj="bce"),
+                           kd_config={"losses": [{"type": "at", "layers": "auto"}]})
+
+
 def test_default_pairing_by_type_and_stride():
     student, teacher = _models()
     pairing = pair_layers(student, teacher)
