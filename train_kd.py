@@ -90,6 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--imitation_psi", type=float, default=None,
                    help="imitation mask: a cell is positive when an anchor has IoU > psi x the box's best (default 0.5)")
     g.add_argument("--imitation_warmup", type=int, default=None, help="imitation off for this many steps (default 400)")
+    g.add_argument("--save_mask_examples", type=int, default=4, metavar="N",
+                   help="with imitation: draw the masks of N training images into imitation_masks.jpg (0: none)")
     g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 10)")
     g.add_argument("--cwd_tau", type=float, default=None, help="CWD softmax temperature (default 1)")
     g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 1)")
@@ -103,6 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="weight cls/box KD by teacher objectness x max class probability (default: objectness)")
     g.add_argument("--kl_softmax", action="store_true",
                    help="kl: softmax over classes as in the public forks (default: per-class binary KL)")
+    g.add_argument("--kd_obj", "--kd-obj", type=str, default=None, choices=["bce"],
+                   help="objectness KD term: bce = BCE(sigma_s, sigma_t) in its KL form (default: the loss's own; "
+                        "l2's squared difference has a vanishing gradient where the student is confidently wrong)")
+    g.add_argument("--bce_subtract_entropy", action="store_true",
+                   help="bce: log the KD value without the teacher's entropy (gradient unchanged; 0 at student == teacher)")
     g.add_argument("--kd", action="store_true", default=True, help="accepted for compatibility with the seed fork")
     g.add_argument("--kd_layer", "--kd-layer", type=int, nargs="+", default=None, metavar="I",
                    help="the YOLOv8 KD seed's layers: the same indices hooked in student and teacher (e.g. 15 18 21), "
@@ -161,6 +168,7 @@ def make_kd_objective(ctx, teacher_override: str | None = None):
 
     teacher_override: --teacher_weight given with --resume (replaces the run's recorded teacher)."""
     import val as validate
+    from distill.mask_examples import imitation_psis, save_mask_examples
     from distill.objective import build_kd_objective, load_teacher
     from distill.yolo_config import load_kd_config, write_kd_config
 
@@ -190,10 +198,39 @@ def make_kd_objective(ctx, teacher_override: str | None = None):
     if not opt.resume and ddp_env()[1] in (-1, 0):
         write_kd_config(objective.resolved, kd_file, f"--kd_config {opt.kd_config}" if opt.kd_config else "flags")
     objective.checkpoint_extra = {"teacher": dict(opt.teacher_record)}  # saved in every mid-run checkpoint
+    psis = imitation_psis(d)
+    if psis and opt.save_mask_examples > 0 and not opt.resume and ddp_env()[1] in (-1, 0):
+        save_mask_examples(ctx.model, ctx.data_dict["train"], ctx.imgsz, psis[0], opt.save_mask_examples,
+                           Path(opt.save_dir) / "imitation_masks.jpg")
     return objective
 
 
+SEED_ALIASES = (("t_weights", "teacher_weight"), ("dist_loss", "kd_loss_selected"), ("distill_ratio", "alpha"))
+
+
+def seed_aliases(opt: argparse.Namespace) -> None:
+    """train.py's --t_weights / --dist_loss / --distill_ratio (the seed's names) as --teacher_weight /
+    --kd_loss_selected / --alpha: the same meaning (distill_ratio scales the box, obj and cls KD terms
+    together, as --alpha does). Both spellings with different values is a UserError."""
+    for alias, name in SEED_ALIASES:
+        value, current = getattr(opt, alias, None), getattr(opt, name, None)
+        if value is None:
+            continue
+        if current is not None and current != value:
+            raise UserError(f"--{alias} {value} and --{name} {current} are the same option: give one of them")
+        setattr(opt, name, value)
+
+
+def with_kd_defaults(opt: argparse.Namespace) -> argparse.Namespace:
+    """train.py's options completed with this script's distillation defaults (train.py given a teacher)."""
+    full = get_args_parser().parse_args([])
+    for k, v in vars(opt).items():
+        setattr(full, k, v)
+    return full
+
+
 def main(opt: argparse.Namespace) -> Path:
+    seed_aliases(opt)
     override = opt.teacher_weight if opt.resume else None  # opt.yaml replaces opt.teacher_weight on resume
     if not opt.resume:
         seed_layers(opt)

@@ -49,3 +49,5 @@ def test_two_feature_losses_train_with_one_column_each(tmp_path):
         assert col in names and rows[0][names.index(col)] > 0, col  # warm-up 0: imitation acts at once
     kd_yaml = (tmp_path / "runs/kd/kd.yaml").read_text()
     assert "tau: 2.0" in kd_yaml and "warmup: 0" in kd_yaml  # the resolved recipe records the flags
+    pic = tmp_path / "runs/kd/imitation_masks.jpg"  # what is imitated, drawn at the start (4 images by default)
+    assert pic.is_file() and pic.stat().st_size > 5_000
