@@ -171,8 +171,8 @@ def default_config(student: nn.Module, teacher: nn.Module, v5_default: dict) -> 
 
 def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
     """A copy of cfg whose output entries fit the pair: YoloKDLoss entries become v8_output_kd for two v8
-    models (so the output flags mean the same with either family; variant l2/bce and T of YOLOv5 entries
-    are refused or kept as given); UserError naming both families when output KD crosses families."""
+    models (so the output flags mean the same with either family: T and weight are kept, a variant other
+    than kl is refused by V8OutputKD); UserError naming both families when output KD crosses families."""
     cfg = copy.deepcopy(cfg)
     fs, ft = family(student), family(teacher)
     for i, e in enumerate(cfg["losses"]):
@@ -182,8 +182,9 @@ def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
         if fs != ft:
             raise UserError(f"output distillation ({e['type']}, losses[{i}] '{e.get('name', e['type'])}') compares "
                             f"the heads of one family, but the student is {fs} and the teacher {ft}: use a {fs} "
-                            "teacher, or feature losses only (--kd_config data/kd/v8_ver1.yaml, or a config "
-                            "without output entries)")
+                            "teacher, or distil features only: drop the output flags (--alpha, --temperature, "
+                            "--kd_loss_selected) and output entries (without them train_kd.py distils the maps "
+                            "entering the heads with mse)")
         if needs != fs and fs == "v8":
             e["type"] = "v8_output_kd"
             if e.get("variant") == "kl":

@@ -183,6 +183,16 @@ def test_feature_losses_at_chosen_layers(loss):
     assert all(p.grad is not None for p in params), f"{loss}: adapters without gradient"
 
 
+def test_scorel2_needs_a_yolov5_teacher():
+    """scorel2 weighs by YOLOv5 teacher scores (objectness x class): a v8 teacher is a clear error, and a
+    v8 student with a v5 teacher works."""
+    objective, student = _objective("yolov8n", "yolov8n", {"feature_loss": ["scorel2"]})
+    with pytest.raises(UserError, match="YOLOv5 Detect"):
+        _step(objective, student)
+    objective, student = _objective("yolov8n", "yolov5n", {"feature_loss": ["scorel2"]})
+    assert torch.isfinite(_step(objective, student)["scorel2"])
+
+
 @pytest.mark.parametrize("pair", [("yolov8n", "yolov5n"), ("yolov5n", "yolov8n")])
 def test_cross_family_features_work_output_kd_is_refused(pair):
     objective, student = _objective(*pair)
