@@ -99,7 +99,9 @@ def test_objectness_filter_comes_first():
     assert len(non_max_suppression(pred, 0.15, 0.45, backend="torch")[0]) == 2
 
 
-def test_time_limit_stops_with_a_warning(monkeypatch, caplog):
+def test_time_limit_warns_but_keeps_every_image(monkeypatch, caplog):
+    """A slow machine gets a warning, never fewer detections (v6.0 dropped the rest of the batch, so
+    mAP depended on the machine's speed)."""
     import utils.nms as nms_module
 
     monkeypatch.setattr(nms_module, "TIME_LIMIT", -1.0)  # exceeded after the first image
@@ -111,8 +113,8 @@ def test_time_limit_stops_with_a_warning(monkeypatch, caplog):
         out = non_max_suppression(pred, backend="torch")
     finally:
         logger.removeHandler(caplog.handler)
-    assert len(out[0]) == 1 and len(out[1]) == 0
-    assert "NMS time limit" in caplog.text
+    assert len(out[0]) == 1 and len(out[1]) == 1
+    assert caplog.text.count("NMS took over") == 1  # once per batch
 
 
 def test_bad_arguments():

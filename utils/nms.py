@@ -19,7 +19,9 @@ from utils.general import LOGGER, xywh2xyxy
 
 MAX_WH = 4096  # (pixels) class offset of the batched-NMS trick: boxes of different classes never overlap
 MAX_NMS = 30000  # at most this many boxes go into the NMS itself
-TIME_LIMIT = 10.0  # seconds for the whole batch before giving up with a warning
+# v6.0 stops NMS after 10 s per batch and drops the remaining images' detections: on a slow or busy machine
+# the same model and data would then score a lower mAP. We finish every image and warn once instead.
+TIME_LIMIT = 10.0  # seconds for the whole batch before the (one) slowness warning
 _CHUNK = 512  # boxes resolved at once by the pure-torch NMS (memory: CHUNK x kept IoUs)
 _GROUP = 256  # clusters of x-overlapping boxes are packed into groups of about this many
 
@@ -184,9 +186,10 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         c = x[:, 5:6] * (0 if agnostic else MAX_WH)  # offset boxes by class so classes never suppress each other
         i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
         output[xi] = x[i]
-        if (time.time() - t) > TIME_LIMIT:
-            LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
-            break
+        if t is not None and (time.time() - t) > TIME_LIMIT:
+            LOGGER.warning(f"WARNING: NMS took over {TIME_LIMIT:g}s for this batch (results are complete; "
+                           "raise --conf-thres or lower --max-det to speed it up)")
+            t = None  # warn once per batch, never drop detections
     return output
 
 
@@ -251,9 +254,10 @@ def non_max_suppression_v8(prediction: torch.Tensor, conf_thres: float = 0.25, i
         c = x[:, 5:6] * (0 if agnostic else MAX_WH_V8)  # offset boxes by class so classes never suppress each other
         i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
         output[xi] = x[i]
-        if (time.time() - t) > TIME_LIMIT:
-            LOGGER.warning(f"WARNING: NMS time limit {TIME_LIMIT}s exceeded")
-            break
+        if t is not None and (time.time() - t) > TIME_LIMIT:
+            LOGGER.warning(f"WARNING: NMS took over {TIME_LIMIT:g}s for this batch (results are complete; "
+                           "raise --conf-thres or lower --max-det to speed it up)")
+            t = None  # warn once per batch, never drop detections
     return output
 
 
