@@ -138,8 +138,13 @@ def model_imitation_masks(model: torch.nn.Module, targets: Tensor, img_hw: tuple
 
     The same masks FineGrainedImitation applies to the maps entering Detect; for pictures of what is
     imitated (utils.plots.plot_imitation_masks) without running the model. Grid sizes: ceil(H / stride).
+    A v8 model (anchor points, no anchor boxes) gets the centre-region masks (centre_region_mask).
     """
     detect = unwrap_parallel(model).model[-1]
+    if getattr(detect, "family", "v5") == "v8":  # anchor points: centre_region_mask (psi does not apply)
+        stride = detect.stride.float().cpu()
+        shapes = [(-(-img_hw[0] // int(s)), -(-img_hw[1] // int(s))) for s in stride.tolist()]
+        return centre_region_mask(targets.cpu(), shapes, batch_size), stride
     if not (hasattr(detect, "anchors") and isinstance(getattr(detect, "stride", None), Tensor)):
         raise UserError(f"imitation masks need an anchor-based YOLOv5 Detect head, the model ends in "
                         f"{type(detect).__name__}")

@@ -185,6 +185,11 @@ def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
                             "teacher, or distil features only: drop the output flags (--alpha, --temperature, "
                             "--kd_loss_selected) and output entries (without them train_kd.py distils the maps "
                             "entering the heads with mse)")
+        rs, rt = getattr(_head(student), "reg_max", None), getattr(_head(teacher), "reg_max", None)
+        if fs == "v8" and rs != rt:
+            raise UserError(f"output distillation ({e['type']}) compares the box-edge distributions bin by bin, but "
+                            f"the student's head has reg_max {rs} and the teacher's {rt}: use equal reg_max, or "
+                            "distil features only")
         if needs != fs and fs == "v8":
             e["type"] = "v8_output_kd"
             if e.get("variant") == "kl":

@@ -232,6 +232,28 @@ def test_centre_region_mask_by_hand_and_by_loop():
     assert not centre_region_mask(targets[:0], [(8, 8)], 2)[0].any()
 
 
+def test_imitation_mask_pictures_of_a_v8_model(kd_setup):
+    from distill.imitation import centre_region_mask, model_imitation_masks
+    from distill.mask_examples import save_mask_examples
+    from utils.dataset_config import check_dataset
+
+    root, data, _ = kd_setup
+    model = _model("yolov8n")
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.3], [1, 2, 0.3, 0.6, 0.2, 0.5]])
+    masks, strides = model_imitation_masks(model, targets, (IMG, IMG), 2)
+    assert strides.tolist() == [8, 16, 32]
+    assert all(torch.equal(a, b) for a, b in zip(masks, centre_region_mask(targets, [(8, 8), (4, 4), (2, 2)], 2)))
+    out = save_mask_examples(model, check_dataset(data)["train"], IMG, 0.5, 2, root / "masks.jpg")
+    assert out is not None and out.stat().st_size > 0
+
+
+def test_output_kd_needs_equal_reg_max():
+    student, teacher = _model("yolov8n", 0), _model("yolov8n", 1)
+    teacher.model[-1].reg_max = 8  # as a head built with 8 bins per edge would say
+    with pytest.raises(UserError, match="reg_max 16 and the teacher's 8"):
+        build_kd_objective(student.train(), teacher, student.build_loss(HYP_V8), HYP_V8, SimpleNamespace())
+
+
 def test_imitation_on_a_v8_student():
     objective, student = _objective("yolov8n", "yolov8n", {"feature_loss": ["imitation"]})
     out = _step(objective, student)
