@@ -117,7 +117,7 @@ def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, s
                       exist_ok, save_txt, trust, cfg=None):
     """Device, run folder, model and dataloader for a val.py run (not called from training)."""
     from models.experimental import attempt_load
-    from utils.datasets import create_dataloader
+    from utils.dataloaders import create_dataloader
 
     device = select_device(device, batch_size=batch_size)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)

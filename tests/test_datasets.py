@@ -11,8 +11,9 @@ import torch
 
 from utils import label_cache
 from utils.augmentations import letterbox, random_perspective
+from utils.dataloaders import create_dataloader
 from utils.dataset_config import DOWNLOAD_ENV, check_dataset
-from utils.datasets import LoadImagesAndLabels, create_dataloader, img2label_paths
+from utils.datasets import LoadImagesAndLabels, img2label_paths
 from utils.general import LOGGER, UserError, yaml_save
 from utils.image_loaders import LoadImages, LoadStreams
 from utils.synthetic import build_synthetic_dataset

@@ -198,7 +198,7 @@ def test_main_passes_trust_and_half(monkeypatch, data80, caplog):
 def test_run_from_training(data80, tmp_path):
     from models.yolo import Model
     from utils.dataset_config import check_dataset
-    from utils.datasets import create_dataloader
+    from utils.dataloaders import create_dataloader
     from utils.loss import ComputeLoss
 
     torch.manual_seed(0)

@@ -7,8 +7,6 @@ objective, optimizer, resume, epochs, final evaluation. What is minimised is an 
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from copy import deepcopy
 from datetime import datetime
@@ -17,7 +15,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from utils.distributed import (
@@ -37,11 +34,18 @@ from utils.train_setup import (
     ddp_env,
     describe_start,
     freeze_layers,
-    labels_array,
     load_hyp,
     log_header,
     prepare_opt,
     write_run_files,
+)
+from utils.train_utils import (
+    class_weights,
+    fitness_of,
+    multi_scale,
+    plot_label_stats,
+    plot_train_batch,
+    reweight_images,
 )
 
 __all__ = ["prepare_opt", "train", "train_one_epoch"]
@@ -136,7 +140,7 @@ def _mosaic_closed(opt, r, epoch: int) -> bool:
 
 def _train_loader(opt, r, epoch: int):
     """The shuffled augmented train loader from `epoch` on (mosaic off once _mosaic_closed)."""
-    from utils.datasets import create_dataloader
+    from utils.dataloaders import create_dataloader
 
     hyp = {**r.hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if _mosaic_closed(opt, r, epoch) else r.hyp
     return create_dataloader(
@@ -148,7 +152,7 @@ def _train_loader(opt, r, epoch: int):
 
 def _loaders(opt, r, model):
     """Shuffled augmented train loader; rect val loader, label plots and autoanchor on the main process."""
-    from utils.datasets import create_dataloader
+    from utils.dataloaders import create_dataloader
 
     train_loader, dataset = _train_loader(opt, r, r.start_epoch)
     val_loader = None
@@ -158,7 +162,7 @@ def _loaders(opt, r, model):
             cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers, pad=0.5,
             prefix=colorstr("val: "))[0]
         if not opt.resume:
-            _plot_labels(dataset, r.names, r.save_dir)
+            plot_label_stats(dataset, r.names, r.save_dir)
             if not opt.noautoanchor and getattr(model, "has_anchors", True):  # anchor-free heads: nothing to fit
                 from utils.autoanchor import check_anchors
 
@@ -179,7 +183,7 @@ def _objective(opt, r, model, dataset, val_loader, make_objective):
     r.hyp = model.loss_gains(r.hyp, r.nc, r.imgsz) if has_head else scale_loss_gains(
         r.hyp, r.nc, model.model[-1].nl, r.imgsz)
     model.nc, model.hyp, model.names = r.nc, r.hyp, r.names
-    model.class_weights = _class_weights(dataset.labels, r.nc).to(r.device)
+    model.class_weights = class_weights(dataset.labels, r.nc).to(r.device)
     compute_loss = model.build_loss(r.hyp) if has_head else ComputeLoss.from_model(model, r.hyp)
     ctx = SimpleNamespace(model=model, compute_loss=compute_loss, hyp=r.hyp, opt=opt, device=r.device,
                           data_dict=r.data_dict, val_loader=val_loader, imgsz=r.imgsz, nc=r.nc, names=r.names)
@@ -226,7 +230,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
             LOGGER.info(f"Closing mosaic: epochs {epoch}-{opt.epochs - 1} train on single images (hyp close_mosaic)")
             loop.train_loader, loop.dataset = _train_loader(opt, r, epoch)  # same order and seeds per epoch
         if opt.image_weights:
-            _reweight_images(loop.dataset, loop.model, maps, r.nc)
+            reweight_images(loop.dataset, loop.model, maps, r.nc)
         state = SimpleNamespace(**{**vars(r), "batch_size": opt.batch_size}, epoch=epoch, epochs=opt.epochs,
                                 multi_scale=opt.multi_scale, quad=opt.quad,
                                 plot_dir=None if opt.resume or epoch > start_epoch else r.save_dir)
@@ -244,7 +248,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
                                                 model=loop.ema.ema, single_cls=opt.single_cls,
                                                 dataloader=loop.val_loader, save_dir=r.save_dir, plots=False,
                                                 compute_loss=loop.compute_loss, half=r.cuda)
-            fi = _fitness(results)
+            fi = fitness_of(results)
             best_fitness = max(best_fitness, fi)
             logger.log_epoch(epoch, mloss, results, lrs)
             if not opt.nosave or final_epoch:
@@ -277,7 +281,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
         if ni <= s.nw:
             accumulate = warmup(optimizer, ni, s.nw, s.epoch, s.lf, s.hyp, s.batch_size, nbs=s.nbs)
         if s.multi_scale:
-            imgs = _rescale(imgs, s.imgsz, s.gs)
+            imgs = multi_scale(imgs, s.imgsz, s.gs)
         with torch.autocast("cuda", enabled=s.cuda):
             out = objective(model, imgs, targets)
         loss = out["loss"]
@@ -310,38 +314,12 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             pbar.set_description(("%10s" * 2 + "%10.4g" * (len(mean) + 2)) % (
                 f"{s.epoch}/{s.epochs - 1}", mem, *mean.values(), targets.shape[0], imgs.shape[-1]))
             if s.plot_dir is not None and ni < 3:
-                _plot_batch(imgs, targets, paths, s.plot_dir / f"train_batch{ni}.jpg")
+                plot_train_batch(imgs, targets, paths, s.plot_dir / f"train_batch{ni}.jpg")
     return mean
 
 
 # --------------------------------------------------------------------------------------------------
 # small steps of train()
-
-
-def _fitness(results) -> float:
-    from utils.metrics import fitness
-
-    return float(fitness(np.array(results).reshape(1, -1))[0])
-
-
-def _class_weights(labels, nc: int) -> torch.Tensor:
-    """Inverse class frequency weights (v6.0 labels_to_class_weights)."""
-    if not len(labels) or not sum(len(x) for x in labels):
-        return torch.ones(nc) / nc
-    classes = np.concatenate(labels, 0)[:, 0].astype(int)
-    weights = np.bincount(classes, minlength=nc).astype(float)
-    weights[weights == 0] = 1
-    weights = 1 / weights
-    return torch.from_numpy(weights / weights.sum()).float()
-
-
-def _rescale(imgs: torch.Tensor, imgsz: int, gs: int) -> torch.Tensor:
-    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs
-    sf = sz / max(imgs.shape[2:])
-    if sf == 1:
-        return imgs
-    ns = [math.ceil(x * sf / gs) * gs for x in imgs.shape[2:]]
-    return nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
 
 
 def _restore(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
@@ -415,31 +393,3 @@ def _finish(r, opt, val_loader, compute_loss) -> None:
     except Exception as e:  # a plot must never lose a finished run
         LOGGER.warning(f"WARNING: results.png not written: {e}")
     LOGGER.info(f"Results saved to {colorstr('bold', str(r.save_dir))}")
-
-
-def _reweight_images(dataset, model, maps: np.ndarray, nc: int) -> None:
-    """--image-weights: draw this epoch's images by class weight x (1 - class mAP)^2 (v6.0)."""
-    from utils.torch_utils import de_parallel
-
-    cw = de_parallel(model).class_weights.cpu().numpy() * (1 - maps) ** 2 / nc
-    counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in dataset.labels]).reshape(-1, nc)
-    iw = (cw.reshape(1, nc) * counts).sum(1) + 1e-9  # images without labels keep a tiny weight
-    dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
-
-
-def _plot_labels(dataset, names, save_dir: Path) -> None:
-    from utils.plots import plot_labels
-
-    try:
-        plot_labels(labels_array(dataset), names, save_dir)
-    except Exception as e:
-        LOGGER.warning(f"WARNING: labels.jpg not written: {e}")
-
-
-def _plot_batch(imgs, targets, paths, fname: Path) -> None:
-    from utils.plots import plot_images
-
-    try:
-        plot_images(imgs, targets, paths, fname)
-    except Exception as e:
-        LOGGER.warning(f"WARNING: {fname.name} not written: {e}")
