@@ -6,6 +6,7 @@ Usage:
     python train.py --data coco128.yaml --weights weights/yolov5s.pt --img 640
     python train.py --resume                      # continue the latest run
     python train.py --resume runs/train/exp3/weights/last.pt
+    python train.py --data coco.yaml --weights student.pt --t_weights yolov5m.pt   # distils, as train_kd.py
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load --weights with full pickle (only for files you trust; unsafe)")
+    g = p.add_argument_group("distillation (the seed's train.py spellings; train_kd.py has every option)")
+    g.add_argument("--t_weights", "--t-weights", type=str, default=None,
+                   help="teacher checkpoint: distil from it exactly as train_kd.py does (= --teacher_weight)")
+    g.add_argument("--dist_loss", "--dist-loss", type=str, default=None, choices=["l2", "kl", "bce"],
+                   help="output distillation loss (= train_kd.py --kd_loss_selected)")
+    g.add_argument("--distill_ratio", "--distill-ratio", type=float, default=None,
+                   help="weight of the output distillation loss (= train_kd.py --alpha)")
     return p
 
 
@@ -73,9 +81,30 @@ def main(opt: argparse.Namespace, make_objective=None) -> Path:
     """Train; returns the run directory. make_objective swaps the objective (see utils/objective.py).
 
     Every option is checked first (utils/options.py): a wrong value stops here, before any folder,
-    data or model exists."""
+    data or model exists. Given a teacher (--t_weights), or resuming a distillation run, it trains
+    with train_kd.py's distillation objective; the loop is the same either way."""
+    if make_objective is None and _distils(opt):
+        import train_kd
+
+        return train_kd.main(train_kd.with_kd_defaults(opt))
     opt = prepare_opt(check_train_opt(opt))
     return train(opt, make_objective=make_objective)
+
+
+def _distils(opt: argparse.Namespace) -> bool:
+    """A teacher is given, or --resume continues a run whose opt.yaml names one."""
+    if getattr(opt, "t_weights", None):
+        return True
+    if not opt.resume:
+        return False
+    from utils.general import yaml_load
+    from utils.options import resolve_resume
+    from utils.train_setup import get_latest_run
+
+    last = resolve_resume(opt.resume)  # a last.pt, a run folder or True (the latest run)
+    last = last if isinstance(last, str) else get_latest_run()
+    opt_file = Path(last).parent.parent / "opt.yaml" if last else None
+    return bool(opt_file and opt_file.is_file() and (yaml_load(opt_file) or {}).get("teacher_weight"))
 
 
 def run(**kwargs) -> Path:

@@ -59,18 +59,20 @@ def runs(data, fixtures_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kd_resume")
     teacher = tmp / "teacher.pt"
     shutil.copy(fixtures_dir / "yolov5s_v6.0.pt", teacher)
-    r = _run(_cmd(data, teacher, tmp / "a"), cwd=tmp)
+    r = _run(_cmd(data, teacher.name, tmp / "a"), cwd=tmp)  # a relative path, recorded as an absolute one
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = tmp / "b/kd/weights/last.pt"
-    kill_when_written(_cmd(data, teacher, tmp / "b"), tmp, last)
+    kill_when_written(_cmd(data, teacher.name, tmp / "b"), tmp, last)
     from utils.checkpoint import safe_torch_load
 
     assert safe_torch_load(last)["epoch"] == 0, "the run was not interrupted after its first epoch"
     epoch0 = last.with_name("epoch0_copy.pt")
     shutil.copy(last, epoch0)
-    other_dir = tmp / "elsewhere"  # resumed from another directory: the recorded absolute path is used
+    other_dir = tmp / "elsewhere"
     other_dir.mkdir()
-    r = _run([sys.executable, str(ROOT / "train_kd.py"), "--resume", str(last), "--workers", "1"], cwd=other_dir)
+    # resumed by train.py: a run whose opt.yaml names a teacher continues as distillation (train_kd.py
+    # --resume is tests/test_train_kd.py's); from another directory: the recorded absolute path is used
+    r = _run([sys.executable, str(ROOT / "train.py"), "--resume", str(last), "--workers", "1"], cwd=other_dir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return tmp / "a/kd", tmp / "b/kd", epoch0, teacher
 

@@ -133,3 +133,29 @@ def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_di
     assert "0.5 x fitnet" in r.stdout + r.stderr  # weights restored from the run's kd.yaml, not re-derived
     final = safe_torch_load(tmp_path / "kd/weights/last.pt")
     assert "kd_state" not in final and torch.is_tensor(next(iter(final["model"].state_dict().values())))
+
+
+def test_seed_command_distils_from_train_py(coco_like, fixtures_dir, tmp_path):
+    """The seed's `python train.py --data ... --weights student.pt --t_weights teacher.pt` distils with
+    train_kd.py's objective; --dist_loss / --distill_ratio are --kd_loss_selected / --alpha.
+    Mutation seen failing: train.main ignoring --t_weights (_distils returning False): no kd column."""
+    import yaml
+
+    from distill.teacher_record import sha256_of
+
+    teacher = fixtures_dir / "yolov5s_v6.0.pt"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(coco_like), "--weights",
+           str(fixtures_dir / "yolov5n_v6.0.pt"), "--t_weights", str(teacher), "--dist_loss", "kl",
+           "--distill_ratio", "0.5", "--img", "64", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+           "--project", str(tmp_path / "runs"), "--name", "seed", "--noautoanchor", "--noval"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "runs/seed"
+    names, rows = read_results_csv(run / "results.csv")
+    assert "train/kd_loss" in names and rows[0][names.index("train/kd_loss")] > 0
+    kd = yaml.safe_load((run / "kd.yaml").read_text())["losses"][0]
+    assert (kd["type"], kd["variant"], kd["weight"]) == ("YoloKDLoss", "kl", 0.5)
+    assert yaml.safe_load((run / "opt.yaml").read_text())["teacher_record"]["sha256"] == sha256_of(teacher)
+    kd_cmd = [cmd[0], str(ROOT / "train_kd.py"), *cmd[2:], "--alpha", "2"]  # both spellings, different values
+    r = subprocess.run(kd_cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, check=False)
+    assert r.returncode == 2 and "--distill_ratio 0.5 and --alpha 2.0" in r.stderr, r.stderr[-2000:]
