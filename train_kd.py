@@ -150,6 +150,7 @@ def record_teacher(opt, override: str | None = None) -> Path:
 
     if opt.resume:
         path, record = resume_teacher(getattr(opt, "teacher_record", None), opt.teacher_weight, override)
+        path = check_teacher_path(path)  # a run saved before teacher records may name a missing file
     else:
         path = check_teacher_path(opt.teacher_weight)
         record = teacher_record(path)
