@@ -183,13 +183,8 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         if x.shape[0] > MAX_NMS:
             x = x[x[:, 4].argsort(descending=True, stable=True)[:MAX_NMS]]
 
-        c = x[:, 5:6] * (0 if agnostic else MAX_WH)  # offset boxes by class so classes never suppress each other
-        i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
-        output[xi] = x[i]
-        if t is not None and (time.time() - t) > TIME_LIMIT:
-            LOGGER.warning(f"WARNING: NMS took over {TIME_LIMIT:g}s for this batch (results are complete; "
-                           "raise --conf-thres or lower --max-det to speed it up)")
-            t = None  # warn once per batch, never drop detections
+        output[xi] = _per_class_nms(x, iou_thres, 0 if agnostic else MAX_WH, max_det, backend)
+        t = _warn_if_slow(t)
     return output
 
 
@@ -251,14 +246,26 @@ def non_max_suppression_v8(prediction: torch.Tensor, conf_thres: float = 0.25, i
         if x.shape[0] > MAX_NMS:
             x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
         x = x[x[:, 4].argsort(descending=True)]
-        c = x[:, 5:6] * (0 if agnostic else MAX_WH_V8)  # offset boxes by class so classes never suppress each other
-        i = nms(x[:, :4] + c, x[:, 4], iou_thres, backend=backend)[:max_det]
-        output[xi] = x[i]
-        if t is not None and (time.time() - t) > TIME_LIMIT:
-            LOGGER.warning(f"WARNING: NMS took over {TIME_LIMIT:g}s for this batch (results are complete; "
-                           "raise --conf-thres or lower --max-det to speed it up)")
-            t = None  # warn once per batch, never drop detections
+        output[xi] = _per_class_nms(x, iou_thres, 0 if agnostic else MAX_WH_V8, max_det, backend)
+        t = _warn_if_slow(t)
     return output
+
+
+def _per_class_nms(x: torch.Tensor, iou_thres: float, offset: float, max_det: int, backend: str) -> torch.Tensor:
+    """Kept rows of x (n, 6) [xyxy, conf, cls]: boxes shifted by cls x offset so that classes never suppress
+    each other (offset 0: class-agnostic), at most max_det."""
+    i = nms(x[:, :4] + x[:, 5:6] * offset, x[:, 4], iou_thres, backend=backend)[:max_det]
+    return x[i]
+
+
+def _warn_if_slow(t: float | None) -> float | None:
+    """Once per batch, past TIME_LIMIT seconds since t: a warning, never dropped detections. Returns the
+    start time, or None once warned."""
+    if t is not None and (time.time() - t) > TIME_LIMIT:
+        LOGGER.warning(f"WARNING: NMS took over {TIME_LIMIT:g}s for this batch (results are complete; "
+                       "raise --conf-thres or lower --max-det to speed it up)")
+        return None
+    return t
 
 
 def nms_for(model: object) -> Callable[..., list[torch.Tensor]]:
