@@ -31,7 +31,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
     p.add_argument("--cfg", type=str, default="", help="model.yaml path")
     p.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset.yaml path")
-    p.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch.yaml"), help="hyperparameters path")
+    p.add_argument("--hyp", type=str, default=None,
+                   help="hyperparameters path (default: data/hyps/hyp.scratch.yaml, hyp.v8.yaml for YOLOv8-style models)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")

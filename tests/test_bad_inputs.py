@@ -346,3 +346,13 @@ def test_export_args(sd_checkpoint, kw, words):
     a = {"weights": sd_checkpoint, "imgsz": [64], "batch_size": 1, "opset": 13, "include": ["onnx"]}
     a.update(kw)
     _raises(lambda: check_export_args(**a), *words)
+
+
+def test_hyp_default_follows_the_model_family(tmp_path):
+    """No --hyp: YOLOv5 models get v6.0's hyp.scratch.yaml, YOLOv8-style ones hyp.v8.yaml (their loss
+    needs the dfl gain; the YOLOv8 KD seed's command gives no --hyp)."""
+    from utils.options import default_hyp
+
+    assert default_hyp("models/yolov5n.yaml", "").name == "hyp.scratch.yaml"
+    assert default_hyp("models/yolov8n.yaml", "").name == "hyp.v8.yaml"
+    assert default_hyp(str(ROOT / "models/yolov8s-cbam.yaml"), "").name == "hyp.v8.yaml"

@@ -239,6 +239,29 @@ def resolve_resume(resume) -> str | bool:
     return str(p)
 
 
+HYP_DIR = Path(__file__).resolve().parents[1] / "data" / "hyps"
+DEFAULT_HYP = {"v5": HYP_DIR / "hyp.scratch.yaml", "v8": HYP_DIR / "hyp.v8.yaml"}
+
+
+def default_hyp(cfg: str, weights: str, trust: bool = False) -> Path:
+    """--hyp when not given: hyp.scratch.yaml (v6.0's default) for YOLOv5 models, hyp.v8.yaml for the
+    YOLOv8-style family, whose loss needs a dfl gain. The family is read from the head of --cfg, else from
+    the --weights checkpoint's model."""
+    from models.parse import MODULES
+
+    family = None
+    if cfg:
+        head = (yaml_load(check_yaml_file("--cfg", cfg)).get("head") or [[None, None, None]])[-1]
+        family = getattr(MODULES.get(head[2]) if len(head) > 2 else None, "family", None)
+    elif weights:
+        from utils.checkpoint import safe_torch_load
+
+        ckpt = safe_torch_load(weights, map_location="cpu", trust=trust)
+        model = ckpt.get("model") if isinstance(ckpt, dict) else None
+        family = getattr(model, "family", None)
+    return DEFAULT_HYP.get(family or "v5", DEFAULT_HYP["v5"])
+
+
 def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     """train.py / train_kd.py options (before the run folder, data or model exist)."""
     check_range("--workers", opt.workers, 0, integer=True, hint="0 loads data in the main process")
@@ -270,6 +293,8 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
         if p.suffix != ".pt":
             raise UserError(f"--weights {p} must be a .pt checkpoint (or '' to train from scratch)")
     _check_data("--data", opt.data)
+    if opt.hyp is None:  # not given: the family's own defaults (the model decides, not the file name)
+        opt.hyp = str(default_hyp(opt.cfg, opt.weights, getattr(opt, "trust_checkpoint", False)))
     if not isinstance(opt.hyp, dict):
         hyp = yaml_load(check_yaml_file("--hyp", opt.hyp))
         check_hyp(hyp, f"--hyp {opt.hyp}")
