@@ -347,3 +347,10 @@ def test_infinite_loader_keeps_workers_across_epochs(shapes):
     seen = [sorted(p for _, _, paths, _ in loader for p in paths) for _ in range(2)]
     assert loader.iterator is it and loader.num_workers == 2  # same worker processes both epochs
     assert seen[0] == seen[1] == sorted(ds.im_files)
+
+
+def test_listed_image_that_is_gone_is_called_missing_not_corrupt(tmp_path):
+    from utils.label_cache import verify_image_label
+
+    out = verify_image_label((str(tmp_path / "gone.jpg"), str(tmp_path / "gone.txt"), ""))
+    assert out[0] is None and "does not exist" in out[-1] and "corrupt" not in out[-1]

@@ -147,6 +147,9 @@ def verify_image_label(args: tuple[str, str, str]) -> list:
     im_file, lb_file, _prefix = args
     nm = nf = ne = nd = 0
     segments: list = []
+    if not os.path.isfile(im_file):  # listed (e.g. in train.txt) but gone: missing, not corrupt
+        return [None, None, None, None, nm, nf, ne, 1, nd, f"WARNING: {im_file}: ignoring a listed image that "
+                "does not exist (remove it from the list file or restore the image)"]
     try:
         shape, msg = _check_image(im_file)
         if os.path.isfile(lb_file):
