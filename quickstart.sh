@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# yolov5-kd quick start: distil a yolov5n student from the committed yolov5s teacher on the embedded,
-# offline shapes dataset (built on first use), then compare it with a plain yolov5n trained on the same
-# schedule. CPU only, a few minutes. Short-schedule overrides (used by the tests): QS_EPOCHS, QS_IMG.
+# yolov5-kd quick start: on the embedded, offline shapes dataset (built on first use), train a plain yolov5n
+# and a yolov5n distilled from the committed yolov5s teacher on the same schedule and seed, then compare
+# them in one picture. CPU only, minutes. Short-schedule overrides (used by the tests): QS_EPOCHS, QS_IMG.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 EPOCHS="${QS_EPOCHS:-12}"
 IMG="${QS_IMG:-160}"
-NAME="quickstart-kd"
 TEACHER="weights/teacher-shapes-yolov5s.pt"
-BASELINE="bench/results/quickstart-baseline-yolov5n.csv"   # plain train.py, same flags (bench/RESULTS.md)
+COMMON=(--data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' --img "$IMG" --epochs "$EPOCHS"
+        --batch-size 16 --workers 2 --cache ram --hyp data/hyps/hyp.short.yaml --seed 0 --project runs/train)
 
-python train_kd.py --data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' \
-    --teacher_weight "$TEACHER" --kd_loss_selected kl \
-    --img "$IMG" --epochs "$EPOCHS" --batch-size 16 --workers 2 --cache ram \
-    --hyp data/hyps/hyp.short.yaml --project runs/train --name "$NAME"
-RUN="$(ls -td runs/train/"$NAME"* | head -n 1)"   # quickstart-kd, quickstart-kd2, ... (earlier runs are kept)
+latest() { ls -td runs/train/"$1"* | head -n 1; }   # name, name2, ...: earlier runs are kept
 
-python plot_curves.py "$BASELINE" "$RUN" --labels baseline-yolov5n distilled-yolov5n \
-    --out runs/quickstart_compare.png
-echo "Quick start done: student weights $RUN/weights/best.pt, comparison runs/quickstart_compare.png"
+python train.py "${COMMON[@]}" --name quickstart-baseline
+BASE="$(latest quickstart-baseline)"
+python train_kd.py "${COMMON[@]}" --name quickstart-kd --teacher_weight "$TEACHER" --kd_loss_selected kl
+KD="$(latest quickstart-kd)"
+
+python plot_curves.py "$BASE" "$KD" --labels baseline-yolov5n distilled-yolov5n --out runs/quickstart_compare.png
+cat <<EOF
+
+Quick start done: distilled student $KD/weights/best.pt, plain student $BASE/weights/best.pt,
+curves of both in runs/quickstart_compare.png.
+Next:
+  your data:   python train_kd.py --data your.yaml --cfg models/yolov5n.yaml --weights '' \\
+                   --teacher_weight your_teacher.pt --kd_loss_selected kl --img 640 --epochs 100
+  the card:    python train_kd.py --data your.yaml --teacher_weight weights/yolov5m.pt --isL False --kd_loss_selected kl
+  a recipe:    python train_kd.py ... --kd_config data/kd/card.yaml      (README: Distillation)
+  try it:      python detect.py --weights $KD/weights/best.pt --source data/images --img $IMG
+EOF
