@@ -390,6 +390,6 @@ def _finish(r, opt, val_loader, compute_loss) -> None:
                      compute_loss=compute_loss, half=r.cuda, workers=opt.workers)
     try:
         plot_results(file=r.save_dir / "results.csv")
-    except Exception as e:  # a plot must never lose a finished run
+    except Exception as e:  # noqa: BLE001  (a plot must never lose a finished run)
         LOGGER.warning(f"WARNING: results.png not written: {e}")
     LOGGER.info(f"Results saved to {colorstr('bold', str(r.save_dir))}")

@@ -56,7 +56,7 @@ def plot_label_stats(dataset, names, save_dir: Path) -> None:
 
     try:
         plot_labels(labels_array(dataset), names, save_dir)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (a picture must never stop a run)
         LOGGER.warning(f"WARNING: labels.jpg not written: {e}")
 
 
@@ -65,5 +65,5 @@ def plot_train_batch(imgs, targets, paths, fname: Path) -> None:
 
     try:
         plot_images(imgs, targets, paths, fname)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (a picture must never stop a run)
         LOGGER.warning(f"WARNING: {fname.name} not written: {e}")
