@@ -4,7 +4,7 @@ An objective is called as ``objective(model, imgs, targets)`` and returns a dict
 ``"loss"`` is the tensor to back-propagate (scaled by batch size, as YOLOv5 v6.0's ComputeLoss does);
 every other entry is a detached scalar for logging, in the order box, obj, cls, then extras.
 The loop logs every entry except "loss" and never looks at the names, so a distillation objective
-(distill.objective.KDObjective) adds its own terms without the loop knowing.
+(distill.objective.DistillObjective) adds its own terms without the loop knowing.
 """
 
 from __future__ import annotations
