@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Re-exported (see __all__): v6.0's models/yolo.py star-imports models.common, and code written against it
+# imports the blocks from here; parse_model itself takes them from models/parse.py's table.
 from models.common import (
     ASCBAM,
     C3,
