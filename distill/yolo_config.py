@@ -193,6 +193,10 @@ def _apply_loss_flags(losses: list[dict], opt_like) -> None:
         if not entries:
             raise UserError(f"--{flag} {value}: the run has no '{loss_type}' loss; add it with "
                             f"--feature_loss {loss_type} (or in the --kd_config file)")
+        ok = {"psi": 0 < value <= 1, "tau": value > 0}.get(key, value >= 0)  # weight, warmup: >= 0
+        if not ok:
+            want = {"psi": "in (0, 1], e.g. 0.5", "tau": "> 0, e.g. 1"}.get(key, ">= 0")
+            raise UserError(f"--{flag} {value}: must be {want}")
         for e in entries:
             e[key] = int(value) if key == "warmup" else float(value)
 

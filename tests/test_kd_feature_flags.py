@@ -34,6 +34,14 @@ def test_per_loss_flag_without_its_loss_is_an_error():
         apply_flags(DEFAULT_CONFIG, Namespace(cwd_tau=2.0))  # the default run has AT, not CWD
 
 
+@pytest.mark.parametrize("flag,value", [("imitation_psi", 1.5), ("imitation_psi", 0.0), ("cwd_tau", 0.0),
+                                        ("cwd_weight", -1.0), ("imitation_warmup", -5)])
+def test_per_loss_flag_out_of_range_is_an_error(flag, value):
+    opt = Namespace(feature_loss=["imitation", "cwd"], **{flag: value})
+    with pytest.raises(UserError, match=f"--{flag} {value}: must be"):
+        apply_flags(DEFAULT_CONFIG, opt)
+
+
 def test_two_feature_losses_train_with_one_column_each(tmp_path):
     from utils.synthetic import build_synthetic_dataset
 
