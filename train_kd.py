@@ -69,6 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--kd_config", "--kd-config", type=str, default=None,
                    help="distillation recipe: layers, losses, parameters, weights (data/kd/NAME.yaml or NAME, "
                         "e.g. card); the flags below override it; the resolved recipe is saved as kd.yaml in the run")
+    g.add_argument("--teacher_dtype", "--teacher-dtype", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision of the teacher's forward: auto = fp16 on CUDA, bf16 on CPUs with native bf16 "
+                        "(avx512_bf16/AMX), else fp32; the losses are computed in fp32 either way")
     g.add_argument("--isL", type=str2bool, default=False,
                    help="teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred from the "
                         "models, a value contradicting the teacher is reported")

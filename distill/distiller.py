@@ -32,6 +32,7 @@ get_learnable_params(). `state_dict()` holds the student and the losses' own par
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ from torch import nn
 from distill.context import KDContext
 from distill.hooks import (
     FeatureHooks,
+    StopForward,
+    _is_layered_model,
     closest_names,
     resolve_layer_names,
     unwrap_parallel,
@@ -49,7 +52,7 @@ from distill.losses import LOSSES
 from distill.yolo_output import raw_outputs
 
 REQUIRED_KEYS = ("student_model", "teacher_model", "student_distill_layer", "teacher_distill_layer", "loss")
-OPTIONAL_KEYS = ("weights", "student_out_layer", "device", "example_input")
+OPTIONAL_KEYS = ("weights", "student_out_layer", "device", "example_input", "teacher_dtype", "teacher_early_exit")
 ENGINE_LOSS_KEYS = ("type", "name", "pairs")  # read by the engine, not passed to the loss
 CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_out", "iteration")
 
@@ -62,6 +65,20 @@ class KDModules(nn.Module):
         super().__init__()
         self.losses = nn.ModuleDict(losses)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self._count: int | None = None  # host copy of `iteration`: reading the buffer each step would sync a GPU
+
+    def count(self) -> int:
+        if self._count is None:
+            self._count = int(self.iteration)
+        return self._count
+
+    def step(self) -> None:
+        self.iteration += 1
+        self._count = self.count() + 1
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # re-read from the loaded buffer
 
 
 class Distiller(nn.Module):
@@ -103,6 +120,18 @@ class Distiller(nn.Module):
                                     [shapes[1][k] for k in pairs] if shapes else None)
                   for i, (name, spec, pairs) in enumerate(zip(self.names, specs, self.pairs))}
         self.kd = KDModules(losses).to(_device_of(self.student))
+        self.teacher_dtype = _teacher_dtype(config.get("teacher_dtype"))
+        if self.teacher_dtype == torch.float16 and _device_of(self.teacher).type == "cuda":
+            self.teacher.half()  # no per-forward weight casts (a frozen teacher gets no autocast cache)
+        early = config.get("teacher_early_exit", "auto")
+        if early not in ("auto", True, False):
+            raise ValueError(f"config['teacher_early_exit'] must be 'auto', True or False, got {early!r}")
+        needs_output = any("teacher_out" in getattr(m, "needs", ()) for m in losses.values())
+        if early is True and needs_output:
+            raise ValueError("config['teacher_early_exit'] is True but a loss reads the teacher's output (ctx.teacher_out)")
+        # 'auto': stop the teacher after its last distilled layer when no loss reads its output and the
+        # model runs each layer once (YOLO models); feature-only KD then never computes the teacher's head
+        self.teacher_early_exit = bool(early) if early != "auto" else (not needs_output and _is_layered_model(self.teacher))
         self._shapes_checked = False
         if shapes is not None:
             self._check_shapes(*shapes)
@@ -146,8 +175,13 @@ class Distiller(nn.Module):
         the forward instead of the registered student (its DDP wrapper; the hooks see the same layers)."""
         teacher = self.teacher
         teacher.eval()  # re-asserted: a caller flipping the teacher to train mode must not move its BN
-        with torch.no_grad(), FeatureHooks(teacher, self.teacher_layers) as t_hooks:
-            t_out = teacher(data)  # the single teacher forward of this call
+        t_out = None
+        with torch.no_grad(), _autocast_to(self.teacher_dtype, data), \
+                FeatureHooks(teacher, self.teacher_layers, stop_when_done=self.teacher_early_exit) as t_hooks:
+            try:
+                t_out = teacher(data)  # the single teacher forward of this call
+            except StopForward:  # every distilled teacher layer has run; its later layers are not needed
+                pass
         run = self.student if student is None else student
         with FeatureHooks(self.student, self.student_layers + self.out_layers) as s_hooks:
             s_out = run(data)
@@ -157,11 +191,11 @@ class Distiller(nn.Module):
         if not self._shapes_checked:
             self._check_shapes(_shapes(s_feats), _shapes(t_feats))
         ctx = KDContext(imgs=data if torch.is_tensor(data) else None, targets=targets, student=self.student,
-                        teacher=teacher, student_out=raw_outputs(s_out), teacher_out=raw_outputs(t_out),
-                        iteration=int(self.kd.iteration))
+                        teacher=teacher, student_out=raw_outputs(s_out),
+                        teacher_out=None if t_out is None else raw_outputs(t_out), iteration=self.kd.count())
         kd_loss = self._losses(s_feats, t_feats, ctx)
         if self.training:
-            self.kd.iteration += 1
+            self.kd.step()
         if self.out_layers:
             output = out_feats[0] if len(out_feats) == 1 else out_feats
         else:
@@ -364,6 +398,24 @@ def _build_loss(i: int, spec: dict, s_shapes, t_shapes) -> nn.Module:
 
 def _shapes(outputs: Sequence) -> list:
     return [tuple(o.shape) if torch.is_tensor(o) else None for o in outputs]
+
+
+def _teacher_dtype(dtype) -> torch.dtype | None:
+    """config['teacher_dtype']: None/float32 (full precision) or a reduced float dtype for autocast."""
+    if dtype is None or dtype == torch.float32:
+        return None
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"config['teacher_dtype'] must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+def _autocast_to(dtype: torch.dtype | None, data):
+    """Autocast to `dtype` on the data's device for the teacher's forward; no context when None (an
+    enclosing autocast, e.g. the training step's, then applies unchanged)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = data.device.type if torch.is_tensor(data) else "cpu"
+    return torch.autocast(device_type=device, dtype=dtype)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -85,6 +85,11 @@ def _listing(model: nn.Module) -> str:
     return text
 
 
+class StopForward(Exception):
+    """Raised by FeatureHooks(stop_when_done=True) once every asked layer has produced its output: the
+    rest of the network (e.g. a teacher's Detect head that no loss reads) is not computed."""
+
+
 class FeatureHooks:
     """Capture the forward outputs of named sub-modules during the `with` block.
 
@@ -92,15 +97,20 @@ class FeatureHooks:
         model: the network (DataParallel/DDP wrappers are looked through).
         layers: names from `model.named_modules()` or, for a YOLOv5 Model, integer layer indices.
         detach: store detached outputs (for logging/visualisation; the losses need the graph).
+        stop_when_done: raise StopForward as soon as every layer has run once (catch it around the
+            forward). Only for networks that run each module once per forward (YOLO models do).
 
     `outputs` is the list of captured outputs in the order of `layers` (the last call wins if a
     module runs more than once). It stays readable after the block; hooks do not.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str | int], detach: bool = False):
+    def __init__(self, model: nn.Module, layers: Sequence[str | int], detach: bool = False,
+                 stop_when_done: bool = False):
         self.model = unwrap_parallel(model)
         self.names = resolve_layer_names(self.model, layers)  # fail now, before any forward
         self.detach = detach
+        self.stop_when_done = stop_when_done
+        self._n_unique = len(set(self.names))
         self._captured: dict[str, object] = {}
         self._handles: list = []
 
@@ -123,6 +133,8 @@ class FeatureHooks:
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
             self._captured[name] = output.detach() if self.detach and hasattr(output, "detach") else output
+            if self.stop_when_done and len(self._captured) == self._n_unique:
+                raise StopForward
 
         return hook
 

@@ -39,6 +39,7 @@ from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train
 )
 from distill.yolo_output import raw_outputs
 from utils.general import LOGGER, UserError
+from utils.torch_utils import resolve_teacher_dtype
 
 
 def detect_layer(model: nn.Module) -> nn.Module:
@@ -129,8 +130,9 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
 
     opt_like (argparse Namespace or any object; missing or None attributes are "not given"): the
     distillation flags read by distill.yolo_config.apply_flags (kd_loss_selected or kd_loss,
-    temperature, alpha, beta, feature_loss, student_layers, teacher_layers, weight_by_cls, kl_softmax)
-    and isL (checked against the teacher, warning only). flags=False uses kd_config as is (--resume).
+    temperature, alpha, beta, feature_loss, student_layers, teacher_layers, weight_by_cls, kl_softmax),
+    teacher_dtype (fp32 when missing; train_kd.py's default 'auto' is fp16 on CUDA, bf16 on CPUs with
+    native bf16, else fp32) and isL (checked against the teacher, warning only). flags=False uses kd_config as is (--resume).
     The resolved config is kept as objective.resolved.
     """
     check_compatible(student, teacher)
@@ -149,7 +151,8 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     if any(e["type"] in OUTPUT_TYPES for e in resolved["losses"]):
         align_anchors(student, teacher, compute_loss)
     try:
-        distiller = Distiller(distiller_config(resolved, student, teacher, hyp))
+        teacher_dtype = resolve_teacher_dtype(getattr(opt_like, "teacher_dtype", None) or "fp32", device)
+        distiller = Distiller({**distiller_config(resolved, student, teacher, hyp), "teacher_dtype": teacher_dtype})
     except ValueError as e:
         raise UserError(f"distillation config: {e}") from e
     objective = DistillObjective(distiller, compute_loss, log_parts=log_parts)

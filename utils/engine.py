@@ -270,7 +270,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
     pbar = enumerate(loader)
     if s.rank in (-1, 0):
         pbar = tqdm(pbar, total=s.nb, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
-    mean: dict[str, float] = {}
+    log = _RunningMeans(sync_every_step=not s.cuda)
     accumulate = max(round(s.nbs / s.batch_size), 1)
     optimizer.zero_grad()
     last_opt_step = -1
@@ -289,11 +289,9 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             loss = loss * s.world_size  # gradients are averaged between DDP processes
         if s.quad:
             loss = loss * 4.0
-        if not torch.isfinite(loss).all():
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items() if k != "loss")
-            raise NonFiniteLoss(f"non-finite loss at epoch {s.epoch}, batch {i} ({terms}); training stopped. "
-                                f"The last good checkpoint is {s.last if s.last.exists() else 'none (first epoch)'}; "
-                                "lower lr0 in the hyp file or check the labels, then --resume or restart")
+        log.add(out, loss)
+        if log.synced and not log.finite:  # on CPU: every step, before the step can change the weights
+            _raise_non_finite(s, i, log)
         scaler.scale(loss).backward()
         if s.world_size > 1:
             allreduce_grads(objective)  # adapters/loss parameters sit outside the DDP-wrapped student
@@ -304,18 +302,73 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             if ema:
                 ema.update(model)
             last_opt_step = ni
-        for k, v in out.items():
-            if k != "loss":
-                mean[k] = (mean.get(k, 0.0) * i + float(v)) / (i + 1)
+        last = i == s.nb - 1
         if s.rank in (-1, 0):
             if i == 0:  # v6.0 column header, with the objective's extra terms (kd, at, ...)
-                pbar.write(log_header([], list(mean)))  # the logged terms, in the order they are printed
-            mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
-            pbar.set_description(("%10s" * 2 + "%10.4g" * (len(mean) + 2)) % (
-                f"{s.epoch}/{s.epochs - 1}", mem, *mean.values(), targets.shape[0], imgs.shape[-1]))
+                pbar.write(log_header([], log.names))  # the logged terms, in the order they are printed
+            if log.due(last):  # CUDA: one host sync per second of training, not one per step
+                mean = log.means()
+                mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
+                pbar.set_description(("%10s" * 2 + "%10.4g" * (len(mean) + 2)) % (
+                    f"{s.epoch}/{s.epochs - 1}", mem, *mean.values(), targets.shape[0], imgs.shape[-1]))
             if s.plot_dir is not None and ni < 3:
                 plot_train_batch(imgs, targets, paths, s.plot_dir / f"train_batch{ni}.jpg")
-    return mean
+        elif log.due(last):
+            log.means()
+        if log.synced and not log.finite:  # CUDA: AMP's GradScaler skipped the non-finite steps
+            _raise_non_finite(s, i, log)
+    return log.means()
+
+
+class _RunningMeans:
+    """Epoch means of the logged loss terms, accumulated on the device (float64).
+
+    Reading a CUDA tensor on the host waits for the GPU, so with sync_every_step=False the sums are read
+    (means(), one transfer for all terms) only when due(): about once a second and at the epoch's end.
+    A non-finite loss is remembered on the device and reported at the next read; on CUDA AMP's GradScaler
+    skips such steps meanwhile, so no weight is changed by them. On CPU reading is free: every step."""
+
+    def __init__(self, sync_every_step: bool, every_s: float = 1.0):
+        self.sync_every_step, self.every_s = sync_every_step, every_s
+        self.names: list[str] = []
+        self.sums = self.bad = None
+        self.n = 0
+        self.synced, self.finite, self._values = False, True, []
+        self._last = time.time()
+
+    def add(self, out: dict, loss: torch.Tensor) -> None:
+        if self.sums is None:
+            self.names = [k for k in out if k != "loss"]
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=loss.device)
+            self.bad = torch.zeros((), dtype=torch.bool, device=loss.device)
+        self.sums += torch.stack([out[k].detach().reshape(()).to(torch.float64) for k in self.names])
+        self.bad |= ~torch.isfinite(loss.detach()).all()
+        self.n += 1
+        self.synced = False
+        if self.sync_every_step:
+            self._read()
+
+    def due(self, last: bool) -> bool:
+        return self.sync_every_step or last or time.time() - self._last >= self.every_s
+
+    def _read(self) -> None:
+        values = torch.cat([self.sums, self.bad.to(torch.float64)[None]]).tolist()  # the one host sync
+        self._values, self.finite, self.synced = values[:-1], not values[-1], True
+        self._last = time.time()
+
+    def means(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        if not self.synced:
+            self._read()
+        return {k: v / self.n for k, v in zip(self.names, self._values)}
+
+
+def _raise_non_finite(s, i: int, log: _RunningMeans) -> None:
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in log.means().items())
+    raise NonFiniteLoss(f"non-finite loss at epoch {s.epoch}, batch {i} (epoch means so far: {terms}); training "
+                        f"stopped. The last good checkpoint is {s.last if s.last.exists() else 'none (first epoch)'}; "
+                        "lower lr0 in the hyp file or check the labels, then --resume or restart")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Distillation methods side by side (bench/RESULTS.md, "Distillation methods compared"): a yolov5n student
+# from scratch on the embedded shapes data, taught by the committed weights/teacher-shapes-yolov5s.pt, on the
+# recorded schedule of the distillation experiment (30 epochs, 192 px, batch 16, hyp.short), one run per
+# method and seed: baseline (train.py), output KD alone (kl_only), + AT (card), + imitation, + CWD,
+# + MSE, + PKD, + scorel2 (data/kd/*.yaml).
+#
+# Usage: bash bench/compare_kd_methods.sh [epochs] [imgsz] [seeds] [jobs] [device] [project]
+#   bash bench/compare_kd_methods.sh                      # 30 192 "0 1" 1 cpu runs/compare (hours on a CPU)
+#   bash bench/compare_kd_methods.sh 30 192 "0 1" 8 0     # on one GPU, 8 runs at a time
+# Each run is one process with one torch thread (OMP_NUM_THREADS=1); `jobs` run at once. A run whose
+# results.csv already has all epochs is skipped and an interrupted one resumes, so the script can be
+# stopped and restarted. Then:
+#   python bench/summarize_runs.py runs/compare
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPOCHS="${1:-30}"; IMG="${2:-192}"; SEEDS="${3:-0 1}"; JOBS="${4:-1}"; DEVICE="${5:-cpu}"; PROJECT="${6:-runs/compare}"
+METHODS=(baseline kl_only card imitation cwd mse pkd scorel2)
+COMMON=(--data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' --img "$IMG" --epochs "$EPOCHS"
+        --batch-size 16 --workers 2 --cache ram --hyp data/hyps/hyp.short.yaml --device "$DEVICE"
+        --project "$PROJECT" --exist-ok)
+mkdir -p "$PROJECT"
+"${PYTHON:-python}" -c "from utils.dataset_config import check_dataset; check_dataset('data/shapes.yaml')" >/dev/null  # build data once
+
+run() {  # method seed
+  local name="$1-s$2" n
+  n=$( (tail -n +2 "$PROJECT/$name/results.csv" 2>/dev/null || true) | wc -l)
+  if [ "$n" -ge "$EPOCHS" ] && [ -f "$PROJECT/$name/weights/best.pt" ]; then return; fi
+  if [ -f "$PROJECT/$name/weights/last.pt" ]; then  # an interrupted run continues where it stopped
+    OMP_NUM_THREADS=1 "${PYTHON:-python}" "$([ "$1" = baseline ] && echo train.py || echo train_kd.py)" \
+      --resume "$PROJECT/$name/weights/last.pt" >> "$PROJECT/$name.log" 2>&1
+    return
+  fi
+  if [ "$1" = baseline ]; then
+    OMP_NUM_THREADS=1 "${PYTHON:-python}" train.py "${COMMON[@]}" --seed "$2" --name "$name" > "$PROJECT/$name.log" 2>&1
+  else
+    OMP_NUM_THREADS=1 "${PYTHON:-python}" train_kd.py "${COMMON[@]}" --seed "$2" --name "$name" \
+      --teacher_weight weights/teacher-shapes-yolov5s.pt --kd_config "$1" > "$PROJECT/$name.log" 2>&1
+  fi
+}
+
+for seed in $SEEDS; do
+  for m in "${METHODS[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+    run "$m" "$seed" &
+  done
+done
+wait
+echo "done: $PROJECT"

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Table of a folder of runs named METHOD-sSEED (bench/compare_kd_methods.sh): per method, mAP@0.5 and
+mAP@0.5:0.95 of each seed's best epoch (the epoch best.pt holds: highest fitness 0.1 mAP@0.5 + 0.9
+mAP@0.5:0.95), their mean ± half the range over seeds, and the epochs done.
+
+Usage:
+    python bench/summarize_runs.py runs/compare
+    python bench/summarize_runs.py runs/compare --order baseline kl_only card imitation cwd mse pkd scorel2
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from utils.loggers import read_results_csv  # noqa: E402
+
+M50, M5095 = "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"
+
+
+def best_row(csv: Path) -> tuple[float, float, int] | None:
+    """(mAP@0.5, mAP@0.5:0.95, epochs done) of the best-fitness epoch, None without rows."""
+    names, rows = read_results_csv(csv)
+    if not rows:
+        return None
+    i50, i95 = names.index(M50), names.index(M5095)
+    best = max(rows, key=lambda r: 0.1 * r[i50] + 0.9 * r[i95])
+    return best[i50], best[i95], len(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--order", nargs="*", default=["baseline", "kl_only", "card", "imitation", "cwd", "mse", "pkd",
+                                                  "scorel2"])
+    opt = p.parse_args(argv)
+    runs = defaultdict(dict)
+    for csv in sorted(opt.folder.glob("*/results.csv")):
+        m = re.fullmatch(r"(.+)-s(\d+)", csv.parent.name)
+        r = best_row(csv)
+        if m and r:
+            runs[m.group(1)][int(m.group(2))] = r
+    if not runs:
+        sys.exit(f"no METHOD-sSEED/results.csv under {opt.folder}")
+    order = [k for k in opt.order if k in runs] + sorted(k for k in runs if k not in opt.order)
+    print("| method | seeds | epochs | mAP@0.5 per seed | mAP@0.5 mean ± spread | mAP@0.5:0.95 per seed | "
+          "mAP@0.5:0.95 mean ± spread |\n|---|---|---|---|---|---|---|")
+    for k in order:
+        seeds = sorted(runs[k])
+        a = [runs[k][s][0] for s in seeds]
+        b = [runs[k][s][1] for s in seeds]
+        ep = sorted({runs[k][s][2] for s in seeds})
+        print(f"| {k} | {','.join(map(str, seeds))} | {'/'.join(map(str, ep))} | {' '.join(f'{x:.3f}' for x in a)} | "
+              f"{statistics.mean(a):.3f} ± {(max(a) - min(a)) / 2:.3f} | {' '.join(f'{x:.3f}' for x in b)} | "
+              f"{statistics.mean(b):.3f} ± {(max(b) - min(b)) / 2:.3f} |")
+    print("(± is half the range over seeds)")
+
+
+if __name__ == "__main__":
+    main()
