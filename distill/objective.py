@@ -39,7 +39,7 @@ from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train
 )
 from distill.yolo_output import raw_outputs
 from utils.general import LOGGER, UserError
-from utils.torch_utils import resolve_teacher_dtype
+from utils.torch_utils import resolve_teacher_dtype, to_channels_last
 
 
 def detect_layer(model: nn.Module) -> nn.Module:
@@ -144,6 +144,8 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
                         f"expects {nc}; train or fine-tune the teacher on this dataset first")
     device = next(unwrap_parallel(student).parameters()).device
     freeze_teacher(teacher).to(device)
+    if device.type == "cuda":
+        to_channels_last(teacher)  # NHWC like the student (utils.engine): no layout conversions between them
     cfg = kd_config if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
     if flags:
         cfg = _output_options(apply_flags(cfg, opt_like), opt_like)

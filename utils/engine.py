@@ -65,6 +65,10 @@ def train(opt, make_objective=None) -> Path:
 
     r = _setup(opt)
     model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
+    if r.device.type == "cuda":  # NHWC convolutions: 1.6-2x the AMP step throughput on an H200 (bench_cuda.py)
+        from utils.torch_utils import to_channels_last
+
+        to_channels_last(model)
     r.start_epoch = int(ckpt["epoch"]) + 1 if opt.resume and ckpt else 0  # the loaders continue from here
     freeze_layers(model, opt.freeze)
     r.gs = max(int(model.stride.max()), 32)
@@ -404,22 +408,23 @@ def _restore(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
 def _save(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> None:
     """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state)."""
     from utils.checkpoint import save_checkpoint
-    from utils.torch_utils import de_parallel
+    from utils.torch_utils import de_parallel, to_contiguous_format
 
     extra = loop.objective.state_dict()
     ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
             # float32 while training (v6.0 halves here): --resume continues from the exact weights;
             # strip_optimizer halves best.pt/last.pt when the run ends, as v6.0 ships them
-            "model": deepcopy(de_parallel(loop.model)).float(), "ema": deepcopy(loop.ema.ema).float(),
+            "model": to_contiguous_format(deepcopy(de_parallel(loop.model)).float()),
+            "ema": to_contiguous_format(deepcopy(loop.ema.ema).float()),
             "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
             "date": datetime.now().isoformat()}
     if len(extra):
         ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
     for k, v in (getattr(loop.objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
         ckpt.setdefault(k, v)
-    save_checkpoint(ckpt, wdir / "last.pt")
-    if best_fitness == fi:
+    if best_fitness == fi:  # best.pt first: a run killed once last.pt names this epoch has its best.pt too
         save_checkpoint(ckpt, wdir / "best.pt")
+    save_checkpoint(ckpt, wdir / "last.pt")
     if opt.save_period > 0 and epoch > 0 and epoch % opt.save_period == 0:
         save_checkpoint(ckpt, wdir / f"epoch{epoch}.pt")
 

@@ -85,6 +85,14 @@ def resolve_teacher_dtype(choice: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def to_contiguous_format(model: nn.Module) -> nn.Module:
+    """Undo to_channels_last (checkpoints are written in the usual NCHW layout)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous()
+    return model
+
+
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Store every 4-d conv weight channels_last (NHWC): cuDNN then picks its NHWC kernels, which use the
     tensor cores without layout transposes. Other tensors (anchors, grids, biases) are left as they are,
