@@ -49,6 +49,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--adam", action="store_true", help="use torch.optim.Adam() optimizer")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--bf16", action="store_true",
+                   help="CPU: train with bf16 autocast (about 2x faster where the CPU has avx512_bf16 or AMX; "
+                        "float32 weights, optimizer and loss sums). CUDA always trains with fp16 AMP")
     p.add_argument("--workers", type=int, default=8, help="maximum number of dataloader workers")
     p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")

@@ -65,10 +65,11 @@ def train(opt, make_objective=None) -> Path:
 
     r = _setup(opt)
     model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
-    if r.device.type == "cuda":  # NHWC convolutions: 1.6-2x the AMP step throughput on an H200 (bench_cuda.py)
-        from utils.torch_utils import to_channels_last
+    # NHWC convolutions: 1.8-2x the AMP step on an H200 (bench_cuda.py), 1.1x a float32 CPU step and
+    # needed for the bf16 CPU kernels' speed (bench/RESULTS.md); checkpoints are written NCHW
+    from utils.torch_utils import to_channels_last
 
-        to_channels_last(model)
+    to_channels_last(model)
     r.start_epoch = int(ckpt["epoch"]) + 1 if opt.resume and ckpt else 0  # the loaders continue from here
     freeze_layers(model, opt.freeze)
     r.gs = max(int(model.stride.max()), 32)
@@ -236,7 +237,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
         if opt.image_weights:
             reweight_images(loop.dataset, loop.model, maps, r.nc)
         state = SimpleNamespace(**{**vars(r), "batch_size": opt.batch_size}, epoch=epoch, epochs=opt.epochs,
-                                multi_scale=opt.multi_scale, quad=opt.quad,
+                                multi_scale=opt.multi_scale, quad=opt.quad, bf16=bool(getattr(opt, "bf16", False)),
                                 plot_dir=None if opt.resume or epoch > start_epoch else r.save_dir)
         mloss = train_one_epoch(loop.model, loop.objective, loop.train_loader, loop.optimizer, scaler, loop.ema,
                                 state)
@@ -286,7 +287,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             accumulate = warmup(optimizer, ni, s.nw, s.epoch, s.lf, s.hyp, s.batch_size, nbs=s.nbs)
         if s.multi_scale:
             imgs = multi_scale(imgs, s.imgsz, s.gs)
-        with torch.autocast("cuda", enabled=s.cuda):
+        with _autocast(s):
             out = objective(model, imgs, targets)
         loss = out["loss"]
         if s.world_size > 1:
@@ -322,6 +323,15 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
         if log.synced and not log.finite:  # CUDA: AMP's GradScaler skipped the non-finite steps
             _raise_non_finite(s, i, log)
     return log.means()
+
+
+def _autocast(s):
+    """Mixed precision of the training forward: fp16 AMP on CUDA (v6.0; with GradScaler), bf16 on CPU with
+    --bf16 (bf16 has float32's exponent range: no loss scaling). Weights, optimizer and the loss's sums
+    stay float32 either way."""
+    if s.cuda:
+        return torch.autocast("cuda")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(s, "bf16", False)))
 
 
 class _RunningMeans:

@@ -283,6 +283,14 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     if opt.sync_bn and int(os.getenv("WORLD_SIZE", "1")) <= 1:
         LOGGER.warning("WARNING: --sync-bn only applies to multi-GPU (DDP) training; ignored here")
     check_device(opt.device)
+    if getattr(opt, "bf16", False):
+        from utils.torch_utils import native_bf16_cpu
+
+        if str(opt.device).strip().lower() not in ("cpu", ""):
+            LOGGER.warning("WARNING: --bf16 is for CPU training; on CUDA training uses fp16 AMP already")
+        elif not native_bf16_cpu():
+            LOGGER.warning("WARNING: --bf16: this CPU has no native bf16 (avx512_bf16/AMX), so bf16 is emulated "
+                           "and slower than float32; drop --bf16")
     check_project(opt.project)
     if opt.cfg:
         check_model_yaml("--cfg", opt.cfg)
