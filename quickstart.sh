@@ -19,10 +19,13 @@ python train_kd.py "${COMMON[@]}" --name quickstart-kd --teacher_weight "$TEACHE
 KD="$(latest quickstart-kd)"
 
 python plot_curves.py "$BASE" "$KD" --labels baseline-yolov5n distilled-yolov5n --out runs/quickstart_compare.png
+python compare_detections.py --weights "$BASE/weights/best.pt" "$KD/weights/best.pt" --labels plain distilled \
+  --source datasets/shapes/images/val --n 4 --img "$IMG" --out runs/quickstart_detections.jpg
 cat <<EOF
 
 Quick start done: distilled student $KD/weights/best.pt, plain student $BASE/weights/best.pt,
-curves of both in runs/quickstart_compare.png.
+curves of both in runs/quickstart_compare.png, their detections on 4 val images (labels on top) in
+runs/quickstart_detections.jpg.
 Next:
   your data:   python train_kd.py --data your.yaml --cfg models/yolov5n.yaml --weights '' \\
                    --teacher_weight your_teacher.pt --kd_loss_selected kl --img 640 --epochs 100

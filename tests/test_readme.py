@@ -39,4 +39,5 @@ def test_quickstart_runs_in_fresh_clone(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert (clone / "runs/train/quickstart-kd/weights/best.pt").is_file()
     assert (clone / "runs/quickstart_compare.png").stat().st_size > 10_000
+    assert (clone / "runs/quickstart_detections.jpg").stat().st_size > 10_000
     assert "teacher: mAP@0.5" in r.stdout and "distilled-yolov5n" in r.stdout and "baseline-yolov5n" in r.stdout
