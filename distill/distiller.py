@@ -22,7 +22,10 @@ mapping = which layer pairs go into which loss, with which weight:
 Every layer pair must feed at least one loss. Optional keys beyond the seed's: `example_input` (a
 tensor or a shape such as (1, 3, 32, 32)) for the dummy forward that finds the layers' channel counts
 (needed by losses that build adapters: fitnet, the detection losses; YOLOv5 models are probed without
-it). Config errors are ValueErrors naming the key.
+it). `teacher_dtype` (torch.float16 / torch.bfloat16; default float32) runs the teacher's forward under
+autocast to that type (fp16 weights on CUDA); `teacher_early_exit` ('auto', True, False) stops the teacher's
+forward once its last distilled layer has run ('auto': when no loss reads ctx.teacher_out and the teacher
+is a YOLO model, whose layers each run once). Config errors are ValueErrors naming the key.
 
 The teacher is frozen (requires_grad False), kept in eval mode whatever `.train()` is called, run once
 per call under no_grad, and never registered: it is not in parameters(), state_dict() or
@@ -43,7 +46,7 @@ from distill.context import KDContext
 from distill.hooks import (
     FeatureHooks,
     StopForward,
-    _is_layered_model,
+    is_layered_model,
     closest_names,
     resolve_layer_names,
     unwrap_parallel,
@@ -131,7 +134,7 @@ class Distiller(nn.Module):
             raise ValueError("config['teacher_early_exit'] is True but a loss reads the teacher's output (ctx.teacher_out)")
         # 'auto': stop the teacher after its last distilled layer when no loss reads its output and the
         # model runs each layer once (YOLO models); feature-only KD then never computes the teacher's head
-        self.teacher_early_exit = bool(early) if early != "auto" else (not needs_output and _is_layered_model(self.teacher))
+        self.teacher_early_exit = bool(early) if early != "auto" else (not needs_output and is_layered_model(self.teacher))
         self._shapes_checked = False
         if shapes is not None:
             self._check_shapes(*shapes)

@@ -28,7 +28,7 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
     return model
 
 
-def _is_layered_model(model: nn.Module) -> bool:
+def is_layered_model(model: nn.Module) -> bool:
     """True for a YOLOv5-style Model: its layers live in an nn.Sequential called `model`."""
     return isinstance(getattr(model, "model", None), nn.Sequential)
 
@@ -36,7 +36,7 @@ def _is_layered_model(model: nn.Module) -> bool:
 def valid_layer_names(model: nn.Module) -> list[str]:
     """Names offered in error messages: 'model.0'... for a YOLOv5 Model, else every named module."""
     model = unwrap_parallel(model)
-    if _is_layered_model(model):
+    if is_layered_model(model):
         return [f"model.{i}" for i in range(len(model.model))]
     return [name for name, _ in model.named_modules() if name]
 
@@ -57,7 +57,7 @@ def resolve_layer_names(model: nn.Module, layers: Sequence[str | int]) -> list[s
         if isinstance(layer, str) and layer.strip().isdigit():
             layer = int(layer.strip())
         if isinstance(layer, int):
-            if not _is_layered_model(model):
+            if not is_layered_model(model):
                 raise ValueError(f"integer layer {layer} needs a YOLOv5 Model (with .model); "
                                  f"use a module name instead: {_listing(model)}")
             if not 0 <= layer < len(model.model):
@@ -80,7 +80,7 @@ def closest_names(name: str, choices, n: int = 3) -> str:
 def _listing(model: nn.Module) -> str:
     names = valid_layer_names(model)
     text = ", ".join(names[:_MAX_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
-    if _is_layered_model(model):
+    if is_layered_model(model):
         text += " (sub-module names such as 'model.4.cv3' are accepted too)"
     return text
 
