@@ -47,7 +47,7 @@ from utils.plots import (
     plot_mc_curve,
     plot_pr_curve,
 )
-from utils.torch_utils import select_device, time_sync
+from utils.torch_utils import select_device, time_sync, to_channels_last
 
 IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
 TABLE_HEADER = ("%20s" + "%11s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
@@ -128,6 +128,7 @@ def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, s
     half &= device.type != "cpu"
     model.half() if half else model.float()
     model.eval()
+    to_channels_last(model)  # NHWC convolutions: 1.7x a fused yolov5s forward on CPU (bench/RESULTS.md)
     # one warm-up pass, so that the first batch's timing does not include CUDA / oneDNN start-up
     model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))
     split = task if task in ("train", "val", "test") else "val"

@@ -129,3 +129,20 @@ def test_bad_arguments():
     if not torchvision_available():
         with pytest.raises(RuntimeError, match="torchvision"):
             nms(torch.zeros(1, 4), torch.zeros(1), 0.5, backend="torchvision")
+
+
+def test_top_k_shortcut_is_exact():
+    """_per_class_nms first runs NMS on the 8 x max_det best boxes and stops there when it keeps max_det of
+    them: the result must be the first max_det boxes of the full greedy NMS, both when the shortcut holds
+    (spread-out boxes) and when it must widen (heavily overlapping boxes keep few)."""
+    from utils.nms import MAX_WH, TOP_K_PER_DET, _per_class_nms, nms
+
+    g = torch.Generator().manual_seed(0)
+    for spread, n in ((600.0, 400), (30.0, 2000)):
+        xy = torch.rand(n, 2, generator=g) * spread
+        wh = torch.rand(n, 2, generator=g) * 40 + 5
+        x = torch.cat((xy, xy + wh, torch.rand(n, 1, generator=g), torch.randint(0, 3, (n, 1), generator=g).float()), 1)
+        max_det = 5
+        assert n > TOP_K_PER_DET * max_det
+        full = nms(x[:, :4] + x[:, 5:6] * MAX_WH, x[:, 4], 0.45)[:max_det]
+        assert torch.equal(_per_class_nms(x, 0.45, MAX_WH, max_det, None), x[full])

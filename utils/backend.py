@@ -118,6 +118,9 @@ class DetectBackend:
         self.names = parse_names(names, int(model.model[-1].nc) if hasattr(model, "model") else None)
         self.family = getattr(model, "family", "v5")
         self.model = model.half() if self.fp16 else model.float()
+        from utils.torch_utils import to_channels_last
+
+        to_channels_last(self.model)  # NHWC convolutions: faster on CPU and on GPU tensor cores
 
     def _load_torchscript(self, path: Path) -> None:
         extra = {"config.txt": ""}
