@@ -49,6 +49,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--adam", action="store_true", help="use torch.optim.Adam() optimizer")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep conv weights NCHW while training (default: channels_last in a single process, "
+                        "faster on CPU and GPU; DDP runs always use NCHW)")
     p.add_argument("--bf16", action="store_true",
                    help="CPU: train with bf16 autocast (about 2x faster where the CPU has avx512_bf16 or AMX; "
                         "float32 weights, optimizer and loss sums). CUDA always trains with fp16 AMP")

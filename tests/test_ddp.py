@@ -67,7 +67,7 @@ def _cmd(script: str, data: Path, hyp: Path, project: Path, nproc: int, epochs: 
     return [*launcher, str(ROOT / script), "--data", str(data), "--hyp", str(hyp), "--cfg",
             str(ROOT / "models/yolov5n.yaml"), "--weights", "", "--img", "64", "--epochs", str(epochs),
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--noautoanchor", "--save-period", "1",
-            "--project", str(project), "--name", "exp", *extra]
+            "--project", str(project), "--name", "exp", "--no-channels-last", *extra]  # NCHW as DDP uses
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -66,10 +66,15 @@ def train(opt, make_objective=None) -> Path:
     r = _setup(opt)
     model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
     # NHWC convolutions: 1.8-2x the AMP step on an H200 (bench_cuda.py), 1.1x a float32 CPU step and
-    # needed for the bf16 CPU kernels' speed (bench/RESULTS.md); checkpoints are written NCHW
-    from utils.torch_utils import to_channels_last
+    # needed for the bf16 CPU kernels' speed (bench/RESULTS.md); checkpoints are written NCHW. Single
+    # process only. NHWC kernels reduce a batch in another order than NCHW ones (same float32 accuracy,
+    # ~3e-7 relative per conv), and a from-scratch run amplifies such rounding to ~1e-3 in weights within
+    # a few steps; DDP keeps NCHW, whose 2-process run reproduces the 1-process run to 1e-6
+    # (tests/test_ddp.py runs the reference with --no-channels-last).
+    if r.local_rank == -1 and not getattr(opt, "no_channels_last", False):
+        from utils.torch_utils import to_channels_last
 
-    to_channels_last(model)
+        to_channels_last(model)
     r.start_epoch = int(ckpt["epoch"]) + 1 if opt.resume and ckpt else 0  # the loaders continue from here
     freeze_layers(model, opt.freeze)
     r.gs = max(int(model.stride.max()), 32)
