@@ -33,7 +33,7 @@ from utils.torch_utils import get_flops  # noqa: E402
 
 
 def bench_pair(student_cfg: str, teacher_cfg: str, imgsz: int, batch: int, steps: int, kd_loss: str,
-               teacher_dtypes=("fp32", "auto"), nc: int = 80) -> list[dict]:
+               teacher_dtypes=("fp32", "auto"), nc: int = 80, recipes=()) -> list[dict]:
     hyp = yaml_load(ROOT / "data/hyps/hyp.scratch.yaml")
     imgs, targets = synthetic_batch(batch, imgsz, nc)
     model, loss, h = build(student_cfg, nc, imgsz, hyp)
@@ -44,11 +44,18 @@ def bench_pair(student_cfg: str, teacher_cfg: str, imgsz: int, batch: int, steps
     fs, ft = get_flops(model, imgsz), get_flops(teacher, imgsz)
     teacher.fuse().eval()  # as train_kd.py loads it (distill.objective.load_teacher)
     rows = []
+    kinds = {name: {"recipe": name} for name in recipes} if recipes else KD_KINDS
     for dtype in teacher_dtypes:
-        for kind, flags in KD_KINDS.items():
-            kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(
-                kd_loss=kd_loss if flags["out"] else None, feature_loss=flags["feature"], teacher_dtype=dtype),
-                kd_config=None if flags["out"] else {"losses": [{"type": flags["feature"], "name": flags["feature"]}]})
+        for kind, flags in kinds.items():
+            if "recipe" in flags:  # a data/kd recipe as train_kd.py --kd_config NAME runs it
+                from distill.yolo_config import load_kd_config
+
+                kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(teacher_dtype=dtype),
+                                        kd_config=load_kd_config(flags["recipe"]), flags=False)
+            else:
+                kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(
+                    kd_loss=kd_loss if flags["out"] else None, feature_loss=flags["feature"], teacher_dtype=dtype),
+                    kd_config=None if flags["out"] else {"losses": [{"type": flags["feature"], "name": flags["feature"]}]})
             t_kd = statistics.median(time_steps(model, kd, imgs, targets,
                                                 build_optimizer(model, h, extra_params=[kd]), steps))
             rows.append({"pair": f"{student_cfg}<-{teacher_cfg}", "kind": kind, "dtype": str(
@@ -72,6 +79,8 @@ def main(argv=None) -> None:
     p.add_argument("--kd-loss", default="l2", choices=["l2", "kl", "bce"])
     p.add_argument("--teacher-dtype", nargs="+", default=["fp32", "auto"], choices=["fp32", "bf16", "auto"],
                    help="teacher precisions to time (auto: bf16 where the CPU has native bf16, as train_kd.py)")
+    p.add_argument("--recipes", nargs="*", default=[],
+                   help="time these data/kd recipes (e.g. kl_only card imitation) instead of the two default kinds")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     opt = p.parse_args(argv)
     if opt.threads:
@@ -83,7 +92,7 @@ def main(argv=None) -> None:
           "bound 1+F_T/(3F_S) |\n|---|---|---|---|---|---|---|---|")
     for pair in opt.pairs:
         s, t = pair.split(":")
-        for r in bench_pair(s, t, opt.img, opt.batch, opt.steps, opt.kd_loss, p_dtypes):
+        for r in bench_pair(s, t, opt.img, opt.batch, opt.steps, opt.kd_loss, p_dtypes, recipes=opt.recipes):
             print(f"| {r['pair']} | {r['kind']} | {r['dtype']} | {r['gflops_s']:.2f} / {r['gflops_t']:.2f} | "
                   f"{r['plain']:.3f} | {r['kd']:.3f} | {r['ratio']:.2f}x | {r['bound']:.2f}x |", flush=True)
 
