@@ -21,7 +21,7 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, UserError, run_cli  # noqa: E402
+from utils.general import LOGGER, UserError, run_cli
 
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TILE = 256  # pixels per tile side in the picture

@@ -97,7 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with imitation: draw the masks of N training images into imitation_masks.jpg (0: none)")
     g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 10)")
     g.add_argument("--cwd_tau", type=float, default=None, help="CWD softmax temperature (default 1)")
-    g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 0.002; 1 overwhelms the detection loss)")
+    g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 0.002 for YOLOv5 students, where 1 overwhelms the "
+                        "detection loss; 1 for YOLOv8 students, the seed's)")
     g.add_argument("--pkd_weight", type=float, default=None, help="PKD weight (default 10)")
     g.add_argument("--scorel2_weight", type=float, default=None, help="score-weighted L2 weight (default 1)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,

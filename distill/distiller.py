@@ -46,8 +46,8 @@ from distill.context import KDContext
 from distill.hooks import (
     FeatureHooks,
     StopForward,
-    is_layered_model,
     closest_names,
+    is_layered_model,
     resolve_layer_names,
     unwrap_parallel,
 )

@@ -141,7 +141,7 @@ OUTPUT_FAMILY = {"YoloKDLoss": "v5", "v8_output_kd": "v8"}  # the head family ea
 # training). Measured on one batch: yolov8n from scratch, the ultralytics yolov8s fixture as teacher (nc 80),
 # 8 generated shapes images at 160 px, hyp.v8.yaml gains: detection items box + cls + dfl = 15.2, raw
 # v8_output_kd 1.14 (kd_box 0.07, kd_cls 1.07 at T = tau = 10), raw mse 0.20. So v8_output_kd weighs 4
-# (V8OutputKD.default_weight). mse keeps detection_losses' 1.0, the seed's plain sum, the same whichever
+# (V8OutputKD.default_weight). mse keeps 1.0 for v8 students (yolo_config.FAMILY_WEIGHTS), the seed's plain sum, the same whichever
 # way it is asked for (--kd_layer, --feature_loss mse, a file): at 1.3% of the detection loss here, raise
 # it with --beta (25 would be the third).
 V8_DEFAULT_CONFIG = {"losses": [  # both seeds at once: ver2 on the heads, ver1 on the maps entering them

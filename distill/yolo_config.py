@@ -54,9 +54,17 @@ DEFAULT_CONFIG = {"losses": [
 ]}
 
 
-def default_weight(entry: dict) -> float:
-    """train_kd.py's default weight of a config entry (its --alpha / --beta default); a loss class may
-    declare its own (`default_weight`, e.g. v8_output_kd)."""
+# Per student family overrides of the detection losses' default weights. A v8 student's detection loss
+# is ~75x a v5 one's at the start (box + cls + dfl 15.2 vs 0.20, distill/v8_output.py), so mse keeps the
+# v8 seed's plain sum 1.0 there (1.3% of that loss), while a v5 student needs 0.002.
+FAMILY_WEIGHTS = {"v8": {"mse": 1.0}}
+
+
+def default_weight(entry: dict, family: str = "v5") -> float:
+    """train_kd.py's default weight of a config entry (its --alpha / --beta default) for a student of this
+    head family; a loss class may declare its own (`default_weight`, e.g. v8_output_kd)."""
+    if entry["type"] in FAMILY_WEIGHTS.get(family, {}):
+        return float(FAMILY_WEIGHTS[family][entry["type"]])
     own = getattr(LOSSES.get(entry["type"]), "default_weight", None)
     if own is not None:
         return float(own)
@@ -224,12 +232,18 @@ def _detect_inputs(model: nn.Module) -> list[str]:
     return [f"model.{i % n if i < 0 else i}" for i in sources]
 
 
+def _head(model: nn.Module):
+    layers = getattr(model, "model", None)
+    return layers[-1] if isinstance(layers, nn.Sequential) else None
+
+
 def resolve_layers(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
     """A copy of cfg with explicit student_layers/teacher_layers and a weight in every entry."""
     cfg = copy.deepcopy(cfg)
+    family = getattr(_head(student), "family", "v5")
     for i, e in enumerate(cfg["losses"]):
         e.setdefault("name", e["type"])
-        e.setdefault("weight", default_weight(e))
+        e.setdefault("weight", default_weight(e, family))
         e["weight"] = float(e["weight"])
         layers = e.pop("layers", None)
         if layers is None and e.get("student_layers") is None and e.get("teacher_layers") is None:
