@@ -128,10 +128,10 @@ def test_iteration_counter_has_a_host_copy_that_follows_loads():
 def test_running_means_without_per_step_sync():
     """The loop's logged means are the same whether read every step (CPU) or only when due (CUDA), and a
     non-finite loss is reported at the next read."""
-    from utils.engine import _RunningMeans
+    from utils.train_utils import RunningMeans
 
     steps = [{"loss": torch.tensor(v * 3), "box": torch.tensor(v), "kd": torch.tensor(2 * v)} for v in (0.1, 0.4, 0.25)]
-    a, b = _RunningMeans(sync_every_step=True), _RunningMeans(sync_every_step=False, every_s=1e9)
+    a, b = RunningMeans(sync_every_step=True), RunningMeans(sync_every_step=False, every_s=1e9)
     for out in steps:
         a.add(out, out["loss"])
         b.add(out, out["loss"])

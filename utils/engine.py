@@ -40,12 +40,14 @@ from utils.train_setup import (
     write_run_files,
 )
 from utils.train_utils import (
+    RunningMeans,
     class_weights,
     fitness_of,
     multi_scale,
     plot_label_stats,
     plot_train_batch,
     reweight_images,
+    train_autocast,
 )
 
 __all__ = ["prepare_opt", "train", "train_one_epoch"]
@@ -280,7 +282,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
     pbar = enumerate(loader)
     if s.rank in (-1, 0):
         pbar = tqdm(pbar, total=s.nb, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
-    log = _RunningMeans(sync_every_step=not s.cuda)
+    log = RunningMeans(sync_every_step=not s.cuda)
     accumulate = max(round(s.nbs / s.batch_size), 1)
     optimizer.zero_grad()
     last_opt_step = -1
@@ -292,7 +294,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
             accumulate = warmup(optimizer, ni, s.nw, s.epoch, s.lf, s.hyp, s.batch_size, nbs=s.nbs)
         if s.multi_scale:
             imgs = multi_scale(imgs, s.imgsz, s.gs)
-        with _autocast(s):
+        with train_autocast(s):
             out = objective(model, imgs, targets)
         loss = out["loss"]
         if s.world_size > 1:
@@ -330,60 +332,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict
     return log.means()
 
 
-def _autocast(s):
-    """Mixed precision of the training forward: fp16 AMP on CUDA (v6.0; with GradScaler), bf16 on CPU with
-    --bf16 (bf16 has float32's exponent range: no loss scaling). Weights, optimizer and the loss's sums
-    stay float32 either way."""
-    if s.cuda:
-        return torch.autocast("cuda")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(s, "bf16", False)))
-
-
-class _RunningMeans:
-    """Epoch means of the logged loss terms, accumulated on the device (float64).
-
-    Reading a CUDA tensor on the host waits for the GPU, so with sync_every_step=False the sums are read
-    (means(), one transfer for all terms) only when due(): about once a second and at the epoch's end.
-    A non-finite loss is remembered on the device and reported at the next read; on CUDA AMP's GradScaler
-    skips such steps meanwhile, so no weight is changed by them. On CPU reading is free: every step."""
-
-    def __init__(self, sync_every_step: bool, every_s: float = 1.0):
-        self.sync_every_step, self.every_s = sync_every_step, every_s
-        self.names: list[str] = []
-        self.sums = self.bad = None
-        self.n = 0
-        self.synced, self.finite, self._values = False, True, []
-        self._last = time.time()
-
-    def add(self, out: dict, loss: torch.Tensor) -> None:
-        if self.sums is None:
-            self.names = [k for k in out if k != "loss"]
-            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=loss.device)
-            self.bad = torch.zeros((), dtype=torch.bool, device=loss.device)
-        self.sums += torch.stack([out[k].detach().reshape(()).to(torch.float64) for k in self.names])
-        self.bad |= ~torch.isfinite(loss.detach()).all()
-        self.n += 1
-        self.synced = False
-        if self.sync_every_step:
-            self._read()
-
-    def due(self, last: bool) -> bool:
-        return self.sync_every_step or last or time.time() - self._last >= self.every_s
-
-    def _read(self) -> None:
-        values = torch.cat([self.sums, self.bad.to(torch.float64)[None]]).tolist()  # the one host sync
-        self._values, self.finite, self.synced = values[:-1], not values[-1], True
-        self._last = time.time()
-
-    def means(self) -> dict[str, float]:
-        if self.sums is None:
-            return {}
-        if not self.synced:
-            self._read()
-        return {k: v / self.n for k, v in zip(self.names, self._values)}
-
-
-def _raise_non_finite(s, i: int, log: _RunningMeans) -> None:
+def _raise_non_finite(s, i: int, log: RunningMeans) -> None:
     terms = ", ".join(f"{k}={v:.4g}" for k, v in log.means().items())
     raise NonFiniteLoss(f"non-finite loss at epoch {s.epoch}, batch {i} (epoch means so far: {terms}); training "
                         f"stopped. The last good checkpoint is {s.last if s.last.exists() else 'none (first epoch)'}; "

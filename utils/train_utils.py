@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,56 @@ def plot_train_batch(imgs, targets, paths, fname: Path) -> None:
         plot_images(imgs, targets, paths, fname)
     except Exception as e:  # noqa: BLE001  (a picture must never stop a run)
         LOGGER.warning(f"WARNING: {fname.name} not written: {e}")
+
+
+def train_autocast(s):
+    """Mixed precision of the training forward: fp16 AMP on CUDA (v6.0; with GradScaler), bf16 on CPU with
+    --bf16 (bf16 has float32's exponent range: no loss scaling). Weights, optimizer and the loss's sums
+    stay float32 either way."""
+    if s.cuda:
+        return torch.autocast("cuda")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(s, "bf16", False)))
+
+
+class RunningMeans:
+    """Epoch means of the logged loss terms, accumulated on the device (float64).
+
+    Reading a CUDA tensor on the host waits for the GPU, so with sync_every_step=False the sums are read
+    (means(), one transfer for all terms) only when due(): about once a second and at the epoch's end.
+    A non-finite loss is remembered on the device and reported at the next read; on CUDA AMP's GradScaler
+    skips such steps meanwhile, so no weight is changed by them. On CPU reading is free: every step."""
+
+    def __init__(self, sync_every_step: bool, every_s: float = 1.0):
+        self.sync_every_step, self.every_s = sync_every_step, every_s
+        self.names: list[str] = []
+        self.sums = self.bad = None
+        self.n = 0
+        self.synced, self.finite, self._values = False, True, []
+        self._last = time.time()
+
+    def add(self, out: dict, loss: torch.Tensor) -> None:
+        if self.sums is None:
+            self.names = [k for k in out if k != "loss"]
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=loss.device)
+            self.bad = torch.zeros((), dtype=torch.bool, device=loss.device)
+        self.sums += torch.stack([out[k].detach().reshape(()).to(torch.float64) for k in self.names])
+        self.bad |= ~torch.isfinite(loss.detach()).all()
+        self.n += 1
+        self.synced = False
+        if self.sync_every_step:
+            self._read()
+
+    def due(self, last: bool) -> bool:
+        return self.sync_every_step or last or time.time() - self._last >= self.every_s
+
+    def _read(self) -> None:
+        values = torch.cat([self.sums, self.bad.to(torch.float64)[None]]).tolist()  # the one host sync
+        self._values, self.finite, self.synced = values[:-1], not values[-1], True
+        self._last = time.time()
+
+    def means(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        if not self.synced:
+            self._read()
+        return {k: v / self.n for k, v in zip(self.names, self._values)}
