@@ -12,10 +12,12 @@
 # results.csv already has all epochs is skipped and an interrupted one resumes, so the script can be
 # stopped and restarted. Then:
 #   python bench/summarize_runs.py runs/compare
+# METHODS="kl_only scorel2" overrides the method list; a method is baseline, a recipe of data/kd/ or one of
+# bench/kd_configs/ (the output-KD defaults sweep of issue 11: kl_t1 kl_t2 kl_t4 l2_only l2_bceobj bce_centred).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-30}"; IMG="${2:-192}"; SEEDS="${3:-0 1}"; JOBS="${4:-1}"; DEVICE="${5:-cpu}"; PROJECT="${6:-runs/compare}"
-METHODS=(baseline kl_only card imitation cwd mse pkd scorel2)
+read -r -a METHODS <<< "${METHODS:-baseline kl_only card imitation cwd mse pkd scorel2}"
 COMMON=(--data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' --img "$IMG" --epochs "$EPOCHS"
         --batch-size 16 --workers 2 --cache ram --hyp data/hyps/hyp.short.yaml --device "$DEVICE"
         --project "$PROJECT" --exist-ok)
@@ -34,8 +36,10 @@ run() {  # method seed
   if [ "$1" = baseline ]; then
     OMP_NUM_THREADS=1 "${PYTHON:-python}" train.py "${COMMON[@]}" --seed "$2" --name "$name" > "$PROJECT/$name.log" 2>&1
   else
+    local recipe="$1"
+    [ -f "data/kd/$1.yaml" ] || recipe="bench/kd_configs/$1.yaml"
     OMP_NUM_THREADS=1 "${PYTHON:-python}" train_kd.py "${COMMON[@]}" --seed "$2" --name "$name" \
-      --teacher_weight weights/teacher-shapes-yolov5s.pt --kd_config "$1" > "$PROJECT/$name.log" 2>&1
+      --teacher_weight weights/teacher-shapes-yolov5s.pt --kd_config "$recipe" > "$PROJECT/$name.log" 2>&1
   fi
 }
 
