@@ -54,9 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     from distill.losses import LOSSES
     from distill.yolo_config import (
         DEFAULT_TEMPERATURE,
-        FEATURE_DEFAULT_BETA,
         OUTPUT_DEFAULT_ALPHA,
         OUTPUT_TYPES,
+        default_weight,
     )
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
@@ -76,19 +76,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred from the "
                         "models, a value contradicting the teacher is reported")
     g.add_argument("--kd_loss_selected", "--kd-loss", type=str, default=None, choices=["l2", "kl", "bce"],
-                   help="output distillation loss on the teacher-objectness-weighted raw outputs (default: l2)")
+                   help="output distillation loss on the teacher-objectness-weighted raw outputs (default: kl)")
     g.add_argument("--temperature", type=float, default=None,
                    help=f"softening temperature for kl/bce class terms, loss scaled by T^2 (default: {DEFAULT_TEMPERATURE:g})")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the output KD loss (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in OUTPUT_DEFAULT_ALPHA.items()) + ")")
-    g.add_argument("--beta", type=float, default=None,
-                   help="weight of the feature loss (default: " +
-                        ", ".join(f"{k} {v:g}" for k, v in FEATURE_DEFAULT_BETA.items()) + ")")
     features = [k for k in LOSSES if k not in OUTPUT_TYPES]
+    g.add_argument("--beta", type=float, default=None,
+                   help="weight of the feature loss (default, by loss: " +
+                        ", ".join(f"{k} {default_weight({'type': k}):g}" for k in features) + ")")
     g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
                    metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
-                   ", ".join(features) + "; or none (default: at; fitnet uses 1x1 adapters)")
+                   ", ".join(features) + "; or none (default: scorel2; fitnet uses 1x1 adapters)")
     g.add_argument("--imitation_weight", type=float, default=None, help="imitation loss weight (default 0.01, FGFI)")
     g.add_argument("--imitation_psi", type=float, default=None,
                    help="imitation mask: a cell is positive when an anchor has IoU > psi x the box's best (default 0.5)")

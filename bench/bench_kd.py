@@ -50,8 +50,12 @@ def bench_pair(student_cfg: str, teacher_cfg: str, imgsz: int, batch: int, steps
             if "recipe" in flags:  # a data/kd recipe as train_kd.py --kd_config NAME runs it
                 from distill.yolo_config import load_kd_config
 
+                cfg = load_kd_config(flags["recipe"])
+                for entry in cfg["losses"]:  # imitation is off for its first 400 steps: time it switched on
+                    if entry["type"] == "imitation":
+                        entry["warmup"] = 0
                 kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(teacher_dtype=dtype),
-                                        kd_config=load_kd_config(flags["recipe"]), flags=False)
+                                        kd_config=cfg, flags=False)
             else:
                 kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(
                     kd_loss=kd_loss if flags["out"] else None, feature_loss=flags["feature"], teacher_dtype=dtype),

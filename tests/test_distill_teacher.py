@@ -46,7 +46,8 @@ def _close(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= FUSED_RTOL * abs(a[k]) for k in a)
 
 
-@pytest.mark.parametrize("flags", [{"kd_loss_selected": "l2"}, {"kd_loss_selected": "kl"}])
+@pytest.mark.parametrize("flags", [{"kd_loss_selected": "l2", "feature_loss": "at"},
+                                   {"kd_loss_selected": "kl", "feature_loss": "at"}])
 def test_fused_teacher_gives_the_unfused_kd_values(student, fixtures_dir, flags):
     path = fixtures_dir / "yolov5s_v6.0.pt"
     fused = load_teacher(path, "cpu", nc=80)

@@ -81,10 +81,21 @@ def _first_batch(flags: dict, kd_config=None) -> dict:
     return values
 
 
+def pre_engine_flags(flags: dict) -> dict:
+    """A golden case's flags with the pre-engine defaults written out: the cases were recorded when an
+    unset output loss meant l2 and an unset feature loss meant AT; train_kd.py's defaults are now kl +
+    scorel2 (issue 13), so the old meaning is given explicitly."""
+    flags = dict(flags)
+    if flags.get("kd_loss") is None and flags.get("kd_loss_selected") is None:
+        flags["kd_loss_selected"] = "l2"
+    flags.setdefault("feature_loss", "at")
+    return flags
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_first_batch_equals_pre_engine_code(case):
     golden = {k: v for k, v in GOLDEN[case].items() if k != "flags"}
-    got = _first_batch(CASES[case])
+    got = _first_batch(pre_engine_flags(CASES[case]))
     assert list(got) == list(golden)  # same logged terms, same order
     for k, v in golden.items():
         assert got[k] == pytest.approx(v, rel=REL_GRAD if "grad" in k else REL, abs=1e-12), k
@@ -92,11 +103,11 @@ def test_first_batch_equals_pre_engine_code(case):
 
 def test_tolerance_catches_real_mistakes():
     card = GOLDEN["card_kl_at"]
-    wrong_alpha = _first_batch({"kd_loss_selected": "kl", "alpha": 2.02})
-    wrong_t = _first_batch({"kd_loss_selected": "kl", "temperature": 4.0})
+    wrong_alpha = _first_batch({"kd_loss_selected": "kl", "feature_loss": "at", "alpha": 2.02})
+    wrong_t = _first_batch({"kd_loss_selected": "kl", "feature_loss": "at", "temperature": 4.0})
     for got in (wrong_alpha, wrong_t):
         assert abs(got["kd"] / card["kd"] - 1) > 10 * REL
-    objective, student = _objective({"kd_loss_selected": "kl"}, compute_loss=zero_loss)
+    objective, student = _objective({"kd_loss_selected": "kl", "feature_loss": "at"}, compute_loss=zero_loss)
     at = objective.distiller.losses["at"]
     forward = at.forward
     at.forward = lambda s, t, ctx: forward([x.detach() for x in s], t, ctx)  # AT's gradient cut
@@ -112,10 +123,10 @@ def _parse(*argv) -> dict:
 
 
 RECIPE_FLAGS = {  # each shipped recipe and the flags that describe the same run
-    "card": ["--kd_loss_selected", "kl"],
-    "l2_at": [],
+    "card": ["--kd_loss_selected", "kl", "--feature_loss", "at"],
+    "l2_at": ["--kd_loss_selected", "l2", "--feature_loss", "at"],
     "kl_only": ["--kd_loss_selected", "kl", "--feature_loss", "none"],
-    "bce_at": ["--kd_loss_selected", "bce"],
+    "bce_at": ["--kd_loss_selected", "bce", "--feature_loss", "at"],
     "fitnet": ["--kd_loss_selected", "kl", "--feature_loss", "fitnet"],
     **{m: ["--kd_loss_selected", "kl", "--feature_loss", m] for m in ("imitation", "cwd", "mse", "pkd", "scorel2")},
 }
@@ -143,6 +154,17 @@ def test_recipe_equals_its_flags(recipe):
     for k in out_a:
         assert torch.equal(out_a[k], out_b[k]), k
     assert torch.isfinite(out_a["loss"]) and all(float(out_a[k]) > 0 for k in a.distiller.names)
+
+
+def test_default_run_is_the_scorel2_recipe():
+    """No --kd_config and no distillation flags = data/kd/scorel2.yaml (kl output KD + score-weighted L2),
+    the combination that measured best; the card's command (--kd_loss_selected kl) keeps that feature loss."""
+    recipe, _ = _objective({}, kd_config=load_kd_config("scorel2"))
+    for argv in ([], ["--kd_loss_selected", "kl", "--isL", "False"]):
+        objective, _ = _objective(_parse(*argv))
+        assert objective.resolved == recipe.resolved, argv
+        kd, feature = objective.resolved["losses"]
+        assert (kd["variant"], kd["T"], kd["weight"], feature["type"]) == ("kl", 20.0, 2.0, "scorel2")
 
 
 def test_card_recipe_equals_card_command_golden():

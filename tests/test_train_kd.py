@@ -39,7 +39,7 @@ def _kd(cwd, data, teacher, *extra):
 
 
 def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
-    """One epoch of the default recipe (output KD + AT). Every KD run has distillation state (at least the
+    """One epoch of the default recipe (kl output KD + scorel2). Every KD run has distillation state (at least the
     batch counter kd.iteration) in its mid-run checkpoints, so best.pt lacking 'kd_state' shows that the
     final file is stripped to the student.
     Mutation seen failing: strip_optimizer keeping 'kd_state' (utils/checkpoint.py)."""
@@ -52,8 +52,8 @@ def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
         assert (run / f).exists(), f
     names, rows = read_results_csv(run / "results.csv")
     assert names[:14] == V6_COLUMNS
-    assert "train/kd_loss" in names[14:] and "train/at_loss" in names[14:]
-    assert rows[0][names.index("train/kd_loss")] > 0
+    assert names[14:] == ["train/kd_loss", "train/scorel2_loss"]
+    assert rows[0][names.index("train/kd_loss")] > 0 and rows[0][names.index("train/scorel2_loss")] > 0
     assert "teacher: mAP@0.5" in r.stdout  # sanity check of the teacher before epoch 0
     assert _md5(teacher) == before  # the teacher file is never written
 
