@@ -187,6 +187,7 @@ def main(argv=None) -> int:
     work = Path(opt.workdir or tempfile.mkdtemp(prefix="mutation-"))
     if work.exists() and any(work.iterdir()):
         sys.exit(f"--workdir {work}: not empty (the tree is copied there)")
+    work.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     for extra in ("datasets",):  # generated data the tests may reuse
