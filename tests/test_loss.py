@@ -174,6 +174,70 @@ def test_autocast_computes_in_float32():
     assert torch.allclose(loss, ref, rtol=1e-6)
 
 
+def test_loss_step_has_no_data_dependent_shapes():
+    """The loss traces as one graph (torch.compile fullgraph, eager backend: no compiler needed): no boolean
+    selection, .item() or branch on a tensor value, i.e. nothing that makes a CUDA step wait for the device.
+    v6.0's selection `t = t[j]` fails this ("data-dependent expression"); so would a mask made into a
+    selection again. The candidates' masked means equal v6.0's means: test_matches_v60_reference."""
+    loss_fn = ComputeLoss(fixture_hyp(fl_gamma=1.5), ANCHORS, nc=4)
+    p = random_preds(nc=4)
+    torch._dynamo.reset()
+    traced = torch.compile(loss_fn._loss, fullgraph=True, backend="eager")
+    loss, items = traced(p, TARGETS)
+    ref, ref_items = loss_fn._loss(p, TARGETS)
+    assert torch.equal(loss, ref) and torch.equal(items, ref_items)
+
+
+def test_a_cell_assigned_twice_takes_the_last_target():
+    """v6.0 writes the objectness targets in assignment order: the last candidate of a cell wins (and with
+    sort_obj_iou the best IoU). Two targets in one cell: the objectness target is the second one's IoU.
+    Mutation seen failing: the writes of _loss made in reverse order (first candidate wins)."""
+    loss_fn = ComputeLoss(fixture_hyp(), ANCHORS, nc=4)
+    t = torch.tensor([[0, 1, 0.52, 0.52, 0.12, 0.12], [0, 2, 0.53, 0.52, 0.1, 0.08]])
+    p = random_preds(nc=4)
+    for pi in p:
+        pi[..., :4] = 0  # every predicted box: its anchor at the cell centre, so the IoUs are positive
+    seen = {}
+    bce = loss_fn.BCEobj
+
+    def spy(pred, target):
+        seen.setdefault("tobj", []).append(target.clone())
+        return bce(pred, target)
+
+    loss_fn._to(torch.device("cpu"))
+    loss_fn.BCEobj = spy
+    loss_fn(p, t)
+    tcls, tbox, indices, anch = loss_fn.build_targets(p, t)
+    from utils.metrics import bbox_iou
+
+    checked = 0
+    for level, (b, a, gj, gi) in enumerate(indices):
+        pi = p[level][b, a, gj, gi]
+        pbox = torch.cat((pi[:, :2].sigmoid() * 2 - 0.5, (pi[:, 2:4].sigmoid() * 2) ** 2 * anch[level]), 1)
+        iou = bbox_iou(pbox, tbox[level], xywh=True, CIoU=True).clamp(0)
+        cells = list(zip(b.tolist(), a.tolist(), gj.tolist(), gi.tolist()))
+        for c in {c for c in cells if cells.count(c) > 1}:
+            last = max(n for n, x in enumerate(cells) if x == c)
+            first = min(n for n, x in enumerate(cells) if x == c)
+            assert abs(iou[first] - iou[last]) > 1e-3  # the two targets really differ there
+            assert seen["tobj"][level][c] == pytest.approx(iou[last].item(), rel=1e-6)
+            checked += 1
+    assert checked, "the case needs a cell assigned twice"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_loss_never_waits_for_the_device():
+    p = [pi.cuda() for pi in random_preds(nc=4)]
+    loss_fn = ComputeLoss(fixture_hyp(), ANCHORS, nc=4)
+    targets = TARGETS.cuda()
+    loss_fn(p, targets)  # first call: criteria and anchors move to the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(p, targets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     p = random_preds(nc=4)

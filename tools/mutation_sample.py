@@ -73,10 +73,10 @@ def _in_function(tree: ast.AST) -> set[int]:
     return inside - skip
 
 
-def mutants(path: str) -> list[dict]:
+def mutants(path: str, root: Path = ROOT) -> list[dict]:
     """All single-node mutants of a file: {'file', 'line', 'kind', 'index'} (index: the node's order in
     ast.walk, so apply() finds it again in a fresh parse)."""
-    tree = ast.parse((ROOT / path).read_text())
+    tree = ast.parse((root / path).read_text())
     ok = _in_function(tree)
     out = []
     for i, n in enumerate(ast.walk(tree)):
@@ -179,22 +179,25 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=40, help="mutants in the sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=int, default=600, help="seconds per mutant's test run")
-    p.add_argument("--workdir", default=None, help="copy of the tree to mutate (default: a temporary folder)")
+    p.add_argument("--workdir", default=None, help="an empty folder for the copy of the tree (default: a temporary one)")
     p.add_argument("--out", default=None, help="write the per-mutant results here (JSON)")
     opt = p.parse_args(argv)
     targets = opt.targets or default_targets()
     tests = opt.tests or default_tests(targets)
-    work = Path(opt.workdir or tempfile.mkdtemp(prefix="mutation-"))
-    if work.exists() and any(work.iterdir()):
-        sys.exit(f"--workdir {work}: not empty (the tree is copied there)")
-    work.mkdir(parents=True, exist_ok=True)
+    base = Path(opt.workdir or tempfile.mkdtemp(prefix="mutation-"))
+    if base.exists() and any(base.iterdir()):
+        sys.exit(f"--workdir {base}: not empty (the tree is copied there)")
+    work = base / "tree"
+    work.mkdir(parents=True)
+    if (ROOT.parent / "shared").is_dir():  # the reference fixtures, where the tests look for them
+        (base / "shared").symlink_to(ROOT.parent / "shared")
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     for extra in ("datasets",):  # generated data the tests may reuse
         if (ROOT / extra).exists():
             (work / extra).symlink_to(ROOT / extra)
     covered = coverage_map(work, tests, timeout=3600)
-    pool = [m for t in targets for m in mutants(t)]
+    pool = [m for t in targets for m in mutants(t, work)]
     live = [m for m in pool if (m["file"], m["line"]) in covered]
     print(f"mutants: {len(pool)} in {len(targets)} files, {len(live)} on lines the tests run")
     sample = random.Random(opt.seed).sample(live, min(opt.n + opt.n // 4, len(live)))  # spares for skipped ones
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
         finally:
             path.write_text(original)
         m.update(status=status, tests=len(ids), seconds=round(time.time() - t0, 1),
-                 code=(ROOT / m["file"]).read_text().splitlines()[m["line"] - 1].strip()[:100])
+                 code=original.splitlines()[m["line"] - 1].strip()[:100])
         results.append(m)
         print(f"[{len(results)}/{opt.n}] {status:8s} {m['file']}:{m['line']} {m['kind']} ({len(ids)} tests, "
               f"{m['seconds']} s)  {m['code']}", flush=True)
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
             print(f"  survived: {r['file']}:{r['line']} {r['kind']}: {r['code']}")
     if opt.out:
         Path(opt.out).write_text(json.dumps(results, indent=1))
-    shutil.rmtree(work, ignore_errors=True) if not opt.workdir else None
+    shutil.rmtree(base, ignore_errors=True) if not opt.workdir else None
     return 0
 
 

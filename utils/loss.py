@@ -124,6 +124,11 @@ class ComputeLoss:
         if self._fl_gamma > 0:
             bce_cls, bce_obj = FocalLoss(bce_cls, self._fl_gamma), FocalLoss(bce_obj, self._fl_gamma)
         self.BCEcls, self.BCEobj = bce_cls, bce_obj
+        # the class loss per element, reduced by _loss over the valid candidates only
+        self._cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=bce_cls.pos_weight if self._fl_gamma <= 0 else
+                                                     bce_cls.loss_fcn.pos_weight, reduction="none")
+        if self._fl_gamma > 0:
+            self._cls_elementwise = FocalLoss(self._cls_elementwise, self._fl_gamma)
         self.anchors = self.anchors.to(device)
         self._device = device
 
@@ -136,31 +141,43 @@ class ComputeLoss:
             return self._loss(p, targets)
 
     def _loss(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v6.0's loss on fixed-size assignments: every candidate (offset, anchor, target) of a level is
+        kept with a validity mask instead of being selected, so no shape depends on the data and the
+        step never waits for the device (v6.0's boolean selection costs one host sync per level). Means
+        over the valid candidates equal v6.0's means over the selected ones; invalid candidates carry a
+        benign box and get no weight, and their objectness writes land in a spare cell. Valid ones keep
+        v6.0's order, so a cell assigned twice takes the same (last) value."""
         device = targets.device
         lcls, lbox, lobj = (torch.zeros(1, device=device) for _ in range(3))
-        tcls, tbox, indices, anch = self.build_targets(p, targets)
+        tcls, tbox, indices, anch, valid = self.assign(p, targets)
         for i, pi in enumerate(p):  # pi: (bs, na, ny, nx, 5 + nc)
             b, a, gj, gi = indices[i]
-            tobj = torch.zeros_like(pi[..., 0])
-            n = b.shape[0]
-            if n:
-                ps = pi[b, a, gj, gi]  # (n, 5 + nc) predictions at the assigned cells
+            tobj = torch.zeros(pi.shape[:4], device=device, dtype=pi.dtype)  # contiguous: written through a view
+            if b.shape[0]:  # candidates exist whenever there are targets (a shape, known on the host)
+                w = valid[i].to(pi.dtype)
+                count = w.sum().clamp(min=1)
+                ps = pi[b, a, gj, gi]  # (n, 5 + nc) predictions at the candidate cells
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5  # offset in (-0.5, 1.5) from the cell corner
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch[i]  # grid units, at most 4x the anchor
                 pbox = torch.cat((pxy, pwh), 1)
                 iou = bbox_iou(pbox, tbox[i], xywh=True, CIoU=True)  # (n,)
-                lbox += (1.0 - iou).mean()
+                lbox += ((1.0 - iou) * w).sum() / count
 
                 score_iou = iou.detach().clamp(0).type(tobj.dtype)
+                _, _, ny, nx = tobj.shape
+                cell = ((b * self.na + a) * ny + gj) * nx + gi
+                cell = torch.where(valid[i], cell, tobj.numel())  # invalid: the spare cell after the map
                 if self.sort_obj_iou:  # write the best IoU last so that it wins the cell
                     order = torch.argsort(score_iou)
-                    b, a, gj, gi, score_iou = b[order], a[order], gj[order], gi[order], score_iou[order]
-                tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * score_iou
+                    cell, score_iou = cell[order], score_iou[order]
+                flat = torch.cat((tobj.view(-1), tobj.new_zeros(1)))
+                flat[cell] = (1.0 - self.gr) + self.gr * score_iou
+                tobj = flat[:-1].view_as(tobj)
 
                 if self.nc > 1:  # a single class is fully described by objectness
                     t = torch.full_like(ps[:, 5:], self.cn)
-                    t[torch.arange(n, device=device), tcls[i]] = self.cp
-                    lcls += self.BCEcls(ps[:, 5:], t)
+                    t[torch.arange(t.shape[0], device=device), tcls[i]] = self.cp
+                    lcls += (self._cls_elementwise(ps[:, 5:], t).sum(1) * w).sum() / (count * self.nc)
 
             obji = self.BCEobj(pi[..., 4], tobj)
             lobj += obji * self.balance[i]
@@ -176,16 +193,29 @@ class ComputeLoss:
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor):
-        """Assign targets to (image, anchor, cell) per level.
+        """Assign targets to (image, anchor, cell) per level, as v6.0's build_targets returns them.
 
         Returns four lists of length nl: tcls (n,) long class ids; tbox (n, 4) = (xy offset from the
         cell corner in (-0.5, 1.5), wh) in grid units; indices (b, a, gj, gi) long (gj/gi clamped
-        to the grid); anch (n, 2) matched anchor wh in grid units.
+        to the grid); anch (n, 2) matched anchor wh in grid units. These are assign()'s valid candidates,
+        in v6.0's order.
+        """
+        tcls, tbox, indices, anch, valid = self.assign(p, targets)
+        return ([c[v] for c, v in zip(tcls, valid)], [t[v] for t, v in zip(tbox, valid)],
+                [tuple(x[v] for x in ix) for ix, v in zip(indices, valid)], [x[v] for x, v in zip(anch, valid)], )
+
+    def assign(self, p: list[torch.Tensor], targets: torch.Tensor):
+        """v6.0's target assignment without selection: per level, all 5 x na x nt candidates (cell offset,
+        anchor, target; v6.0's order) and a validity mask (wh ratio to the anchor below anchor_t, and for the
+        four neighbour offsets the target centre in that half of its cell, away from the border).
+
+        Returns tcls, tbox, indices, anch as build_targets (length 5 * na * nt each) plus valid (bool). An
+        invalid candidate's box is its anchor's at the cell centre, so that every loss term stays finite.
         """
         device = targets.device
         anchors_all = self.anchors.to(device)
         na, nt = self.na, targets.shape[0]
-        tcls, tbox, indices, anch = [], [], [], []
+        tcls, tbox, indices, anch, valid = [], [], [], [], []
         gain = torch.ones(7, device=device)  # maps normalised xywh to grid units per level
         ai = torch.arange(na, device=device, dtype=torch.float32).view(na, 1).repeat(1, nt)
         # (na, nt, 7): every target once per anchor, with the anchor index appended
@@ -197,21 +227,16 @@ class ComputeLoss:
             anchors = anchors_all[i]
             ny, nx = p[i].shape[2], p[i].shape[3]
             gain[2:6] = torch.tensor([nx, ny, nx, ny], device=device, dtype=torch.float32)
-            t = targets * gain
-            if nt:
-                r = t[:, :, 4:6] / anchors[:, None]  # wh ratio target/anchor, (na, nt, 2)
-                j = torch.max(r, 1 / r).max(2)[0] < self.anchor_t  # shape match, not IoU
-                t = t[j]  # (m, 7)
-                gxy = t[:, 2:4]
-                gxi = gain[[2, 3]] - gxy  # distance to the far border
-                j, k = ((gxy % 1 < g) & (gxy > 1)).T  # left / top neighbour
-                l, m = ((gxi % 1 < g) & (gxi > 1)).T  # right / bottom neighbour
-                j = torch.stack((torch.ones_like(j), j, k, l, m))  # (5, m)
-                t = t.repeat((5, 1, 1))[j]
-                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[j]
-            else:
-                t = targets[0]
-                offsets = 0
+            t = targets * gain  # (na, nt, 7)
+            r = t[:, :, 4:6] / anchors[:, None]  # wh ratio target/anchor, (na, nt, 2)
+            match = torch.max(r, 1 / r).max(2)[0] < self.anchor_t  # shape match, not IoU
+            gxy = t[:, :, 2:4]
+            gxi = gain[[2, 3]] - gxy  # distance to the far border
+            j, k = ((gxy % 1 < g) & (gxy > 1)).unbind(2)  # left / top neighbour
+            l, m = ((gxi % 1 < g) & (gxi > 1)).unbind(2)  # right / bottom neighbour
+            ok = (torch.stack((torch.ones_like(j), j, k, l, m)) & match).reshape(-1)  # (5 * na * nt,)
+            t = t.expand(5, na, nt, 7).reshape(-1, 7)
+            offsets = off[:, None, None].expand(5, na, nt, 2).reshape(-1, 2)
 
             b, c = t[:, :2].long().T
             gxy = t[:, 2:4]
@@ -219,9 +244,12 @@ class ComputeLoss:
             gij = (gxy - offsets).long()
             gi, gj = gij.T
             a = t[:, 6].long()
+            box = torch.cat((gxy - gij, gwh), 1)  # unclamped gij, as v6.0
+            benign = torch.cat((torch.full_like(gwh, 0.5), anchors[a]), 1)
             # integer bounds: newer torch refuses float bounds on an integer clamp
             indices.append((b, a, gj.clamp(0, ny - 1), gi.clamp(0, nx - 1)))
-            tbox.append(torch.cat((gxy - gij, gwh), 1))  # unclamped gij, as v6.0
+            tbox.append(torch.where(ok[:, None], box, benign))
             anch.append(anchors[a])
             tcls.append(c)
-        return tcls, tbox, indices, anch
+            valid.append(ok)
+        return tcls, tbox, indices, anch, valid
