@@ -5,6 +5,8 @@ mAP@0.5:0.95), their mean ± half the range over seeds, and the epochs done.
 
 Usage:
     python bench/summarize_runs.py runs/compare
+    python bench/summarize_runs.py bench/results/compare_kd_methods   # the recorded CSVs (METHOD-sSEED.csv)
+    python bench/summarize_runs.py runs/compare runs/compare_b         # several folders: one table
     python bench/summarize_runs.py runs/compare --order baseline kl_only card imitation cwd mse pkd scorel2
 """
 
@@ -38,18 +40,19 @@ def best_row(csv: Path) -> tuple[float, float, int] | None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, nargs="+", help="folders of METHOD-sSEED/results.csv or METHOD-sSEED.csv")
     p.add_argument("--order", nargs="*", default=["baseline", "kl_only", "card", "imitation", "cwd", "mse", "pkd",
                                                   "scorel2"])
     opt = p.parse_args(argv)
     runs = defaultdict(dict)
-    for csv in sorted(opt.folder.glob("*/results.csv")):
-        m = re.fullmatch(r"(.+)-s(\d+)", csv.parent.name)
+    csvs = [c for f in opt.folder for c in sorted(f.glob("*/results.csv")) + sorted(f.glob("*-s*.csv"))]
+    for csv in csvs:
+        m = re.fullmatch(r"(.+)-s(\d+)", csv.parent.name if csv.name == "results.csv" else csv.stem)
         r = best_row(csv)
         if m and r:
             runs[m.group(1)][int(m.group(2))] = r
     if not runs:
-        sys.exit(f"no METHOD-sSEED/results.csv under {opt.folder}")
+        sys.exit(f"no METHOD-sSEED/results.csv or METHOD-sSEED.csv under {' '.join(map(str, opt.folder))}")
     order = [k for k in opt.order if k in runs] + sorted(k for k in runs if k not in opt.order)
     print("| method | seeds | epochs | mAP@0.5 per seed | mAP@0.5 mean ± spread | mAP@0.5:0.95 per seed | "
           "mAP@0.5:0.95 mean ± spread |\n|---|---|---|---|---|---|---|")
