@@ -56,10 +56,11 @@ def _raw(model: Model, imgs: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_v8_output_kd_by_hand():
-    """One level of 1 x 2 cells, reg_max 2, nc 1, T = tau = 2. Cell 0: teacher confident (w = sigma(1.5));
+    """One level of 1 x 2 cells, reg_max 2, nc 1, T = tau = 3 (not 2, where T**2 == 2 * T: the mutation
+    tau**2 -> tau*2 of the class term survived that choice, tools/mutation_sample.py). Cell 0: teacher confident (w = sigma(1.5));
     cell 1: teacher class logit -30 (w ~ 1e-13), so its very different box hardly counts, and both class
     logits are equal there (class KL 0). Expected: box = KL of cell 0 (weighted mean), cls = (KL_0 + 0) / 2."""
-    R, T = 2, 2.0
+    R, T = 2, 3.0
     t_edges = [[2.0, 0.0], [0.0, 0.0], [1.0, -1.0], [0.0, 3.0]]  # teacher logits per edge; student's are 0
     t = torch.zeros(1, 4 * R + 1, 1, 2)
     s = torch.zeros(1, 4 * R + 1, 1, 2)
