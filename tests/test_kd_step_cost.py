@@ -144,3 +144,23 @@ def test_running_means_without_per_step_sync():
     assert b.finite  # not read yet
     b.means()
     assert not b.finite
+
+
+@pytest.mark.parametrize("feature", ["scorel2", "at", "fitnet", "cwd", "mse", "pkd"])
+def test_kd_losses_have_no_data_dependent_step(feature):
+    """Every distillation term of the step (output KD + the feature loss) traces as one graph
+    (torch.compile fullgraph, eager backend): no .item(), boolean selection or branch on a tensor value,
+    so on CUDA the KD terms never make the step wait for the device (utils/loss.py's test covers the
+    detection loss). imitation is not listed: it checks the targets' image indices (one sync per step).
+    Mutation seen failing: a `bool((x < 0).any())` check added to ScoreWeightedL2.forward."""
+    student, teacher = _pair()
+    objective = build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), dict(HYP),
+                                   SimpleNamespace(kd_loss_selected="kl", feature_loss=feature))
+    distiller, captured = objective.distiller, {}
+    losses = distiller._losses
+    distiller._losses = lambda s, t, ctx: captured.setdefault("args", (s, t, ctx)) and losses(s, t, ctx)
+    objective(student, *_batch())
+    distiller._losses = losses
+    torch._dynamo.reset()
+    traced = torch.compile(losses, fullgraph=True, backend="eager")(*captured["args"])
+    assert torch.equal(traced, losses(*captured["args"]))
