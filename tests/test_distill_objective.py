@@ -298,6 +298,9 @@ def test_is_large_flag_is_only_a_warning():
     student, teacher = _models()
     assert infer_is_large(teacher) is False
     assert infer_is_large(SimpleNamespace(yaml={"depth_multiple": 1.0, "width_multiple": 1.0})) is True
+    # both multiples must be 1 (a mutant needing only one survived the real configs, where they agree)
+    assert infer_is_large(SimpleNamespace(yaml={"depth_multiple": 1.0, "width_multiple": 0.5})) is False
+    assert infer_is_large(SimpleNamespace(yaml={"depth_multiple": 0.33, "width_multiple": 1.0})) is False
     records = []
     handler = logging.Handler()
     handler.emit = records.append
