@@ -355,3 +355,20 @@ def test_weight_by_cls_scales_box_and_cls_not_obj():
     assert by_cls["kd_box"].item() == pytest.approx(plain["kd_box"].item() * ratio, rel=1e-5)
     assert by_cls["kd_cls"].item() == pytest.approx(plain["kd_cls"].item() * ratio, rel=1e-5)
     assert by_cls["kd_obj"].item() == pytest.approx(plain["kd_obj"].item(), rel=1e-6)
+
+
+def test_yolo_kd_loss_checks_the_class_count():
+    """YoloKDLoss(nc=...) refuses heads with another class count and takes its own (mutation survivor:
+    the check's `- 5` changed went unseen, no test set nc)."""
+    from types import SimpleNamespace
+
+    from distill.yolo_output import YoloKDLoss
+    from models.yolo import Model
+
+    torch.manual_seed(0)
+    model = Model("models/yolov5n.yaml", nc=3).train()
+    raw = model(torch.rand(1, 3, 64, 64))
+    ctx = SimpleNamespace(student=model, teacher=model)
+    assert YoloKDLoss(nc=3)([raw], [[x.detach() for x in raw]], ctx).item() == 0.0
+    with pytest.raises(ValueError, match="YoloKDLoss nc=4 but the outputs have 3 classes"):
+        YoloKDLoss(nc=4)([raw], [raw], ctx)

@@ -256,3 +256,11 @@ def test_vanilla_kd_by_hand():
     expected = tau * tau * sum(q * math.log(q / p) for p, q in zip(ps, pt))
     assert build_loss("vanilla_kd", T=4)([torch.tensor(s)], [torch.tensor(t)], None).item() == \
         pytest.approx(expected, rel=1e-6)
+
+
+def test_vid_needs_both_channel_lists():
+    """student_channels alone is a clear error (mutation survivor: `and` made `or` reached zip(list, None))."""
+    assert VIDLoss(student_channels=[8], teacher_channels=[16]).channels == [(8, 16)]
+    for kw in ({"student_channels": [8]}, {"teacher_channels": [16]}):
+        with pytest.raises(ValueError, match="vid needs inC/midC/outC, or student_channels/teacher_channels"):
+            VIDLoss(**kw)

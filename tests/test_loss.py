@@ -264,3 +264,14 @@ def test_real_model_train_step():
     loss.backward()
     assert torch.isfinite(loss).all() and (items > 0).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_missing_pos_weights_default_to_one():
+    """A hyp without cls_pw / obj_pw means pos_weight 1 (v6.0's hyp files always set them; mutation
+    survivor: another default went unseen)."""
+    p = random_preds(nc=4)
+    full = fixture_hyp()
+    bare = {k: v for k, v in full.items() if k not in ("cls_pw", "obj_pw")}
+    assert full["cls_pw"] == full["obj_pw"] == 1.0
+    a, b = ComputeLoss(full, ANCHORS, nc=4)(p, TARGETS), ComputeLoss(bare, ANCHORS, nc=4)(p, TARGETS)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
