@@ -33,6 +33,13 @@ def is_layered_model(model: nn.Module) -> bool:
     return isinstance(getattr(model, "model", None), nn.Sequential)
 
 
+def model_head(model: nn.Module | None) -> nn.Module | None:
+    """The last layer of a YOLO-style Model (its detection head), looked through DP/DDP; None for any
+    other module (distill.objective.detect_layer is the strict form, which checks the head's attributes)."""
+    layers = getattr(unwrap_parallel(model), "model", None) if model is not None else None
+    return layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+
+
 def valid_layer_names(model: nn.Module) -> list[str]:
     """Names offered in error messages: 'model.0'... for a YOLOv5 Model, else every named module."""
     model = unwrap_parallel(model)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from distill.distiller import Distiller
-from distill.hooks import unwrap_parallel
+from distill.hooks import model_head, unwrap_parallel
 from distill.pairing import check_is_large_flag
 from distill.v8_output import default_config, for_family
 from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train_kd.py's help)
@@ -45,8 +45,7 @@ from utils.torch_utils import resolve_teacher_dtype, to_channels_last
 def detect_layer(model: nn.Module) -> nn.Module:
     """The detection head of a Model (last layer), looked through DP/DDP: a YOLOv5 Detect (nc, nl, na,
     anchors) or a head of another family (`family` attribute, e.g. DetectV8: nc, nl, reg_max)."""
-    model = unwrap_parallel(model)
-    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    head = model_head(model)
     needs = ("nc", "nl", "na", "anchors") if getattr(head, "family", "v5") == "v5" else ("nc", "nl")
     if head is None or not all(hasattr(head, a) for a in needs):
         raise UserError(f"{type(model).__name__} has no YOLOv5 Detect head as its last layer")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.common import fp32, no_autocast
-from distill.hooks import unwrap_parallel
+from distill.hooks import model_head
 from distill.yolo_output import binary_kl, raw_outputs
 from utils.general import LOGGER, UserError
 
@@ -83,7 +83,7 @@ class V8OutputKD(nn.Module):
         if len(student_feats) != 1 or len(teacher_feats) != 1:
             raise ValueError(f"v8_output_kd takes one layer pair (the DetectV8 heads), got {len(student_feats)}")
         s, t = raw_outputs(student_feats[0]), raw_outputs(teacher_feats[0])
-        head = _head(getattr(ctx, "student", None))
+        head = model_head(getattr(ctx, "student", None))
         reg_max = int(getattr(head, "reg_max", 16))
         _check_levels(s, t, reg_max, self.nc)
         loss, self.parts = self.terms(s, t, reg_max)
@@ -111,11 +111,6 @@ class V8OutputKD(nn.Module):
 
     def extra_repr(self) -> str:
         return f"T={self.T:g}, tau={self.tau:g}, gains={self.gains}"
-
-
-def _head(model: nn.Module | None) -> nn.Module | None:
-    layers = getattr(unwrap_parallel(model), "model", None) if model is not None else None
-    return layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
 
 
 def _check_levels(student, teacher, reg_max: int, nc: int | None) -> None:
@@ -153,7 +148,7 @@ CROSS_DEFAULT_CONFIG = {"losses": [{"type": "mse", "name": "mse", "layers": "det
 
 def family(model: nn.Module) -> str:
     """'v5' or 'v8': the head family of a Model (looked through DP/DDP)."""
-    return str(getattr(_head(model), "family", "v5"))
+    return str(getattr(model_head(model), "family", "v5"))
 
 
 def default_config(student: nn.Module, teacher: nn.Module, v5_default: dict) -> dict:
@@ -185,7 +180,7 @@ def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
                             "teacher, or distil features only: drop the output flags (--alpha, --temperature, "
                             "--kd_loss_selected) and output entries (without them train_kd.py distils the maps "
                             "entering the heads with mse)")
-        rs, rt = getattr(_head(student), "reg_max", None), getattr(_head(teacher), "reg_max", None)
+        rs, rt = getattr(model_head(student), "reg_max", None), getattr(model_head(teacher), "reg_max", None)
         if fs == "v8" and rs != rt:
             raise UserError(f"output distillation ({e['type']}) compares the box-edge distributions bin by bin, but "
                             f"the student's head has reg_max {rs} and the teacher's {rt}: use equal reg_max, or "

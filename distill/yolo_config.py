@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from distill.hooks import closest_names, unwrap_parallel
+from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES
 from distill.pairing import pair_layers, parse_layer_list
 from utils.general import LOGGER, UserError
@@ -238,15 +238,10 @@ def _detect_inputs(model: nn.Module) -> list[str]:
     return [f"model.{i % n if i < 0 else i}" for i in sources]
 
 
-def _head(model: nn.Module):
-    layers = getattr(model, "model", None)
-    return layers[-1] if isinstance(layers, nn.Sequential) else None
-
-
 def resolve_layers(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
     """A copy of cfg with explicit student_layers/teacher_layers and a weight in every entry."""
     cfg = copy.deepcopy(cfg)
-    family = getattr(_head(student), "family", "v5")
+    family = getattr(model_head(student), "family", "v5")
     for i, e in enumerate(cfg["losses"]):
         e.setdefault("name", e["type"])
         e.setdefault("weight", default_weight(e, family))
