@@ -190,6 +190,13 @@ def test_imitation_errors_name_shapes():
         loss_fn([student[0][..., :3, :3]] + student[1:], [teacher[0][..., :3, :3]] + teacher[1:], _ctx())
     with pytest.raises(UserError, match="ctx.targets"):
         loss_fn(student, teacher, KDContext(iteration=1000))
+    # a head with strides but no anchors (mutation survivor: the check's `and` made `or` let it through)
+    headless = _student_model()
+    del headless.model[-1].anchors
+    ctx = _ctx()
+    ctx.student = headless
+    with pytest.raises(UserError, match="imitation needs an anchor-based YOLOv5 Detect head"):
+        loss_fn(student, teacher, ctx)
 
 
 def test_cwd_matches_kl_definition():

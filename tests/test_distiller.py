@@ -237,6 +237,9 @@ def test_config_errors_name_the_key():
         Distiller(_cfg(loss=None))
     with pytest.raises(ValueError, match=r"vid\): unknown parameter\(s\) \['inc'\] \(closest: inC\)"):
         Distiller(_cfg(loss=[dict(type='vid', inc=16, outC=16)] * 3))
+    no_weights = _cfg()
+    del no_weights["weights"]
+    assert Distiller(no_weights).weights == [1.0, 1.0, 1.0]  # one weight of 1 per loss when none is given
     # a dict without 'type' (mutation survivor: the check's `or` made `and` let it through to a KeyError)
     with pytest.raises(ValueError, match=r"config\['loss'\]\[1\] must be a dict with a 'type' key"):
         Distiller(_cfg(loss=[dict(type='vid', inC=16, outC=16), dict(T=4), dict(type='vid', inC=16, outC=16)]))

@@ -237,6 +237,9 @@ def test_irg_by_hand():
     assert got.item() == pytest.approx(expected, rel=1e-5)
     terms = irg.terms([sa, sb, sl], [ta, tb, tl])
     assert terms["edge"].item() == pytest.approx(edge, rel=1e-5) and terms["tran"].item() == pytest.approx(tran, rel=1e-5)
+    # two pairs: one transformation (mutation survivor: `len(s) > 1` made `> 2` went unseen)
+    two = irg.terms([sb, sl], [tb, tl])["tran"].item()
+    assert two == pytest.approx(_mse(tran_bl(sb, sl), tran_bl(tb, tl)), rel=1e-5) and two > 0
     # one pair: no transformation term; the vertex needs equal last shapes
     assert irg.terms([sl], [tl])["tran"].item() == 0.0
     with pytest.raises(ValueError, match="vertex"):

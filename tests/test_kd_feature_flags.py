@@ -59,3 +59,15 @@ def test_two_feature_losses_train_with_one_column_each(tmp_path):
     assert "tau: 2.0" in kd_yaml and "warmup: 0" in kd_yaml  # the resolved recipe records the flags
     pic = tmp_path / "runs/kd/imitation_masks.jpg"  # what is imitated, drawn at the start (4 images by default)
     assert pic.is_file() and pic.stat().st_size > 5_000
+
+
+def test_default_weights_by_type_and_family():
+    """The defaults train_kd.py's help lists: 1 for the engine's generic losses (a survivor of the mutation
+    sample changed that fallback unseen), the spec's for the detection losses, and mse per family."""
+    from distill.yolo_config import default_weight
+
+    assert [default_weight({"type": t}) for t in ("vanilla_kd", "vid", "irg")] == [1.0, 1.0, 1.0]
+    assert (default_weight({"type": "at"}), default_weight({"type": "scorel2"}), default_weight({"type": "cwd"})) == (
+        0.01, 1.0, 10.0)
+    assert default_weight({"type": "mse"}) == 0.002 and default_weight({"type": "mse"}, "v8") == 1.0
+    assert default_weight({"type": "YoloKDLoss", "variant": "l2"}) == 10.0

@@ -143,10 +143,11 @@ def test_empty_targets_are_finite():
     assert all(torch.isfinite(pi.grad).all() for pi in p)
 
 
-def test_focal_loss_when_gamma_positive():
+@pytest.mark.parametrize("gamma", [0.5, 1.5])  # 0.5 too: a `gamma > 1` mutant of the class term survived 1.5
+def test_focal_loss_when_gamma_positive(gamma):
     p = random_preds(nc=4)
     plain = ComputeLoss(fixture_hyp(), ANCHORS, nc=4)
-    focal = ComputeLoss(fixture_hyp(fl_gamma=1.5), ANCHORS, nc=4)
+    focal = ComputeLoss(fixture_hyp(fl_gamma=gamma), ANCHORS, nc=4)
     _, a = plain(p, TARGETS)
     _, b = focal(p, TARGETS)
     assert isinstance(focal.BCEobj, FocalLoss) and isinstance(focal.BCEcls, FocalLoss)
