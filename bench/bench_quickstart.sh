@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${1:-0 1 2}"
 OUT=runs/bench_quickstart
+mkdir -p "$OUT"
 for s in $SEEDS; do
   rm -rf "$OUT/seed$s"
   start=$(date +%s)
-  QS_SEED="$s" QS_PROJECT="$OUT/seed$s/train" bash quickstart.sh > "$OUT.seed$s.log" 2>&1 || {
-    echo "quickstart.sh failed for seed $s, see $OUT.seed$s.log"; exit 1; }
+  QS_SEED="$s" QS_PROJECT="$OUT/seed$s/train" bash quickstart.sh > "$OUT/seed$s.log" 2>&1 || {
+    echo "quickstart.sh failed for seed $s, see $OUT/seed$s.log"; exit 1; }
   echo "seed $s: $(( $(date +%s) - start )) s"
 done
 python - "$OUT" $SEEDS <<'PY'
