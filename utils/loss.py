@@ -119,16 +119,13 @@ class ComputeLoss:
         """(Re)create the criteria and anchors on device; they hold pos_weight tensors."""
         if device == self._device:
             return
-        bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._cls_pw], device=device))
+        cls_pw = torch.tensor([self._cls_pw], device=device)
+        bce_cls = nn.BCEWithLogitsLoss(pos_weight=cls_pw)
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._obj_pw], device=device))
+        cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=cls_pw, reduction="none")  # _loss reduces over valid candidates
         if self._fl_gamma > 0:
-            bce_cls, bce_obj = FocalLoss(bce_cls, self._fl_gamma), FocalLoss(bce_obj, self._fl_gamma)
-        self.BCEcls, self.BCEobj = bce_cls, bce_obj
-        # the class loss per element, reduced by _loss over the valid candidates only
-        self._cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=bce_cls.pos_weight if self._fl_gamma <= 0 else
-                                                     bce_cls.loss_fcn.pos_weight, reduction="none")
-        if self._fl_gamma > 0:
-            self._cls_elementwise = FocalLoss(self._cls_elementwise, self._fl_gamma)
+            bce_cls, bce_obj, cls_elementwise = (FocalLoss(c, self._fl_gamma) for c in (bce_cls, bce_obj, cls_elementwise))
+        self.BCEcls, self.BCEobj, self._cls_elementwise = bce_cls, bce_obj, cls_elementwise
         self.anchors = self.anchors.to(device)
         self._device = device
 
