@@ -122,9 +122,11 @@ class ComputeLoss:
         cls_pw = torch.tensor([self._cls_pw], device=device)
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=cls_pw)
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._obj_pw], device=device))
-        cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=cls_pw, reduction="none")  # _loss reduces over valid candidates
+        # per element: _loss reduces the class loss over the valid candidates only
+        cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=cls_pw, reduction="none")
         if self._fl_gamma > 0:
-            bce_cls, bce_obj, cls_elementwise = (FocalLoss(c, self._fl_gamma) for c in (bce_cls, bce_obj, cls_elementwise))
+            bce_cls, bce_obj, cls_elementwise = (FocalLoss(c, self._fl_gamma)
+                                                 for c in (bce_cls, bce_obj, cls_elementwise))
         self.BCEcls, self.BCEobj, self._cls_elementwise = bce_cls, bce_obj, cls_elementwise
         self.anchors = self.anchors.to(device)
         self._device = device
