@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -158,7 +160,7 @@ def coverage_map(work: Path, tests: list[str], timeout: int) -> dict[tuple[str, 
     print(f"coverage run: {len(tests)} test files ...", flush=True)
     t0 = time.time()
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout, check=False,
-                       env={**__import__("os").environ, "COVERAGE_FILE": str(cov_file)})
+                       env={**os.environ, "COVERAGE_FILE": str(cov_file)})
     print(f"  {time.time() - t0:.0f} s, {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]}")
     data = coverage.CoverageData(basename=str(cov_file))
     data.read()
@@ -182,7 +184,13 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="an empty folder for the copy of the tree (default: a temporary one)")
     p.add_argument("--out", default=None, help="write the per-mutant results here (JSON)")
     opt = p.parse_args(argv)
+    if importlib.util.find_spec("pytest_cov") is None:
+        sys.exit("tools/mutation_sample.py needs pytest-cov (per-test coverage picks each mutant's tests): "
+                 "pip install pytest-cov")
     targets = opt.targets or default_targets()
+    missing = [t for t in (opt.targets or []) + (opt.tests or []) if not (ROOT / t).is_file()]
+    if missing:
+        sys.exit(f"--targets/--tests: not a file in the repository: {', '.join(missing)}")
     tests = opt.tests or default_tests(targets)
     base = Path(opt.workdir or tempfile.mkdtemp(prefix="mutation-"))
     if base.exists() and any(base.iterdir()):
@@ -239,7 +247,8 @@ def main(argv=None) -> int:
             print(f"  survived: {r['file']}:{r['line']} {r['kind']}: {r['code']}")
     if opt.out:
         Path(opt.out).write_text(json.dumps(results, indent=1))
-    shutil.rmtree(base, ignore_errors=True) if not opt.workdir else None
+    if not opt.workdir:
+        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
