@@ -36,7 +36,6 @@ get_learnable_params(). `state_dict()` holds the student and the losses' own par
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -46,17 +45,12 @@ from distill.context import KDContext
 from distill.hooks import (
     FeatureHooks,
     StopForward,
-    closest_names,
     is_layered_model,
-    resolve_layer_names,
     unwrap_parallel,
 )
-from distill.losses import LOSSES
+from distill.distiller_config import build_loss, check_keys, config_layers, loss_names, loss_specs, map_pairs
 from distill.yolo_output import raw_outputs
 
-REQUIRED_KEYS = ("student_model", "teacher_model", "student_distill_layer", "teacher_distill_layer", "loss")
-OPTIONAL_KEYS = ("weights", "student_out_layer", "device", "example_input", "teacher_dtype", "teacher_early_exit")
-ENGINE_LOSS_KEYS = ("type", "name", "pairs")  # read by the engine, not passed to the loss
 CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_out", "iteration")
 
 
@@ -89,37 +83,37 @@ class Distiller(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        config = _check_keys(config)
+        config = check_keys(config)
         student, teacher = config["student_model"], config["teacher_model"]
         for key, m in (("student_model", student), ("teacher_model", teacher)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"config['{key}'] must be a torch nn.Module, got {type(m).__name__}")
         self.student = unwrap_parallel(student)
         self.__dict__["_teacher"] = unwrap_parallel(teacher).eval().requires_grad_(False)  # never registered
-        self.student_layers = _layers(self.student, config, "student_distill_layer")
-        self.teacher_layers = _layers(self.teacher, config, "teacher_distill_layer")
+        self.student_layers = config_layers(self.student, config, "student_distill_layer")
+        self.teacher_layers = config_layers(self.teacher, config, "teacher_distill_layer")
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(f"config['student_distill_layer'] has {len(self.student_layers)} layers but "
                              f"config['teacher_distill_layer'] {len(self.teacher_layers)}; they are paired by position")
         out = config.get("student_out_layer")
-        self.out_layers = _layers(self.student, config, "student_out_layer") if out else []
+        self.out_layers = config_layers(self.student, config, "student_out_layer") if out else []
 
-        specs = _loss_specs(config["loss"])
+        specs = loss_specs(config["loss"])
         weights = config.get("weights")
         weights = [1.0] * len(specs) if weights is None else list(weights)
         if len(weights) != len(specs):
             raise ValueError(f"config['weights'] has {len(weights)} entries but config['loss'] {len(specs)}: "
                              "give one weight per loss")
         self.weights = [float(w) for w in weights]
-        self.pairs = _map_pairs(specs, self.student_layers, self.teacher_layers)
-        self.names = _loss_names(specs)
+        self.pairs = map_pairs(specs, self.student_layers, self.teacher_layers)
+        self.names = loss_names(specs)
 
         device = config.get("device")
         if device is not None:
             self.student.to(device)
             self.teacher.to(device)
         shapes = self._probe(config.get("example_input"))
-        losses = {name: _build_loss(i, spec, [shapes[0][k] for k in pairs] if shapes else None,
+        losses = {name: build_loss(i, spec, [shapes[0][k] for k in pairs] if shapes else None,
                                     [shapes[1][k] for k in pairs] if shapes else None)
                   for i, (name, spec, pairs) in enumerate(zip(self.names, specs, self.pairs))}
         self.kd = KDModules(losses).to(_device_of(self.student))
@@ -291,112 +285,6 @@ class Distiller(nn.Module):
     def extra_repr(self) -> str:
         return (f"teacher={type(self.teacher).__name__} (frozen, not registered), pairs="
                 f"{list(zip(self.student_layers, self.teacher_layers))}, weights={dict(zip(self.names, self.weights))}")
-
-
-# --------------------------------------------------------------------------------------------------
-# config checks
-
-
-def _check_keys(config) -> dict:
-    if not isinstance(config, dict):
-        raise TypeError(f"Distiller config must be a dict, got {type(config).__name__}")
-    known = REQUIRED_KEYS + OPTIONAL_KEYS
-    for key in config:
-        if key not in known:
-            raise ValueError(f"unknown config key {key!r}{closest_names(key, known)}; keys: {', '.join(known)}")
-    missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
-    if missing:
-        raise ValueError(f"config is missing {', '.join(repr(k) for k in missing)} (required: {', '.join(REQUIRED_KEYS)})")
-    return config
-
-
-def _layers(model: nn.Module, config: dict, key: str) -> list[str]:
-    layers = config[key]
-    layers = [layers] if isinstance(layers, (str, int)) else list(layers)
-    if not layers:
-        raise ValueError(f"config['{key}'] is empty: name at least one layer")
-    try:
-        return resolve_layer_names(model, layers)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"config['{key}']: {e}") from e
-
-
-def _loss_specs(loss) -> list[dict]:
-    specs = [loss] if isinstance(loss, dict) else list(loss)
-    if not specs:
-        raise ValueError("config['loss'] is empty: give at least one dict(type=...)")
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ValueError(f"config['loss'][{i}] must be a dict with a 'type' key, got {spec!r}")
-        if spec["type"] not in LOSSES:
-            raise ValueError(f"config['loss'][{i}]: unknown loss type {spec['type']!r}"
-                             f"{closest_names(spec['type'], LOSSES)}; registered: {', '.join(LOSSES)}")
-    return [dict(s) for s in specs]
-
-
-def _map_pairs(specs: list[dict], s_layers: list[str], t_layers: list[str]) -> list[list[int]]:
-    """Layer-pair indices of each loss (see the module docstring for the rules)."""
-    n = len(s_layers)
-    implicit = [i for i, s in enumerate(specs) if s.get("pairs") is None]
-    if implicit and len(specs) not in (n, 1):
-        raise ValueError(f"config['loss'] has {len(specs)} losses for {n} layer pairs: give one loss per pair, "
-                         "one loss for all pairs, or pairs=[...] (indices into the layer lists) in each loss dict")
-    mapping = []
-    for i, spec in enumerate(specs):
-        pairs = spec.get("pairs")
-        if pairs is None:
-            pairs = list(range(n)) if len(specs) == 1 else [i]
-        pairs = [pairs] if isinstance(pairs, int) else list(pairs)
-        bad = [k for k in pairs if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n]
-        if bad or not pairs:
-            raise ValueError(f"config['loss'][{i}] ({spec['type']}): pairs={pairs} must be indices 0..{n - 1} "
-                             "into the layer lists")
-        mapping.append(pairs)
-    unused = sorted(set(range(n)) - {k for pairs in mapping for k in pairs})
-    if unused:
-        raise ValueError("layer pair(s) " + ", ".join(f"{k} ({s_layers[k]} -> {t_layers[k]})" for k in unused) +
-                         " feed no loss: remove them or map them with pairs=[...]")
-    return mapping
-
-
-def _loss_names(specs: list[dict]) -> list[str]:
-    types = [s["type"] for s in specs]
-    names = []
-    for i, spec in enumerate(specs):
-        name = spec.get("name")
-        if name is None:
-            name = spec["type"] if types.count(spec["type"]) == 1 else f"{spec['type']}_{types[:i].count(spec['type'])}"
-        name = str(name)
-        if not name.isidentifier() or name in names:
-            raise ValueError(f"config['loss'][{i}]: name {name!r} must be a unique identifier (it is a log key)")
-        names.append(name)
-    return names
-
-
-def _build_loss(i: int, spec: dict, s_shapes, t_shapes) -> nn.Module:
-    """Instantiate loss i; fill student_channels/teacher_channels from probed shapes when it takes them."""
-    cls = LOSSES[spec["type"]]
-    kwargs = {k: v for k, v in spec.items() if k not in ENGINE_LOSS_KEYS}
-    params = inspect.signature(cls.__init__).parameters
-    where = f"config['loss'][{i}] ({spec['type']})"
-    unknown = [k for k in kwargs if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
-    if unknown:
-        accepted = [p for p in params if p != "self"]
-        raise ValueError(f"{where}: unknown parameter(s) {unknown}{closest_names(unknown[0], accepted)}; "
-                         f"accepted: {', '.join(accepted) or 'none'}")
-    wants = "student_channels" in params and "teacher_channels" in params
-    seed_form = "inC" in kwargs  # vid's explicit channel form
-    if wants and "student_channels" not in kwargs and not seed_form:
-        if s_shapes is not None and all(s is not None and len(s) >= 2 for s in s_shapes + t_shapes):
-            kwargs["student_channels"] = [int(s[1]) for s in s_shapes]
-            kwargs["teacher_channels"] = [int(t[1]) for t in t_shapes]
-        elif params["student_channels"].default is inspect.Parameter.empty:
-            raise ValueError(f"{where} needs the channel counts of its layers: give student_channels/"
-                             "teacher_channels in its dict, or an example_input in the config")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from e
 
 
 def _shapes(outputs: Sequence) -> list:
