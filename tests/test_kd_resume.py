@@ -88,7 +88,7 @@ def test_kd_resume_is_exact(runs):
     1x1 adapters, batch counter) and results.csv. Both runs execute the same kernels on this machine, so
     only state that resume fails to restore can differ, and any such miss moves weights by far more than
     the 1e-6 bound (a fresh adapter or momentum buffer changes every later step).
-    Mutations seen failing: kd_state not restored in utils/engine._restore (adapters differ by ~1e-2);
+    Mutations seen failing: kd_state not restored in utils/run_checkpoint.restore_run (adapters differ by ~1e-2);
     live model resumed from the EMA (utils/train_setup._ckpt_model taking 'ema' first)."""
     from utils.checkpoint import safe_torch_load
 

@@ -104,7 +104,7 @@ def test_teacher_errors_are_clear(coco_like, tmp_path):
 def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_dir, tmp_path):
     """--resume reads the run's kd.yaml (edited weight used), skips the teacher check, continues the
     results. That the adapters come back exactly is tests/test_kd_resume.py::test_kd_resume_is_exact's
-    (it fails when utils/engine._restore skips 'kd_state'; this test alone did not)."""
+    (it fails when utils/run_checkpoint.restore_run skips 'kd_state'; this test alone did not)."""
     import torch
     from conftest import kill_when_written
 

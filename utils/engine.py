@@ -8,8 +8,6 @@ objective, optimizer, resume, epochs, final evaluation. What is minimised is an 
 from __future__ import annotations
 
 import time
-from copy import deepcopy
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +27,7 @@ from utils.distributed import (
     wrap_ddp,
 )
 from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
+from utils.run_checkpoint import restore_run, save_run
 from utils.train_setup import (
     build_model,
     ddp_env,
@@ -90,7 +89,7 @@ def train(opt, make_objective=None) -> Path:
         from utils.torch_utils import ModelEMA
 
         ema = ModelEMA(model)
-    start_epoch, best_fitness = _restore(ckpt, opt, optimizer, ema, objective) if ckpt else (0, 0.0)
+    start_epoch, best_fitness = restore_run(ckpt, opt, optimizer, ema, objective) if ckpt else (0, 0.0)
     del ckpt
     scheduler.last_epoch = start_epoch - 1
     if r.local_rank != -1:
@@ -264,7 +263,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
             best_fitness = max(best_fitness, fi)
             logger.log_epoch(epoch, mloss, results, lrs)
             if not opt.nosave or final_epoch:
-                _save(epoch, best_fitness, fi, loop, opt, r.wdir)
+                save_run(epoch, best_fitness, fi, loop, opt, r.wdir)
             stop = stopper(epoch=epoch, fitness=fi)
         if broadcast_object(stop):  # all ranks leave together: a rank left in a collective would hang
             break
@@ -341,56 +340,6 @@ def _raise_non_finite(s, i: int, log: RunningMeans) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # small steps of train()
-
-
-def _restore(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
-    """--resume: restore optimizer, EMA, objective state, epoch and best fitness from last.pt.
-
-    Starting from a checkpoint without --resume (fine-tuning) restores only the weights.
-    """
-    if not opt.resume:
-        return 0, 0.0
-    best_fitness = 0.0
-    if ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        best_fitness = float(np.asarray(ckpt["best_fitness"]).reshape(-1)[0])
-    if ema and ckpt.get("ema") is not None:
-        ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
-        ema.updates = ckpt["updates"]
-    if ckpt.get("kd_state") is not None:
-        objective.load_state_dict(ckpt["kd_state"])
-    start_epoch = int(ckpt["epoch"]) + 1
-    if start_epoch <= 0:
-        raise UserError(f"{opt.weights} was stripped at the end of training (epoch -1): nothing to resume; "
-                        "start a new run with --weights instead")
-    if start_epoch >= opt.epochs:
-        raise UserError(f"{opt.weights} already finished all {opt.epochs} epochs: nothing to resume")
-    LOGGER.info(f"Resuming training from epoch {start_epoch} to {opt.epochs} total epochs")
-    return start_epoch, best_fitness
-
-
-def _save(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> None:
-    """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state)."""
-    from utils.checkpoint import save_checkpoint
-    from utils.torch_utils import de_parallel, to_contiguous_format
-
-    extra = loop.objective.state_dict()
-    ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
-            # float32 while training (v6.0 halves here): --resume continues from the exact weights;
-            # strip_optimizer halves best.pt/last.pt when the run ends, as v6.0 ships them
-            "model": to_contiguous_format(deepcopy(de_parallel(loop.model)).float()),
-            "ema": to_contiguous_format(deepcopy(loop.ema.ema).float()),
-            "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
-            "date": datetime.now().isoformat()}
-    if len(extra):
-        ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
-    for k, v in (getattr(loop.objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
-        ckpt.setdefault(k, v)
-    if best_fitness == fi:  # best.pt first: a run killed once last.pt names this epoch has its best.pt too
-        save_checkpoint(ckpt, wdir / "best.pt")
-    save_checkpoint(ckpt, wdir / "last.pt")
-    if opt.save_period > 0 and epoch > 0 and epoch % opt.save_period == 0:
-        save_checkpoint(ckpt, wdir / f"epoch{epoch}.pt")
 
 
 def _finish(r, opt, val_loader, compute_loss) -> None:

@@ -1,0 +1,61 @@
+"""A training run's checkpoints: what --resume restores from last.pt, and last.pt/best.pt/epoch{N}.pt as
+each epoch writes them (the v6.0 format, plus date, kd_state and the KD run's teacher record)."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from utils.checkpoint import save_checkpoint
+from utils.general import LOGGER, UserError
+from utils.torch_utils import de_parallel, to_contiguous_format
+
+
+def restore_run(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
+    """--resume: restore optimizer, EMA, objective state, epoch and best fitness from last.pt.
+
+    Starting from a checkpoint without --resume (fine-tuning) restores only the weights.
+    """
+    if not opt.resume:
+        return 0, 0.0
+    best_fitness = 0.0
+    if ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        best_fitness = float(np.asarray(ckpt["best_fitness"]).reshape(-1)[0])
+    if ema and ckpt.get("ema") is not None:
+        ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
+        ema.updates = ckpt["updates"]
+    if ckpt.get("kd_state") is not None:
+        objective.load_state_dict(ckpt["kd_state"])
+    start_epoch = int(ckpt["epoch"]) + 1
+    if start_epoch <= 0:
+        raise UserError(f"{opt.weights} was stripped at the end of training (epoch -1): nothing to resume; "
+                        "start a new run with --weights instead")
+    if start_epoch >= opt.epochs:
+        raise UserError(f"{opt.weights} already finished all {opt.epochs} epochs: nothing to resume")
+    LOGGER.info(f"Resuming training from epoch {start_epoch} to {opt.epochs} total epochs")
+    return start_epoch, best_fitness
+
+
+def save_run(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> None:
+    """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state)."""
+    extra = loop.objective.state_dict()
+    ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
+            # float32 while training (v6.0 halves here): --resume continues from the exact weights;
+            # strip_optimizer halves best.pt/last.pt when the run ends, as v6.0 ships them
+            "model": to_contiguous_format(deepcopy(de_parallel(loop.model)).float()),
+            "ema": to_contiguous_format(deepcopy(loop.ema.ema).float()),
+            "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
+            "date": datetime.now().isoformat()}
+    if len(extra):
+        ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
+    for k, v in (getattr(loop.objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
+        ckpt.setdefault(k, v)
+    if best_fitness == fi:  # best.pt first: a run killed once last.pt names this epoch has its best.pt too
+        save_checkpoint(ckpt, wdir / "best.pt")
+    save_checkpoint(ckpt, wdir / "last.pt")
+    if opt.save_period > 0 and epoch > 0 and epoch % opt.save_period == 0:
+        save_checkpoint(ckpt, wdir / f"epoch{epoch}.pt")
