@@ -13,10 +13,20 @@
 #   bash bench/bench_vs_yolov5.sh              # the benchmark with the defaults below
 #   bash bench/bench_vs_yolov5.sh --bf16       # the same, this repository's training with --bf16
 #   bash bench/bench_vs_yolov5.sh --ntrain 16 --nval 8 --img 64 --batch-size 8   # smoke test (minutes)
+# On a machine without network (the GPU machine): fetch the public package's wheels here first, carry them:
+#   bash bench/fetch_yolov5_wheels.sh .whl                             # here, with the package index
+#   bash bench/bench_vs_yolov5.sh --setup --site /tmp/yv5site --wheels .whl      # there, offline
+#   bash bench/bench_vs_yolov5.sh --site /tmp/yv5site --device 0 --img 640 --batch-size 64 --workers 8
 #
 # Options (default in brackets):
 #   --setup             create/complete the venv (below) and exit
 #   --venv DIR          venv holding the public package [/work/yv5venv]
+#   --site DIR          instead of a venv: the public package installed in DIR (pip --target), run by the
+#                       same interpreter as this repository with PYTHONPATH=DIR. For a machine whose python
+#                       is itself a venv (a venv made from it would not see its torch)
+#   --wheels DIR        with --setup: install the public package from the wheels in DIR, offline (made by
+#                       bench/fetch_yolov5_wheels.sh); torchvision is then the machine's own
+#   --device D          cpu, or a CUDA device (0) for both sides [cpu]
 #   --python EXE        interpreter for this repository (and for --setup's venv) [python3]
 #   --ntrain N          first N training images, by file name [800]
 #   --nval N            first N val images, by file name [200]
@@ -37,7 +47,7 @@
 #
 # Same settings: both get the same image subset (copied into two separate folders so that neither reads
 # the other's label cache; every *.cache is deleted before each run, so each run builds its own), the
-# same hyp file, image size, batch size, workers, epochs, seed and --device cpu, and both keep their
+# same hyp file, image size, batch size, workers, epochs, seed and --device, and both keep their
 # default plots, TensorBoard log and final validation of best.pt.  "peak RSS" is GNU time's %M: the
 # largest resident set of any single process of the run (the main process or one dataloader worker),
 # not their sum.  Per-image pre-process / inference / NMS times are each val's own "Speed:" line.
@@ -91,6 +101,7 @@ PY=python3
 NTRAIN=800; NVAL=200; IMG=320; BATCH=16; VBATCH=32; WORKERS=2; EPOCHS=1; SEED=0
 HYP="$REPO/data/hyps/hyp.scratch.yaml"
 WEIGHTS="$REPO/weights/teacher-shapes-yolov5s.pt"
+SITE=""; WHEELS=""; DEVICE=cpu
 BF16=0; ONLY=both; REPEATS=1; OURS_FIRST=0; SETUP=0
 WORK=/tmp/bench_vs_yolov5
 
@@ -100,6 +111,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --setup) SETUP=1; shift ;;
     --venv) need "$@"; VENV=$2; shift 2 ;;
+    --site) need "$@"; SITE=$(realpath -m "$2"); shift 2 ;;
+    --wheels) need "$@"; WHEELS=$(realpath "$2"); shift 2 ;;
+    --device) need "$@"; DEVICE=$2; shift 2 ;;
     --python) need "$@"; PY=$2; shift 2 ;;
     --ntrain) need "$@"; NTRAIN=$2; shift 2 ;;
     --nval) need "$@"; NVAL=$2; shift 2 ;;
@@ -122,23 +136,39 @@ while [ $# -gt 0 ]; do
 done
 case "$ONLY" in both|train|val) ;; *) echo "--only takes train or val" >&2; exit 2 ;; esac
 VPY="$VENV/bin/python"
+if [ -n "$SITE" ]; then VPY=$(command -v "$PY"); fi   # --site: the same interpreter, the package on PYTHONPATH
+if [ -n "$WHEELS" ] && [ -z "$(ls "$WHEELS"/*.whl 2>/dev/null)" ]; then
+  echo "ERROR: --wheels $WHEELS holds no .whl files: make them with bash bench/fetch_yolov5_wheels.sh" >&2; exit 2
+fi
 
 # ---------------------------------------------------------------------------------------------- setup
 if [ "$SETUP" = 1 ]; then
-  [ -x "$VPY" ] || "$PY" -m venv --system-site-packages "$VENV"
-  "$VPY" -m pip install --no-deps yolov5==7.0.14 torchvision==0.28.0 ultralytics==8.3.28 roboflow==1.1.49 \
-    huggingface-hub==0.24.7 psutil==7.2.2 thop==0.1.1.post2209072238 requests-toolbelt==1.0.0 filetype==1.2.0 \
-    fire==0.7.1 termcolor==3.3.0
-  SP=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  if [ -n "$SITE" ]; then
+    [ -n "$WHEELS" ] || { echo "ERROR: --setup --site needs --wheels DIR (bench/fetch_yolov5_wheels.sh)" >&2; exit 2; }
+    mkdir -p "$SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --upgrade "$WHEELS"/*.whl
+    SP="$SITE"
+  else
+    [ -x "$VPY" ] || "$PY" -m venv --system-site-packages "$VENV"
+    if [ -n "$WHEELS" ]; then
+      "$VPY" -m pip install --no-index --no-deps "$WHEELS"/*.whl
+    else
+      "$VPY" -m pip install --no-deps yolov5==7.0.14 torchvision==0.28.0 ultralytics==8.3.28 roboflow==1.1.49 \
+        huggingface-hub==0.24.7 psutil==7.2.2 thop==0.1.1.post2209072238 requests-toolbelt==1.0.0 \
+        filetype==1.2.0 fire==0.7.1 termcolor==3.3.0
+    fi
+    SP=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  fi
   cp "$REPO/bench/yv5venv_sitecustomize.py" "$SP/sitecustomize.py"
   echo "copied bench/yv5venv_sitecustomize.py to $SP/sitecustomize.py"
   sys_torch=$("$PY" -c "import torch; print(torch.__version__)")
-  venv_torch=$("$VPY" -c "import torch; print(torch.__version__)")
+  venv_torch=$(PYTHONPATH="$SITE" "$VPY" -c "import torch; print(torch.__version__)")
   echo "torch: system $sys_torch, venv $venv_torch"
   [ "$sys_torch" = "$venv_torch" ] || { echo "ERROR: the venv sees another torch than the system" >&2; exit 1; }
   CFG=$(mktemp -d)
   trap 'rm -rf "$CFG"' EXIT
-  cd "$CFG" && YOLOV5_CONFIG_DIR="$CFG" YOLO_CONFIG_DIR="$CFG" YOLO_OFFLINE=true "$VPY" - <<'EOF' | tail -n 1
+  cd "$CFG" && PYTHONPATH="$SITE" YOLOV5_CONFIG_DIR="$CFG" YOLO_CONFIG_DIR="$CFG" YOLO_OFFLINE=true HF_HUB_OFFLINE=1 \
+    "$VPY" - <<'EOF' | tail -n 1
 import torch, torchvision, sitecustomize
 import yolov5.train, yolov5.val  # every module-level import of the two entry points
 b = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.]])
@@ -151,8 +181,12 @@ EOF
 fi
 
 # ------------------------------------------------------------------------------------- preconditions
-[ -x /usr/bin/time ] || { echo "ERROR: /usr/bin/time (GNU time) is missing: apt-get install time" >&2; exit 1; }
-[ -x "$VPY" ] || { echo "ERROR: no venv at $VENV: run  bash bench/bench_vs_yolov5.sh --setup" >&2; exit 1; }
+if [ -n "$SITE" ]; then
+  [ -d "$SITE/yolov5" ] || { echo "ERROR: no public package in --site $SITE: run  bash bench/bench_vs_yolov5.sh" \
+    "--setup --site $SITE --wheels DIR" >&2; exit 1; }
+else
+  [ -x "$VPY" ] || { echo "ERROR: no venv at $VENV: run  bash bench/bench_vs_yolov5.sh --setup" >&2; exit 1; }
+fi
 [ -f "$HYP" ] || { echo "ERROR: no hyp file $HYP" >&2; exit 1; }
 if [ "$ONLY" != train ] && [ ! -f "$WEIGHTS" ]; then echo "ERROR: no checkpoint $WEIGHTS" >&2; exit 1; fi
 # the work dir is emptied: only when it is new, empty, or was made by this script (marker file)
@@ -167,7 +201,8 @@ WORK=$(cd "$WORK" && pwd)
 RES="$WORK/results.tsv"
 : > "$RES"
 
-PUB_ENV=(env -u PYTHONPATH "YOLOV5_CONFIG_DIR=$WORK/yv5cfg" "YOLO_CONFIG_DIR=$WORK/yv5cfg" YOLO_OFFLINE=true
+PUB_PATH=(-u PYTHONPATH); [ -n "$SITE" ] && PUB_PATH=("PYTHONPATH=$SITE")
+PUB_ENV=(env "${PUB_PATH[@]}" "YOLOV5_CONFIG_DIR=$WORK/yv5cfg" "YOLO_CONFIG_DIR=$WORK/yv5cfg" YOLO_OFFLINE=true
          YOLO_AUTOINSTALL=false HF_HUB_OFFLINE=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 WANDB_MODE=disabled
          COMET_MODE=disabled)
 OURS_ENV=(env -u PYTHONPATH)
@@ -231,13 +266,24 @@ metrics() {  # log -> "mAP50 mAP50-95" of its last 'all' row
 speed() {  # log -> its last "Speed: ..." line, shortened
   tr '\r' '\n' < "$1" | grep '^Speed:' | tail -n 1 | sed 's/^Speed: //; s/ per image.*//' || true
 }
+timed() {  # file command...: "<wall> s <peak RSS> KB" into file; GNU time, else the same read by python
+  if [ -x /usr/bin/time ] && [ -z "${NO_GNU_TIME:-}" ]; then /usr/bin/time -f "%e s %M KB" -o "$@"; return; fi
+  "$PY" - "$@" <<'PYT'
+import resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.call(sys.argv[2:])
+kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux: the largest child, as GNU time's %M
+open(sys.argv[1], "w").write(f"{time.perf_counter() - t:.2f} s {kb} KB\n")
+sys.exit(rc)
+PYT
+}
 run_one() {  # part side rep cwd command...
   local part=$1 side=$2 rep=$3 dir=$4; shift 4
   local name="${part}_${side}_r${rep}" rc=0 t m n s
   rm -rf "$WORK/runs/$name"
   rm -f "$WORK/data_$side"/labels/*.cache
   echo "-- $name: $*" | cut -c1-400
-  (cd "$dir" && /usr/bin/time -f "%e s %M KB" -o "$WORK/$name.time" "$@") > "$WORK/$name.log" 2>&1 || rc=$?
+  (cd "$dir" && timed "$WORK/$name.time" "$@") > "$WORK/$name.log" 2>&1 || rc=$?
   t=$(tail -n 1 "$WORK/$name.time" 2>/dev/null || echo "n/a s n/a KB")
   m=$(metrics "$WORK/$name.log")
   n=$(tr '\r' '\n' < "$WORK/$name.log" | grep -c 'NMS time limit' || true)
@@ -260,7 +306,7 @@ pair() {  # part rep: both sides, alternating the order by repeat
 # ----------------------------------------------------------------------------------------- a) train
 BF16_ARG=(); [ "$BF16" = 1 ] && BF16_ARG=(--bf16)
 TRAIN_COMMON=(--weights '' --hyp "$HYP" --img "$IMG" --batch-size "$BATCH" --workers "$WORKERS"
-              --epochs "$EPOCHS" --device cpu --seed "$SEED" --project "$WORK/runs" --exist-ok)
+              --epochs "$EPOCHS" --device "$DEVICE" --seed "$SEED" --project "$WORK/runs" --exist-ok)
 train_pub() {
   run_one train pub "$1" "$WORK/pub_cwd" "${PUB_ENV[@]}" "$VPY" -m yolov5.train --cfg yolov5n.yaml \
     --data "$WORK/data_pub.yaml" "${TRAIN_COMMON[@]}" --name "train_pub_r$1"
@@ -278,12 +324,12 @@ fi
 # ------------------------------------------------------------------------------------------- b) val
 val_pub() {
   run_one val pub "$1" "$WORK/pub_cwd" "${PUB_ENV[@]}" "$VPY" -m yolov5.val --weights "$WORK/ckpt_public.pt" \
-    --data "$WORK/data_pub.yaml" --img "$IMG" --batch-size "$VBATCH" --workers "$WORKERS" --device cpu \
+    --data "$WORK/data_pub.yaml" --img "$IMG" --batch-size "$VBATCH" --workers "$WORKERS" --device "$DEVICE" \
     --project "$WORK/runs" --name "val_pub_r$1" --exist-ok
 }
 val_ours() {
   run_one val ours "$1" "$REPO" "${OURS_ENV[@]}" "$PY" val.py --weights "$WEIGHTS" \
-    --data "$WORK/data_ours.yaml" --img "$IMG" --batch-size "$VBATCH" --workers "$WORKERS" --device cpu \
+    --data "$WORK/data_ours.yaml" --img "$IMG" --batch-size "$VBATCH" --workers "$WORKERS" --device "$DEVICE" \
     --project "$WORK/runs" --name "val_ours_r$1" --exist-ok
 }
 if [ "$ONLY" != train ]; then
