@@ -8,6 +8,12 @@ Usage:
     python bench/summarize_runs.py bench/results/compare_kd_methods   # the recorded CSVs (METHOD-sSEED.csv)
     python bench/summarize_runs.py runs/compare runs/compare_b         # several folders: one table
     python bench/summarize_runs.py runs/compare --order baseline kl_only card imitation cwd mse pkd scorel2
+    python bench/summarize_runs.py runs/compare --balance      # + each KD term / the detection loss
+
+--balance adds a second table: each distillation term's logged value (train/<name>_loss, already weighted)
+divided by the detection loss (the sum of train/box_loss, obj_loss, cls_loss, dfl_loss) of the same epoch,
+at the first and the last epoch, mean over seeds. A term many times the detection loss is what the
+student's gradient is mostly spent on.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ if str(ROOT) not in sys.path:
 from utils.loggers import read_results_csv  # noqa: E402
 
 M50, M5095 = "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"
+DETECTION_TERMS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "train/dfl_loss")
 
 
 def best_row(csv: Path) -> tuple[float, float, int] | None:
@@ -38,19 +45,35 @@ def best_row(csv: Path) -> tuple[float, float, int] | None:
     return best[i50], best[i95], len(rows)
 
 
+def term_ratios(csv: Path) -> dict[str, tuple[float, float]]:
+    """{KD term: (its value / the detection loss at the first epoch, the same at the last epoch)}."""
+    names, rows = read_results_csv(csv)
+    det = [names.index(k) for k in DETECTION_TERMS if k in names]
+    terms = [k for k in names if k.startswith("train/") and k.endswith("_loss") and k not in DETECTION_TERMS]
+    out = {}
+    for k in terms:
+        i = names.index(k)
+        first, last = ((r[i] / d if (d := sum(r[j] for j in det)) > 0 else float("nan")) for r in (rows[0], rows[-1]))
+        out[k[len("train/"):-len("_loss")]] = (first, last)
+    return out if rows and det else {}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, nargs="+", help="folders of METHOD-sSEED/results.csv or METHOD-sSEED.csv")
     p.add_argument("--order", nargs="*", default=["baseline", "kl_only", "card", "imitation", "cwd", "mse", "pkd",
                                                   "scorel2"])
+    p.add_argument("--balance", action="store_true", help="also tabulate each KD term / the detection loss")
     opt = p.parse_args(argv)
     runs = defaultdict(dict)
+    ratios = defaultdict(list)
     csvs = [c for f in opt.folder for c in sorted(f.glob("*/results.csv")) + sorted(f.glob("*-s*.csv"))]
     for csv in csvs:
         m = re.fullmatch(r"(.+)-s(\d+)", csv.parent.name if csv.name == "results.csv" else csv.stem)
         r = best_row(csv)
         if m and r:
             runs[m.group(1)][int(m.group(2))] = r
+            ratios[m.group(1)].append(term_ratios(csv))
     if not runs:
         sys.exit(f"no METHOD-sSEED/results.csv or METHOD-sSEED.csv under {' '.join(map(str, opt.folder))}")
     order = [k for k in opt.order if k in runs] + sorted(k for k in runs if k not in opt.order)
@@ -65,6 +88,13 @@ def main(argv=None) -> None:
               f"{statistics.mean(a):.3f} ± {(max(a) - min(a)) / 2:.3f} | {' '.join(f'{x:.3f}' for x in b)} | "
               f"{statistics.mean(b):.3f} ± {(max(b) - min(b)) / 2:.3f} |")
     print("(± is half the range over seeds)")
+    if opt.balance:
+        print("\n| method | term | term / detection loss, first epoch | last epoch |\n|---|---|---|---|")
+        for k in order:
+            for term in dict.fromkeys(t for r in ratios[k] for t in r):
+                vals = [r[term] for r in ratios[k] if term in r]
+                print(f"| {k} | {term} | {statistics.mean(v[0] for v in vals):.3g} | "
+                      f"{statistics.mean(v[1] for v in vals):.3g} |")
 
 
 if __name__ == "__main__":
