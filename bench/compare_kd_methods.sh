@@ -14,12 +14,18 @@
 #   python bench/summarize_runs.py runs/compare
 # METHODS="kl_only scorel2" overrides the method list; a method is baseline, a recipe of data/kd/ or one of
 # bench/kd_configs/ (the output-KD defaults sweep of issue 11: kl_t1 kl_t2 kl_t4 l2_only l2_bceobj bce_centred).
+# STUDENT=models/yolov8n.yaml TEACHER=path/to/v8s.pt HYP=data/hyps/hyp.v8.yaml METHODS="baseline v8_ver1 v8_ver2
+# v8_both" runs the same comparison for another pair (defaults: models/yolov5n.yaml, the committed
+# weights/teacher-shapes-yolov5s.pt, data/hyps/hyp.short.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-30}"; IMG="${2:-192}"; SEEDS="${3:-0 1}"; JOBS="${4:-1}"; DEVICE="${5:-cpu}"; PROJECT="${6:-runs/compare}"
 read -r -a METHODS <<< "${METHODS:-baseline kl_only card imitation cwd mse pkd scorel2}"
-COMMON=(--data data/shapes.yaml --cfg models/yolov5n.yaml --weights '' --img "$IMG" --epochs "$EPOCHS"
-        --batch-size 16 --workers 2 --cache ram --hyp data/hyps/hyp.short.yaml --device "$DEVICE"
+STUDENT="${STUDENT:-models/yolov5n.yaml}"; TEACHER="${TEACHER:-weights/teacher-shapes-yolov5s.pt}"
+HYP="${HYP:-data/hyps/hyp.short.yaml}"
+for f in "$STUDENT" "$TEACHER" "$HYP"; do [ -f "$f" ] || { echo "ERROR: $f not found (STUDENT/TEACHER/HYP)" >&2; exit 2; }; done
+COMMON=(--data data/shapes.yaml --cfg "$STUDENT" --weights '' --img "$IMG" --epochs "$EPOCHS"
+        --batch-size 16 --workers 2 --cache ram --hyp "$HYP" --device "$DEVICE"
         --project "$PROJECT" --exist-ok)
 mkdir -p "$PROJECT"
 "${PYTHON:-python}" -c "from utils.dataset_config import check_dataset; check_dataset('data/shapes.yaml')" >/dev/null  # build data once
@@ -39,7 +45,7 @@ run() {  # method seed
     local recipe="$1"
     [ -f "data/kd/$1.yaml" ] || recipe="bench/kd_configs/$1.yaml"
     OMP_NUM_THREADS=1 "${PYTHON:-python}" train_kd.py "${COMMON[@]}" --seed "$2" --name "$name" \
-      --teacher_weight weights/teacher-shapes-yolov5s.pt --kd_config "$recipe" > "$PROJECT/$name.log" 2>&1
+      --teacher_weight "$TEACHER" --kd_config "$recipe" > "$PROJECT/$name.log" 2>&1
   fi
 }
 
