@@ -107,22 +107,12 @@ done
 n=$(ls "$WORK/data_ours/images/train" | wc -l)
 [ "$n" -eq "$NTRAIN" ] || { echo "ERROR: only $n training images, $NTRAIN asked" >&2; exit 1; }
 
-timed() {  # file command...: "<wall> s <peak RSS> KB"
-  "$PY" - "$@" <<'PYT'
-import resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.call(sys.argv[2:])
-kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-open(sys.argv[1], "w").write(f"{time.perf_counter() - t:.2f} {kb}\n")
-sys.exit(rc)
-PYT
-}
 RES="$WORK/results.tsv"; : > "$RES"
 run() {  # side rep dir command...
   local side=$1 rep=$2 dir=$3 rc=0 t kb m; shift 3
   rm -f "$WORK/data_$side"/labels/*.cache
-  (cd "$dir" && timed "$WORK/$side-$rep.time" "$@") > "$WORK/$side-$rep.log" 2>&1 || rc=$?
-  read -r t kb < "$WORK/$side-$rep.time" || { t=nan; kb=0; }
+  (cd "$dir" && "$PY" "$REPO/bench/timed_run.py" "$WORK/$side-$rep.time" "$@") > "$WORK/$side-$rep.log" 2>&1 || rc=$?
+  read -r t _ kb _ < "$WORK/$side-$rep.time" || { t=nan; kb=0; }
   m=$(tr '\r' '\n' < "$WORK/$side-$rep.log" | awk '$1 == "all" && NF >= 7 { a = $(NF-1); b = $NF } END { print (a == "" ? "n/a n/a" : a " " b) }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$side" "$rep" "$t" "$kb" "$m" "$rc" >> "$RES"
   echo "-- $side r$rep: wall $t s, peak RSS $((kb / 1024)) MB, mAP@0.5 / mAP@0.5:0.95 $m, exit $rc (log $WORK/$side-$rep.log)"

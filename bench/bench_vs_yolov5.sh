@@ -266,16 +266,9 @@ metrics() {  # log -> "mAP50 mAP50-95" of its last 'all' row
 speed() {  # log -> its last "Speed: ..." line, shortened
   tr '\r' '\n' < "$1" | grep '^Speed:' | tail -n 1 | sed 's/^Speed: //; s/ per image.*//' || true
 }
-timed() {  # file command...: "<wall> s <peak RSS> KB" into file; GNU time, else the same read by python
-  if [ -x /usr/bin/time ] && [ -z "${NO_GNU_TIME:-}" ]; then /usr/bin/time -f "%e s %M KB" -o "$@"; return; fi
-  "$PY" - "$@" <<'PYT'
-import resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.call(sys.argv[2:])
-kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux: the largest child, as GNU time's %M
-open(sys.argv[1], "w").write(f"{time.perf_counter() - t:.2f} s {kb} KB\n")
-sys.exit(rc)
-PYT
+timed() {  # file command...: "<wall> s <peak RSS> KB" into file (GNU time, else bench/timed_run.py)
+  if [ -x /usr/bin/time ] && [ -z "${NO_GNU_TIME:-}" ]; then /usr/bin/time -f "%e s %M KB" -o "$@"
+  else "$PY" "$REPO/bench/timed_run.py" "$@"; fi
 }
 run_one() {  # part side rep cwd command...
   local part=$1 side=$2 rep=$3 dir=$4; shift 4
