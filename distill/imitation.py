@@ -47,7 +47,10 @@ def _check_inputs(targets: Tensor, anchors_px: Tensor, strides: Tensor, shapes: 
         raise UserError(f"imitation mask: psi must lie in (0, 1] (the paper uses 0.5), got {psi}")
     if len(targets):
         img = targets[:, 0]
-        if bool((img < 0).any()) or bool((img >= batch_size).any()):
+        inside = ((img >= 0) & (img < batch_size)).all()
+        if img.is_cuda:  # the data pipeline's invariant: checked without making the host wait for the device
+            torch._assert_async(inside, "imitation mask: a target image index lies outside the batch")
+        elif not bool(inside):
             raise UserError(f"imitation mask: target image indices span [{img.min().item():g}, "
                             f"{img.max().item():g}] but the batch has {batch_size} images")
 

@@ -151,7 +151,8 @@ def test_kd_losses_have_no_data_dependent_step(feature):
     """Every distillation term of the step (output KD + the feature loss) traces as one graph
     (torch.compile fullgraph, eager backend): no .item(), boolean selection or branch on a tensor value,
     so on CUDA the KD terms never make the step wait for the device (utils/loss.py's test covers the
-    detection loss). imitation is not listed: it checks the targets' image indices (one sync per step).
+    detection loss). imitation is not listed: on the CPU it checks the targets' image indices with a clear error (a
+    graph break; on CUDA the check is torch._assert_async, no wait).
     Mutation seen failing: a `bool((x < 0).any())` check added to ScoreWeightedL2.forward."""
     student, teacher = _pair()
     objective = build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), dict(HYP),
