@@ -9,6 +9,10 @@ student's own parameters (adapters and other loss parameters excluded) of
 and prints per term: the norm of its gradient over the detection loss's, and the cosine between the two
 (< 0: the term pulls against the detection loss). Values are means over the batches.
 
+--adapter_steps K first trains only the losses' own parameters (adapters, projectors) for K SGD steps on
+those batches, the student fixed: a loss whose adapter starts near zero (imitation's, std 1e-4) pulls on
+the student only once the adapter has learned, which the measurement at initialisation would miss.
+
 The student is the --student checkpoint (e.g. the best.pt of a plain run, a student the recipes would
 meet mid-training) or, without one, a freshly initialised yolov5n (seeded): the start of training.
 
@@ -79,6 +83,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=4, help="fixed batches averaged over")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter_steps", type=int, default=0, help="train the loss parameters alone first")
+    p.add_argument("--adapter_lr", type=float, default=0.01)
     opt = p.parse_args(argv)
 
     torch.set_grad_enabled(True)
@@ -95,7 +101,8 @@ def main(argv=None) -> None:
     hyp = scale_loss_gains(yaml_load(opt.hyp), nc, 3, opt.img)
     hyp.setdefault("kd", 1.0)
     print(f"student: {opt.student or 'fresh yolov5n (seed %d)' % opt.seed}; teacher: {opt.teacher}; "
-          f"{len(batches)} batches of {opt.batch} at {opt.img} px\n")
+          f"{len(batches)} batches of {opt.batch} at {opt.img} px; loss parameters trained alone for "
+          f"{opt.adapter_steps} steps first\n")
     print("| recipe | term | weight | value (x batch) / detection loss | grad norm / detection's | cos(grad, detection's) |")
     print("|---|---|---|---|---|---|")
     for name in opt.recipes:
@@ -107,6 +114,15 @@ def main(argv=None) -> None:
         d.kd.iteration.fill_(10**6)  # past any warm-up (imitation's 400 iterations)
         d.kd._count = None
         params = [p for p in student.parameters() if p.requires_grad]
+        own = [p for p in d.kd.parameters() if p.requires_grad]
+        if opt.adapter_steps and own:
+            sgd = torch.optim.SGD(own, lr=opt.adapter_lr, momentum=0.937)
+            for step in range(opt.adapter_steps):
+                imgs, targets = batches[step % len(batches)]
+                _, kd_loss = d(imgs, targets)
+                sgd.zero_grad()
+                (kd_loss * imgs.shape[0]).backward(inputs=own)
+                sgd.step()
         rows = {n: [] for n in d.names}
         for imgs, targets in batches:
             weights = list(d.weights)
