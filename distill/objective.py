@@ -94,6 +94,7 @@ class DistillObjective(nn.Module):
         self.compute_loss = compute_loss
         self.log_parts = log_parts
         self.resolved: dict | None = None  # the kd config it was built from (train_kd.py writes kd.yaml)
+        self._balance_checked: set[str] = set()  # terms already compared with the detection loss
 
     @property
     def teacher(self) -> nn.Module:
@@ -107,7 +108,32 @@ class DistillObjective(nn.Module):
         out = {**{k: items[i] for i, k in enumerate(names)}, **self.distiller.terms}
         if self.log_parts:
             out.update(self.distiller.parts)
+        if self.training and len(self._balance_checked) < len(self.distiller.terms):
+            self._check_balance(items)
         return {"loss": loss + kd_loss * imgs.shape[0], **out}
+
+    def _check_balance(self, items: torch.Tensor) -> None:
+        """Warn once per term, the first training batch where it is non-zero, when it is more than
+        DOMINANT x the detection loss, with the weight that would put it at a third of it. Such terms
+        trained students worse than output KD alone (bench/RESULTS.md, 'Distillation methods compared').
+        Reads the values on the host once per term, not per step."""
+        det = float(items.sum())
+        for name, w in zip(self.distiller.names, self.distiller.weights):
+            value = self.distiller.terms.get(name)
+            if name in self._balance_checked or value is None:
+                continue
+            value = float(value)
+            if value == 0.0:  # still in a warm-up (imitation): checked when it starts
+                continue
+            self._balance_checked.add(name)
+            if det > 0 and value > DOMINANT * det:
+                kind = getattr(self.distiller.losses[name], "name", "")  # the detection losses' type name
+                flag = f"--{kind}_weight or " if kind in WEIGHT_FLAGS else ""
+                LOGGER.warning(
+                    f"WARNING: distillation term '{name}' starts at {value / det:.0f}x the detection loss ({value:.4g} "
+                    f"against {det:.4g} at weight {w:g}). Terms this large trained students worse than output KD "
+                    f"alone on the shapes data (bench/RESULTS.md); weight {_one_digit(w * det / 3 / value)} ("
+                    f"{flag}'weight:' in a recipe) puts it at a third of the detection loss.")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also reads the 'kd_state' of runs saved before the Distiller ('adapters.N.*' of FitNet)."""
@@ -120,6 +146,14 @@ class DistillObjective(nn.Module):
 
     def extra_repr(self) -> str:
         return f"teacher={type(self.teacher).__name__} (not registered), weights={dict(zip(self.distiller.names, self.distiller.weights))}"
+
+
+DOMINANT = 10.0  # a KD term above this multiple of the detection loss gets a warning (DistillObjective)
+WEIGHT_FLAGS = ("imitation", "cwd", "mse", "pkd", "scorel2")  # train_kd.py's --<type>_weight flags
+
+
+def _one_digit(x: float) -> str:
+    return f"{float(f'{x:.1g}'):g}"
 
 
 def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp: dict, opt_like,

@@ -324,3 +324,40 @@ def test_load_teacher_checks_classes(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="classes"):
         load_teacher(path, "cpu", nc=NC + 1)
+
+
+def _warnings_of(fn):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    LOGGER.addHandler(handler)
+    try:
+        fn()
+    finally:
+        LOGGER.removeHandler(handler)
+    return [r.getMessage() for r in records if "starts at" in r.getMessage()]
+
+
+def test_a_dominant_term_is_reported_once_with_a_weight_that_balances_it():
+    """A KD term more than 10x the detection loss at its first non-zero batch gets one warning naming the
+    term, the ratio and the weight that puts it at a third of the detection loss; a term below gets none,
+    and evaluation mode never checks. Mutations seen failing: the ratio test inverted (value < 10 det),
+    the warning repeated every batch (no bookkeeping), the suggested weight not scaled by w."""
+    student, teacher = _models()
+    imgs, targets = _batch()
+    heavy = _objective(student, teacher, feature_loss="cwd", cwd_weight=1000.0)
+    light_student = deepcopy(student)
+    light = _objective(light_student, teacher, feature_loss="cwd", cwd_weight=1e-6)
+    msgs = _warnings_of(lambda: [heavy(student, imgs, targets) for _ in range(2)])
+    assert len(msgs) == 1 and "'cwd'" in msgs[0] and "--cwd_weight" in msgs[0]
+    out = heavy(student, imgs, targets)
+    det = float(out["box"] + out["obj"] + out["cls"])
+    ratio = float(out["cwd"]) / det
+    assert f"{ratio:.0f}x" in msgs[0]
+    suggested = float(msgs[0].split("; weight ")[1].split(" ")[0])
+    # one significant digit of 1000 * det / 3 / cwd: within 50% of the exact balancing weight (rounding)
+    assert 0.5 < suggested / (1000.0 / 3 / ratio) < 1.5
+    assert _warnings_of(lambda: light(light_student, imgs, targets)) == []
+    eval_student = deepcopy(student)
+    heavy_eval = _objective(eval_student, teacher, feature_loss="cwd", cwd_weight=1000.0).eval()
+    assert _warnings_of(lambda: heavy_eval(eval_student, imgs, targets)) == []
