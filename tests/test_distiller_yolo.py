@@ -156,6 +156,21 @@ def test_recipe_equals_its_flags(recipe):
     assert torch.isfinite(out_a["loss"]) and all(float(out_a[k]) > 0 for k in a.distiller.names)
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "bench/kd_configs").glob("*.yaml")))
+def test_bench_configs_build_with_the_weights_they_state(config):
+    """bench/kd_configs/*.yaml (the defaults sweep and the weight checks of bench/RESULTS.md) build an
+    objective whose losses are live on a batch, with each entry's stated weight: a typo fails here, not
+    an hour into a background comparison run."""
+    path = ROOT / "bench/kd_configs" / config
+    cfg = load_kd_config(path)
+    objective, student = _objective({}, kd_config=cfg)
+    stated = [e.get("weight") for e in cfg["losses"]]
+    assert [float(w) for w in stated if w is not None] == [w for w, s in zip(objective.distiller.weights, stated) if s is not None]
+    objective.distiller.kd.iteration.fill_(10**6)  # past imitation's warm-up
+    out = objective(student, *batch())
+    assert torch.isfinite(out["loss"]) and all(float(out[k]) > 0 for k in objective.distiller.names)
+
+
 def test_default_run_is_the_scorel2_recipe():
     """No --kd_config and no distillation flags = data/kd/scorel2.yaml (kl output KD + score-weighted L2),
     the combination that measured best; the card's command (--kd_loss_selected kl) keeps that feature loss."""
