@@ -95,6 +95,7 @@ class DistillObjective(nn.Module):
         self.log_parts = log_parts
         self.resolved: dict | None = None  # the kd config it was built from (train_kd.py writes kd.yaml)
         self._balance_checked: set[str] = set()  # terms already compared with the detection loss
+        self._balance_calls = 0  # training calls seen by the check (it reads values on the host: rarely)
 
     @property
     def teacher(self) -> nn.Module:
@@ -109,14 +110,16 @@ class DistillObjective(nn.Module):
         if self.log_parts:
             out.update(self.distiller.parts)
         if self.training and len(self._balance_checked) < len(self.distiller.terms):
-            self._check_balance(items)
+            if self._balance_calls % 50 == 0 and self._balance_calls <= 5000:  # at most ~100 host reads
+                self._check_balance(items)
+            self._balance_calls += 1
         return {"loss": loss + kd_loss * imgs.shape[0], **out}
 
     def _check_balance(self, items: torch.Tensor) -> None:
-        """Warn once per term, the first training batch where it is non-zero, when it is more than
-        DOMINANT x the detection loss, with the weight that would put it at a third of it. Such terms
-        trained students worse than output KD alone (bench/RESULTS.md, 'Distillation methods compared').
-        Reads the values on the host once per term, not per step."""
+        """Warn once per term when it is more than DOMINANT x the detection loss, with the weight that
+        would put it at a third of it; checked every 50th training batch until each term has been seen
+        non-zero (imitation's warm-up). Such terms trained students worse than output KD alone
+        (bench/RESULTS.md, 'Distillation methods compared'). Reads values on the host only then."""
         det = float(items.sum())
         for name, w in zip(self.distiller.names, self.distiller.weights):
             value = self.distiller.terms.get(name)

@@ -341,14 +341,14 @@ def _warnings_of(fn):
 def test_a_dominant_term_is_reported_once_with_a_weight_that_balances_it():
     """A KD term more than 10x the detection loss at its first non-zero batch gets one warning naming the
     term, the ratio and the weight that puts it at a third of the detection loss; a term below gets none,
-    and evaluation mode never checks. Mutations seen failing: the ratio test inverted (value < 10 det),
+    and evaluation mode never checks. (The check runs every 50th training call until each term was seen.) Mutations seen failing: the ratio test inverted (value < 10 det),
     the warning repeated every batch (no bookkeeping), the suggested weight not scaled by w."""
     student, teacher = _models()
     imgs, targets = _batch()
     heavy = _objective(student, teacher, feature_loss="cwd", cwd_weight=1000.0)
     light_student = deepcopy(student)
     light = _objective(light_student, teacher, feature_loss="cwd", cwd_weight=1e-6)
-    msgs = _warnings_of(lambda: [heavy(student, imgs, targets) for _ in range(2)])
+    msgs = _warnings_of(lambda: [heavy(student, imgs, targets) for _ in range(51)])  # checked at calls 0, 50
     assert len(msgs) == 1 and "'cwd'" in msgs[0] and "--cwd_weight" in msgs[0]
     out = heavy(student, imgs, targets)
     det = float(out["box"] + out["obj"] + out["cls"])
