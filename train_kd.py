@@ -89,17 +89,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
                    metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
                    ", ".join(features) + "; or none (default: scorel2; fitnet uses 1x1 adapters)")
-    g.add_argument("--imitation_weight", type=float, default=None, help="imitation loss weight (default 0.01, FGFI)")
+    g.add_argument("--imitation_weight", type=float, default=None, help="imitation loss weight (default 0.0002 for YOLOv5 "
+                   "students, about a third of the detection loss; 0.01, FGFI's, for YOLOv8 students)")
     g.add_argument("--imitation_psi", type=float, default=None,
                    help="imitation mask: a cell is positive when an anchor has IoU > psi x the box's best (default 0.5)")
     g.add_argument("--imitation_warmup", type=int, default=None, help="imitation off for this many steps (default 400)")
     g.add_argument("--save_mask_examples", type=int, default=4, metavar="N",
                    help="with imitation: draw the masks of N training images into imitation_masks.jpg (0: none)")
-    g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 10)")
+    g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 0.03 for "
+                   "YOLOv5 students, about a third of the detection loss; 10, the paper's, for YOLOv8 students)")
     g.add_argument("--cwd_tau", type=float, default=None, help="CWD softmax temperature (default 1)")
     g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 0.002 for YOLOv5 students, where 1 overwhelms the "
                         "detection loss; 1 for YOLOv8 students, the seed's)")
-    g.add_argument("--pkd_weight", type=float, default=None, help="PKD weight (default 10)")
+    g.add_argument("--pkd_weight", type=float, default=None, help="PKD weight (default 0.02 for YOLOv5 students, about a "
+                   "third of the detection loss; 10, the paper's, for YOLOv8 students)")
     g.add_argument("--scorel2_weight", type=float, default=None, help="score-weighted L2 weight (default 1)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,
                    help="hooked student layers, e.g. 'model.4,model.6,model.17' (default: C3/SPPF outputs per stride)")

@@ -30,6 +30,7 @@ from torch import nn
 from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES
 from distill.pairing import pair_layers, parse_layer_list
+from distill.detection_losses import DEFAULT_WEIGHTS, PAPER_WEIGHTS
 from utils.general import LOGGER, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +63,9 @@ DEFAULT_CONFIG = {"losses": [
 
 # Per student family overrides of the detection losses' default weights. A v8 student's detection loss
 # is ~75x a v5 one's at the start (box + cls + dfl 15.2 vs 0.20, distill/v8_output.py), so mse keeps the
-# v8 seed's plain sum 1.0 there (1.3% of that loss), while a v5 student needs 0.002.
-FAMILY_WEIGHTS = {"v8": {"mse": 1.0}}
+# v8 seed's plain sum 1.0 there (1.3% of that loss), while a v5 student needs 0.002; imitation, cwd and pkd
+# keep the papers' weights there (0.2x-2x that loss), while a v5 student gets the balanced ones.
+FAMILY_WEIGHTS = {"v8": {"mse": 1.0, **PAPER_WEIGHTS}}
 
 
 def default_weight(entry: dict, family: str = "v5") -> float:
@@ -78,10 +80,6 @@ def default_weight(entry: dict, family: str = "v5") -> float:
         return OUTPUT_DEFAULT_ALPHA.get(entry.get("variant", "l2"), DEFAULT_ALPHA)
     if entry["type"] in FEATURE_DEFAULT_BETA:
         return FEATURE_DEFAULT_BETA[entry["type"]]
-    try:
-        from distill.detection_losses import DEFAULT_WEIGHTS
-    except ImportError:
-        DEFAULT_WEIGHTS = {}
     return float(DEFAULT_WEIGHTS.get(entry["type"], 1.0))
 
 
