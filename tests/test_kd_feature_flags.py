@@ -75,3 +75,44 @@ def test_default_weights_by_type_and_family():
     assert [default_weight({"type": t}) for t in ("imitation", "cwd", "pkd")] == [2e-4, 0.03, 0.02]
     assert [default_weight({"type": t}, "v8") for t in ("imitation", "cwd", "pkd")] == [0.01, 10.0, 10.0]
     assert default_weight({"type": "YoloKDLoss", "variant": "l2"}) == 10.0
+
+
+def test_every_feature_loss_resumes_with_its_parameters(tmp_path):
+    """All detection feature losses at once: after a training step their adapters/projectors differ from a
+    fresh build, and --resume's path (the checkpoint's kd_state through utils/run_checkpoint.restore_run)
+    puts back every parameter and the batch counter exactly. Mutation seen failing: restore_run without
+    its kd_state branch (the fresh adapters stay)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from distill.objective import build_kd_objective
+    from models.yolo import Model
+    from utils.loss import ComputeLoss
+    from utils.run_checkpoint import restore_run
+
+    hyp = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}
+    losses = ["imitation", "cwd", "mse", "pkd", "scorel2"]
+
+    def build():
+        torch.manual_seed(0)
+        student, teacher = Model(ROOT / "models/yolov5n.yaml", nc=3), Model(ROOT / "models/yolov5s.yaml", nc=3)
+        flags = SimpleNamespace(kd_loss_selected="kl", feature_loss=losses, imitation_warmup=0)
+        return student, build_kd_objective(student, teacher, ComputeLoss.from_model(student, hyp), hyp, flags)
+
+    student, trained = build()
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.3], [1, 2, 0.3, 0.6, 0.2, 0.5]])
+    params = list(trained.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    trained(student, imgs, targets)["loss"].backward()
+    opt.step()
+    ckpt = {"epoch": 0, "best_fitness": 0.0, "optimizer": None, "kd_state": trained.state_dict()}
+    _, fresh = build()
+    assert {n for n in fresh.distiller.names} == {"kd", *losses}
+    own = [k for k, v in trained.state_dict().items() if v.is_floating_point()]
+    assert own and any(not torch.equal(trained.state_dict()[k], fresh.state_dict()[k]) for k in own)
+    restore_run(ckpt, SimpleNamespace(resume=True, epochs=3, weights="last.pt"), None, None, fresh)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    assert fresh.distiller.kd.count() == 1
