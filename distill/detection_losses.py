@@ -385,7 +385,7 @@ PAPER_WEIGHTS = {
 # Default weight of each loss for YOLOv5 students: about a third of the detection loss at the start (the
 # rule train_kd's output KD and AT/FitNet defaults follow), which measured better than the papers' weights at
 # the recorded schedule (30 epochs at 192 px, 2 seeds, mAP@0.5:0.95; bench/RESULTS.md "Distillation methods
-# compared"): imitation 0.212 -> 0.254 (seed 0), cwd 0.177 -> 0.220, pkd 0.119 -> 0.219, output KD alone 0.253.
+# compared"): imitation 0.212 -> 0.255, cwd 0.177 -> 0.222, pkd 0.119 -> 0.219, output KD alone 0.253.
 DEFAULT_WEIGHTS = {
     "imitation": 2e-4,
     "cwd": 0.03,
