@@ -48,13 +48,13 @@ def reference(fixtures_dir):
     return torch.load(fixtures_dir / "reference_v6.0.pt", weights_only=True, map_location="cpu")
 
 
-def kill_when_written(cmd: list[str], cwd: Path, path: Path, timeout: float = 600) -> None:
+def kill_when_written(cmd: list[str], cwd: Path, path: Path, timeout: float = 600, env: dict | None = None) -> None:
     """Start a training command and kill it as soon as `path` (e.g. weights/last.pt) exists: a run
     interrupted after its first completed epoch, for the resume tests."""
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     t0 = time.time()
     while not path.exists() and proc.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.02)

@@ -2,6 +2,7 @@
 included), and bound to the run's teacher file (path, size, sha256 recorded; a changed file refused)."""
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -40,8 +41,15 @@ def _cmd(data, teacher, project, epochs=3):
             "--feature_loss", "fitnet", "--save-period", "1", "--seed", "5"]
 
 
+# One torch thread in every run of this file: with two threads on a loaded 2-core machine, two processes
+# given the same state ended 2.3e-6 apart after two epochs (seen on the code before and after 2026-11-30's
+# changes, never with one thread), which is the summation order of multi-threaded CPU kernels, not resume.
+# The exactness bound below (1e-6) is about state that resume must restore; a miss moves weights ~1e-2.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _run(cmd, cwd):
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900, check=False, env=ONE_THREAD)
 
 
 def _floats(sd: dict) -> dict[str, torch.Tensor]:
@@ -64,7 +72,7 @@ def runs(data, fixtures_dir, tmp_path_factory):
     r = _run(_cmd(data, teacher.name, tmp / "a"), cwd=tmp)  # a relative path, recorded as an absolute one
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = tmp / "b/kd/weights/last.pt"
-    kill_when_written(_cmd(data, teacher.name, tmp / "b"), tmp, last)
+    kill_when_written(_cmd(data, teacher.name, tmp / "b"), tmp, last, env=ONE_THREAD)
     from utils.checkpoint import safe_torch_load
 
     assert safe_torch_load(last)["epoch"] == 0, "the run was not interrupted after its first epoch"
