@@ -30,7 +30,7 @@ from torch import nn
 from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES
 from distill.pairing import pair_layers, parse_layer_list
-from distill.detection_losses import DEFAULT_WEIGHTS, PAPER_WEIGHTS
+from distill.feature_weights import DEFAULT_WEIGHTS, PAPER_WEIGHTS
 from utils.general import LOGGER, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
