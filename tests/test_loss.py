@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from utils.general import yaml_load
-from utils.loss import ComputeLoss, FocalLoss, scale_loss_gains, smooth_BCE
+from utils.loss import ComputeLoss, FocalLoss, last_writes, scale_loss_gains, smooth_BCE
 
 HYP_FILE = Path(__file__).resolve().parents[1] / "data/hyps/hyp.scratch.yaml"
 ANCHORS_PX = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
@@ -224,6 +224,23 @@ def test_a_cell_assigned_twice_takes_the_last_target():
             assert seen["tobj"][level][c] == pytest.approx(iou[last].item(), rel=1e-6)
             checked += 1
     assert checked, "the case needs a cell assigned twice"
+
+
+def test_last_writes_keeps_only_the_last_write_of_each_cell():
+    """Repeated cells: all but the last write go to the spare cell, so `flat[cell] = v` has one writer per
+    cell and the same result on any thread count (with 2 threads the objectness loss of the same batch
+    differed between two processes before). Mutations seen failing: keeping the first write, keeping all."""
+    cell = torch.tensor([3, 1, 3, 2, 1, 3, 7])
+    assert last_writes(cell, spare=9).tolist() == [9, 9, 9, 2, 1, 3, 7]
+    big = torch.randint(0, 50, (100_000,), generator=torch.Generator().manual_seed(0))  # parallel-sized
+    kept = last_writes(big, spare=50)
+    values = torch.arange(big.numel(), dtype=torch.float32)
+    flat = torch.zeros(51)
+    flat[kept] = values
+    expected = torch.zeros(50)
+    for n, c in enumerate(big.tolist()):  # v6.0's serial rule: the last write wins
+        expected[c] = n
+    assert torch.equal(flat[:50], expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

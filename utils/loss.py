@@ -64,6 +64,20 @@ def scale_loss_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict:
     return out
 
 
+def last_writes(cell: torch.Tensor, spare: int) -> torch.Tensor:
+    """`cell` with every write but the last to each cell sent to `spare` (the cell after the map).
+
+    `flat[cell] = values` with repeated cells keeps an unspecified one of their values once the indexing
+    kernel runs on several threads (CPU) or blocks (CUDA): with 2 threads the same run gave different
+    objectness losses from one process to the next. v6.0's rule is that the last target written to a cell
+    sets it (its serial loop), so each cell keeps the write with the highest position: a max over positions,
+    which does not depend on order, then writes that are not the last go to the spare cell. No host sync.
+    """
+    pos = torch.arange(cell.numel(), device=cell.device)
+    last = torch.full((spare + 1,), -1, device=cell.device, dtype=pos.dtype).scatter_reduce_(0, cell, pos, "amax")
+    return torch.where(last[cell] == pos, cell, spare)
+
+
 class ComputeLoss:
     """v6.0 YOLOv5 loss. Call with (p, targets) -> (loss * bs of shape (1,), detached [box, obj, cls]).
 
@@ -169,6 +183,7 @@ class ComputeLoss:
                 if self.sort_obj_iou:  # write the best IoU last so that it wins the cell
                     order = torch.argsort(score_iou)
                     cell, score_iou = cell[order], score_iou[order]
+                cell = last_writes(cell, spare=tobj.numel())
                 flat = torch.cat((tobj.view(-1), tobj.new_zeros(1)))
                 flat[cell] = (1.0 - self.gr) + self.gr * score_iou
                 tobj = flat[:-1].view_as(tobj)
