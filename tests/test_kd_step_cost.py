@@ -40,7 +40,7 @@ def _terms(student, teacher, flags: dict, kd_config=None) -> dict:
                                    kd_config=kd_config)
     imgs, targets = _batch()
     out = objective(s, imgs, targets)
-    return {k: float(v) for k, v in out.items()}, objective
+    return {k: float(v.detach()) for k, v in out.items()}, objective
 
 
 def test_bf16_teacher_changes_the_loss_by_bf16_rounding_only():
