@@ -14,6 +14,7 @@ SEED="${QS_SEED:-0}"
 PROJECT="${QS_PROJECT:-runs/train}"
 TEACHER="weights/teacher-shapes-yolov5s-120e.pt"
 BF16="${QS_BF16:-auto}"
+case "$BF16" in auto|0|1) ;; *) echo "ERROR: QS_BF16=$BF16: use auto, 0 or 1" >&2; exit 2;; esac
 if [ "$BF16" = auto ]; then
   BF16=$(python -c "from utils.torch_utils import native_bf16_cpu; print(int(native_bf16_cpu()))")
 fi
