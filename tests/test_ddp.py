@@ -177,3 +177,24 @@ def test_train_kd_adapters_stay_identical_across_ranks(tmp_path):
     extra = ("--teacher_weight", str(TEACHER), "--feature_loss", "fitnet")
     r = _run(_cmd("train_kd.py", data, hyp, tmp_path / "runs", 2, epochs=1, extra=extra), tmp_path)
     assert "differ from rank 0" not in r.stdout + r.stderr
+
+
+def test_missing_dataset_is_built_once_under_torchrun(tmp_path):
+    """A data yaml whose dataset does not exist yet (the embedded shapes.yaml in a fresh clone): local rank 0
+    runs the 'download:' entry while the other ranks wait, then all find the data. The entry logs each call
+    and holds for 2 s, so two ranks entering together would both be logged.
+    Mutation seen failing: check_dataset outside torch_distributed_zero_first in utils/engine._setup (both
+    ranks built datasets/shapes.partial at once; one failed with FileNotFoundError in a fresh clone)."""
+    calls = tmp_path / "calls.txt"
+    script = (f"import os, time\nfrom pathlib import Path\n"
+              f"with open({str(calls)!r}, 'a') as f: f.write(os.environ.get('RANK', '-1') + '\\n')\n"
+              f"time.sleep(2)\n"
+              f"from utils.synthetic import build_synthetic_dataset\n"
+              f"build_synthetic_dataset(yaml['path'], n_train=4, n_val=2, img_size=64, nc=6, seed=3)\n")
+    data = tmp_path / "later.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path / "later"), "train": "images/train", "val": "images/val",
+                                    "nc": 6, "names": [f"c{i}" for i in range(6)], "download": script}))
+    hyp = ROOT / "data/hyps/hyp.short.yaml"
+    _run(_cmd("train.py", data, hyp, tmp_path / "runs", 2, epochs=1), tmp_path)
+    assert calls.read_text().split() == ["0"]
+    assert (tmp_path / "runs/exp/weights/last.pt").exists()

@@ -118,7 +118,7 @@ def train(opt, make_objective=None) -> Path:
 def _setup(opt) -> SimpleNamespace:
     """Device, run folders, hyperparameters (+ hyp.yaml/opt.yaml), seeds and the dataset dict."""
     from utils.dataset_config import check_dataset
-    from utils.torch_utils import select_device
+    from utils.torch_utils import select_device, torch_distributed_zero_first
 
     local_rank, rank, world_size = ddp_env()
     device = rank_device() or select_device(opt.device, batch_size=opt.batch_size)
@@ -136,7 +136,8 @@ def _setup(opt) -> SimpleNamespace:
     if not opt.resume and rank in (-1, 0):
         write_run_files(save_dir, hyp, opt)
     init_seeds(opt.seed + max(rank, 0), deterministic=True)  # rank 0 starts as a single process does
-    data_dict = check_dataset(opt.data)
+    with torch_distributed_zero_first(local_rank):  # one process per machine builds/downloads a missing dataset
+        data_dict = check_dataset(opt.data)
     nc = 1 if opt.single_cls else int(data_dict["nc"])
     names = ["item"] if opt.single_cls and len(data_dict["names"]) != 1 else list(data_dict["names"])
     return SimpleNamespace(local_rank=local_rank, rank=rank, world_size=world_size, device=device,
