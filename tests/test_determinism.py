@@ -1,9 +1,11 @@
 """Two identical multi-threaded distillation runs give the same weights, bit for bit.
 
-A seeded run is only reproducible if no kernel in the step lets threads race. The one race found (2026-11-30)
-was ComputeLoss's objectness write `flat[cell] = iou` with repeated cells: once the indexing kernel splits
-its work across threads, which of two targets writes a shared cell depends on thread timing.
-utils.loss.last_writes keeps v6.0's rule (the last target wins) with order-free operations.
+A seeded run is only reproducible if no kernel in the step lets threads race. Two races were found
+(2026-11-30), both in ComputeLoss at repeated cells: the objectness write `flat[cell] = iou` (once the
+indexing kernel splits its work across threads, which of two targets writes a shared cell depends on thread
+timing; utils.loss.last_writes keeps v6.0's rule, the last target wins, with order-free operations), and the
+backward of gathering the predictions at the cells (atomic float adds in thread order; utils.loss.take_cells,
+tested in tests/test_loss.py, since it shows only now and then in a whole run). This test is about the first.
 The kernel splits only large writes: with batches of 16 at 192 px (about 145 targets, 2200 candidate cells
 per level) the runs without the fix were still identical; this test's batch of 64 (577 targets, 8655
 candidates per level: the loss keeps 5 x na x nt of them) showed the race every time.

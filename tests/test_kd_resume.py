@@ -41,9 +41,10 @@ def _cmd(data, teacher, project, epochs=3):
             "--feature_loss", "fitnet", "--save-period", "1", "--seed", "5"]
 
 
-# One torch thread in every run of this file: with two threads on a loaded 2-core machine, two processes
-# given the same state ended 2.3e-6 apart after two epochs (seen on the code before and after 2026-11-30's
-# changes, never with one thread), which is the summation order of multi-threaded CPU kernels, not resume.
+# One torch thread in every run of this file. With two threads on a loaded 2-core machine two processes
+# given the same state used to end ~2e-6 apart after two epochs: the loss's gradient summed repeated cells
+# with atomic adds in thread order (fixed by utils.loss.take_cells; tests/test_determinism.py and
+# tests/test_loss.py check multi-threaded reproducibility). One thread keeps this file about resume only.
 # The exactness bound below (1e-6) is about state that resume must restore; a miss moves weights ~1e-2.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from utils.general import yaml_load
-from utils.loss import ComputeLoss, FocalLoss, last_writes, scale_loss_gains, smooth_BCE
+from utils.loss import ComputeLoss, FocalLoss, last_writes, scale_loss_gains, smooth_BCE, take_cells
 
 HYP_FILE = Path(__file__).resolve().parents[1] / "data/hyps/hyp.scratch.yaml"
 ANCHORS_PX = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
@@ -242,6 +242,37 @@ def test_last_writes_keeps_only_the_last_write_of_each_cell():
         expected[c] = n
     assert torch.equal(flat[:50], expected)
 
+
+
+def test_take_cells_backward_is_reproducible_on_two_threads():
+    """Gathering the predictions at repeated cells, then backward: the map's gradient is the same bit for bit
+    on every repetition with 2 threads, and equals the float64 sum of the rows' gradients to float32 rounding:
+    each cell adds ~500 terms of unit scale one after another, partial sums of ~sqrt(500) = 22, so about
+    sqrt(500) x 22 x 6e-8 = 3e-5 of rounding (4.4e-5 measured); 1e-3 is 20x that and far below one row
+    lost or counted twice.
+    Mutation seen failing: `p.reshape(-1, no)[cell]` on the CPU (indexing's backward adds with atomics above
+    32768 elements: differs within the first few repetitions; the same size measured below 32768 never did)."""
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(2, 3, 4, 4, 85, generator=g)
+    cell = torch.randint(0, 4, (2000,), generator=g)  # 2000 x 85 = 170000 elements on 4 cells: contention
+    up = torch.randn(2000, 85, generator=g).clamp(-4, 4)
+
+    def grad():
+        p = p0.clone().requires_grad_(True)
+        rows = take_cells(p, cell)
+        assert torch.equal(rows, p0.reshape(-1, 85)[cell])
+        rows.backward(up)
+        return p.grad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(50))
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch.zeros(96, 85, dtype=torch.float64).index_add_(0, cell, up.double()).view(p0.shape)
+    assert torch.allclose(first.double(), expected, rtol=0, atol=1e-3)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_loss_never_waits_for_the_device():

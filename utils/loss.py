@@ -78,6 +78,21 @@ def last_writes(cell: torch.Tensor, spare: int) -> torch.Tensor:
     return torch.where(last[cell] == pos, cell, spare)
 
 
+def take_cells(p: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """The rows of a (bs, na, ny, nx, no) map at flat cell indices: p.view(-1, no)[cell], with a backward that
+    sums the gradients of repeated cells in the same order on every run.
+
+    Indexing's backward adds into the map with index_put_(accumulate=True). On a CPU with 2+ threads and
+    32768+ elements that uses atomic float adds, so repeated cells (several targets in one cell, every
+    invalid candidate on one benign cell) summed in thread order: two identical runs ended ~2e-6 apart
+    after 3 epochs (the PyTorch docs list this backward as nondeterministic on CPU). index_select's
+    backward, index_add_, adds in index order there, and is faster. On CUDA it is the other way round
+    (index_add_ uses atomics, indexing's backward sorts first), so CUDA keeps indexing.
+    """
+    rows = p.reshape(-1, p.shape[-1])
+    return rows[cell] if p.is_cuda else rows.index_select(0, cell)
+
+
 class ComputeLoss:
     """v6.0 YOLOv5 loss. Call with (p, targets) -> (loss * bs of shape (1,), detached [box, obj, cls]).
 
@@ -169,7 +184,9 @@ class ComputeLoss:
             if b.shape[0]:  # candidates exist whenever there are targets (a shape, known on the host)
                 w = valid[i].to(pi.dtype)
                 count = w.sum().clamp(min=1)
-                ps = pi[b, a, gj, gi]  # (n, 5 + nc) predictions at the candidate cells
+                _, _, ny, nx = tobj.shape
+                cell = ((b * self.na + a) * ny + gj) * nx + gi
+                ps = take_cells(pi, cell)  # (n, 5 + nc) predictions at the candidate cells
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5  # offset in (-0.5, 1.5) from the cell corner
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anch[i]  # grid units, at most 4x the anchor
                 pbox = torch.cat((pxy, pwh), 1)
@@ -177,8 +194,6 @@ class ComputeLoss:
                 lbox += ((1.0 - iou) * w).sum() / count
 
                 score_iou = iou.detach().clamp(0).type(tobj.dtype)
-                _, _, ny, nx = tobj.shape
-                cell = ((b * self.na + a) * ny + gj) * nx + gi
                 cell = torch.where(valid[i], cell, tobj.numel())  # invalid: the spare cell after the map
                 if self.sort_obj_iou:  # write the best IoU last so that it wins the cell
                     order = torch.argsort(score_iou)
