@@ -186,7 +186,7 @@ def test_missing_dataset_is_built_once_under_torchrun(tmp_path):
     Mutation seen failing: check_dataset outside torch_distributed_zero_first in utils/engine._setup (both
     ranks built datasets/shapes.partial at once; one failed with FileNotFoundError in a fresh clone)."""
     calls = tmp_path / "calls.txt"
-    script = (f"import os, time\nfrom pathlib import Path\n"
+    script = (f"import os, time\n"
               f"with open({str(calls)!r}, 'a') as f: f.write(os.environ.get('RANK', '-1') + '\\n')\n"
               f"time.sleep(2)\n"
               f"from utils.synthetic import build_synthetic_dataset\n"
