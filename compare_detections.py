@@ -43,7 +43,7 @@ def pick_images(source: str | Path, n: int) -> list[Path]:
 
 def ground_truth(files: list[Path], names: list[str]) -> list[np.ndarray] | None:
     """[(n, 6) xyxy pixels, conf 1, cls] per image from the YOLO label files, None if any is missing."""
-    from utils.label_cache import img2label_paths
+    from utils.data.label_cache import img2label_paths
 
     out = []
     for f, lf in zip(files, img2label_paths([str(f) for f in files])):
@@ -74,7 +74,7 @@ def draw(rgb: np.ndarray, det: np.ndarray, names: list[str], title: str) -> np.n
 
 def compare(weights: list[str], source: str, labels: list[str] | None = None, n: int = 4, img: int = 640,
             conf: float = 0.25, out: str | Path = "compare_detections.jpg", device: str = "cpu") -> Path:
-    import hubconf
+    from models.hub import custom
 
     if labels and len(labels) != len(weights):
         raise UserError(f"compare_detections: {len(labels)} --labels for {len(weights)} --weights; one label each")
@@ -84,7 +84,7 @@ def compare(weights: list[str], source: str, labels: list[str] | None = None, n:
     rgb = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
     rows, names = [], None
     for k, w in enumerate(weights):
-        model = hubconf.custom(w, verbose=False, device=device)
+        model = custom(w, verbose=False, device=device)
         model.conf = conf
         names = names or model.names
         res = model(list(rgb), size=img)

@@ -29,8 +29,11 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # scripts import models.* and utils.* from the repository root
 
-from utils.backend import DetectBackend
-from utils.datasets import LoadImages, LoadStreams
+from engine.options import check_classes_in_model, check_detect_args
+from models.backend import DetectBackend
+from utils.boxes import scale_coords, xyxy2xywh
+from utils.data.datasets import LoadImages, LoadStreams
+from utils.data.image_loaders import is_stream
 from utils.general import (
     LOGGER,
     check_img_size,
@@ -38,12 +41,8 @@ from utils.general import (
     increment_path,
     print_args,
     run_cli,
-    scale_coords,
-    xyxy2xywh,
 )
-from utils.image_loaders import is_stream
 from utils.nms import nms_for
-from utils.options import check_classes_in_model, check_detect_args
 from utils.plots import Annotator, colors, save_one_box
 from utils.torch_utils import select_device, time_sync
 

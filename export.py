@@ -30,8 +30,9 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # scripts import models.* and utils.* from the repository root
 
+from engine.options import check_export_args
+from models.backend import check_weights_exist
 from models.yolo import Detect
-from utils.backend import check_weights_exist
 from utils.general import (
     LOGGER,
     UserError,
@@ -40,7 +41,6 @@ from utils.general import (
     print_args,
     run_cli,
 )
-from utils.options import check_export_args
 from utils.torch_utils import select_device
 
 FORMATS = ("torchscript", "onnx")
@@ -198,8 +198,8 @@ def test_image(imgsz: list[int], batch_size: int, stride: int, device: torch.dev
     tensor from a fixed seed, so the export check is reproducible."""
     import cv2
 
-    from utils.augmentations import letterbox
-    from utils.label_cache import IMG_FORMATS
+    from utils.data.augmentations import letterbox
+    from utils.data.label_cache import IMG_FORMATS
 
     files = sorted(p for p in (ROOT / "data" / "images").glob("*.*") if p.suffix[1:].lower() in IMG_FORMATS)
     img0 = cv2.imread(str(files[0])) if files else None
@@ -268,7 +268,7 @@ def check_export(f: Path, wrapper: nn.Module, im: torch.Tensor) -> tuple[float, 
 
 def load_for_export(weights: str | Path, device: torch.device, trust: bool = False, cfg=None) -> nn.Module:
     """attempt_load(fuse=True, inplace=True) as v6.0, after a clear check that the file exists."""
-    from utils.checkpoint import attempt_load
+    from models.checkpoint import attempt_load
 
     (path,) = check_weights_exist(weights)
     if path.suffix != ".pt" or "torchscript" in path.name:

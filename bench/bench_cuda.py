@@ -3,7 +3,7 @@
 path: AMP student, teacher precision (fp32 / fp16), channels_last, host syncs per step, and the change in the
 distillation loss that a fp16 teacher makes.
 
-One step = what utils/engine.train_one_epoch does per batch on CUDA: autocast forward of the objective
+One step = what engine/trainer.train_one_epoch does per batch on CUDA: autocast forward of the objective
 (student, and for KD the fused frozen teacher + output KD + attention transfer), GradScaler backward,
 SGD step, EMA update; synthetic batch, ~6 labels per image. Timed with torch.cuda.synchronize() around
 `--steps` steps after `--warmup` steps; the median of `--repeats` such blocks is printed.
@@ -31,11 +31,12 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.append(str(p))
 
 from bench_train import build, synthetic_batch  # noqa: E402
+
 from distill.objective import build_kd_objective  # noqa: E402
+from engine.objective import DetectionObjective  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.general import yaml_load  # noqa: E402
-from utils.objective import DetectionObjective  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
 from utils.torch_utils import ModelEMA, get_flops, to_channels_last  # noqa: E402
 
 

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.dataloaders import create_dataloader  # noqa: E402
-from utils.dataset_config import check_dataset  # noqa: E402
-from utils.datasets import DEFAULT_AUG_HYP  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
+from utils.data.dataloaders import create_dataloader  # noqa: E402
+from utils.data.datasets import DEFAULT_AUG_HYP  # noqa: E402
 from utils.general import run_cli  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from distill.detection_losses import DEFAULT_WEIGHTS, LOSSES, detect_input_layer
 from distill.imitation import imitation_mask
 from models.yolo import Model
 from utils.general import yaml_load
-from utils.loss import ComputeLoss, scale_loss_gains
+from utils.losses.yolov5 import ComputeLoss, scale_loss_gains
 
 STRIDES = (8, 16, 32)
 STUDENT_CH, TEACHER_CH = (64, 128, 256), (128, 256, 512)  # yolov5n / yolov5s at P3, P4, P5
@@ -94,15 +94,15 @@ def bench_mask(imgsz: int, batch: int, boxes: int, repeats: int) -> list[float]:
 
 def initial_values(weights: Path, imgsz: int, batch: int) -> list[tuple[str, float]]:
     """Each loss at the start of training: yolov5n from scratch (train mode) <- the shapes teacher, on
-    `batch` freshly rendered shapes images (utils.synthetic, seed 0), past imitation's warm-up; first
+    `batch` freshly rendered shapes images (utils.data.synthetic, seed 0), past imitation's warm-up; first
     the student's detection loss (box + obj + cls items of ComputeLoss, hyp.scratch gains scaled as
     train.py does), the scale the KD terms are added to."""
     import cv2
     import numpy as np
 
     from distill.hooks import FeatureHooks
-    from utils.checkpoint import attempt_load
-    from utils.synthetic import render_image
+    from models.checkpoint import attempt_load
+    from utils.data.synthetic import render_image
 
     teacher = attempt_load(weights, fuse=False).requires_grad_(False)
     names = [str(n) for n in (teacher.names.values() if isinstance(teacher.names, dict) else teacher.names)]

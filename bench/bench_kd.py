@@ -24,11 +24,12 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.append(str(p))
 
 from bench_train import build, synthetic_batch, time_steps  # noqa: E402
+
 from distill.objective import build_kd_objective  # noqa: E402
+from engine.objective import DetectionObjective  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.general import yaml_load  # noqa: E402
-from utils.objective import DetectionObjective  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
 from utils.torch_utils import get_flops  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import utils.loss as loss_module  # noqa: E402
+import utils.losses.yolov5 as loss_module  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.general import yaml_load  # noqa: E402
 

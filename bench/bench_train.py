@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from engine.objective import DetectionObjective  # noqa: E402
+from engine.optim import build_optimizer  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.general import yaml_load  # noqa: E402
-from utils.loss import ComputeLoss, scale_loss_gains  # noqa: E402
-from utils.objective import DetectionObjective  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
+from utils.losses.yolov5 import ComputeLoss, scale_loss_gains  # noqa: E402
 
 
 def synthetic_batch(batch: int, imgsz: int, nc: int, per_image: int = 6, seed: int = 0):

@@ -45,8 +45,8 @@ def bench(weights: str, data: str, imgsz: int, batch_size: int, conf_thres: floa
 
 
 def _n_images(data: str) -> int:
-    from utils.dataset_config import check_dataset
-    from utils.datasets import IMG_FORMATS
+    from utils.data.config import check_dataset
+    from utils.data.datasets import IMG_FORMATS
 
     d = check_dataset(data)
     v = Path(d["val"]) if isinstance(d["val"], str) else None

@@ -88,7 +88,7 @@ echo "this repository: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || ec
 # the shapes data (built on first use), the first N images of each split copied per side: neither reads the
 # other's label cache (both would write labels/train.cache)
 read -r SRC_TRAIN SRC_VAL < <(cd "$REPO" && "$PY" -c "
-from utils.dataset_config import check_dataset
+from utils.data.config import check_dataset
 d = check_dataset('data/shapes.yaml')
 print(d['train'], d['val'])" | tail -n 1)
 NAMES=$(cd "$REPO" && "$PY" -c "import yaml; print(yaml.safe_load(open('data/shapes.yaml'))['names'])")

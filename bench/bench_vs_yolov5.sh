@@ -232,7 +232,7 @@ print(f'python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_n
 # ------------------------------------------------------------------------------------------------ data
 # the shapes data of this repository (built on first use, as train.py would), then the subsets
 read -r SRC_TRAIN SRC_VAL < <(cd "$REPO" && "${OURS_ENV[@]}" "$PY" -c "
-from utils.dataset_config import check_dataset
+from utils.data.config import check_dataset
 d = check_dataset('data/shapes.yaml')
 print(d['train'], d['val'])" | tail -n 1)
 [ -d "${SRC_TRAIN:-/nonexistent}" ] && [ -d "${SRC_VAL:-/nonexistent}" ] || {

@@ -31,7 +31,7 @@ COMMON=(--data data/shapes.yaml --cfg "$STUDENT" --weights '' --img "$IMG" --epo
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 COMMON+=("${EXTRA_FLAGS[@]}")
 mkdir -p "$PROJECT"
-"${PYTHON:-python}" -c "from utils.dataset_config import check_dataset; check_dataset('data/shapes.yaml')" >/dev/null  # build data once
+"${PYTHON:-python}" -c "from utils.data.config import check_dataset; check_dataset('data/shapes.yaml')" >/dev/null  # build data once
 
 run() {  # method seed
   local name="$1-s$2" n

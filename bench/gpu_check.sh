@@ -14,7 +14,7 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,temperature.gpu --format=csv | tee "$OUT_DIR/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT_DIR/gpu.txt"
-$PY -c "from utils.dataset_config import check_dataset; check_dataset('data/shapes.yaml')" > /dev/null
+$PY -c "from utils.data.config import check_dataset; check_dataset('data/shapes.yaml')" > /dev/null
 
 echo "== tests"
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/test_loss.py::test_cuda_matches_cpu" 2>&1 | tail -15 | tee "$OUT_DIR/pytest_cuda.txt"

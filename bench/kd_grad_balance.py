@@ -39,12 +39,12 @@ if str(ROOT) not in sys.path:
 
 from distill.objective import build_kd_objective, load_teacher  # noqa: E402
 from distill.yolo_config import load_kd_config  # noqa: E402
+from models.checkpoint import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.checkpoint import attempt_load  # noqa: E402
-from utils.dataloaders import create_dataloader  # noqa: E402
-from utils.dataset_config import check_dataset  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
+from utils.data.dataloaders import create_dataloader  # noqa: E402
 from utils.general import init_seeds, yaml_load  # noqa: E402
-from utils.loss import ComputeLoss, scale_loss_gains  # noqa: E402
+from utils.losses.yolov5 import ComputeLoss, scale_loss_gains  # noqa: E402
 
 RECIPES = ["kl_only", "card", "imitation", "cwd", "mse", "pkd", "scorel2"]
 

@@ -42,13 +42,20 @@ import torch
 from torch import nn
 
 from distill.context import KDContext
+from distill.distiller_config import (
+    build_loss,
+    check_keys,
+    config_layers,
+    loss_names,
+    loss_specs,
+    map_pairs,
+)
 from distill.hooks import (
     FeatureHooks,
     StopForward,
     is_layered_model,
     unwrap_parallel,
 )
-from distill.distiller_config import build_loss, check_keys, config_layers, loss_names, loss_specs, map_pairs
 from distill.yolo_output import raw_outputs
 
 CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_out", "iteration")

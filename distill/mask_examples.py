@@ -19,7 +19,7 @@ def imitation_psis(distiller) -> list[float]:
 def save_mask_examples(model: nn.Module, train_path, imgsz: int, psi: float, n: int, fname: Path) -> Path | None:
     """Draw the imitation masks of the first n training images (letterboxed to imgsz, no augmentation)
     over the images, one column per level, into fname. A picture must never stop a run: failures warn."""
-    from utils.datasets import LoadImagesAndLabels
+    from utils.data.datasets import LoadImagesAndLabels
     from utils.plots import plot_imitation_masks
 
     try:

@@ -83,7 +83,7 @@ class DistillObjective(nn.Module):
 
     Args:
         distiller: a Distiller whose student is the model the loop trains (student_out_layer None).
-        compute_loss: utils.loss.ComputeLoss for the student (called on its raw outputs).
+        compute_loss: utils.losses.yolov5.ComputeLoss for the student (called on its raw outputs).
         log_parts: also log YoloKDLoss's weighted kd_box / kd_obj / kd_cls.
     """
 
@@ -181,7 +181,7 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     device = next(unwrap_parallel(student).parameters()).device
     freeze_teacher(teacher).to(device)
     if device.type == "cuda":
-        to_channels_last(teacher)  # NHWC like the student (utils.engine): no layout conversions between them
+        to_channels_last(teacher)  # NHWC like the student (engine.trainer): no layout conversions between them
     cfg = kd_config if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
     if flags:
         cfg = _output_options(apply_flags(cfg, opt_like), opt_like)
@@ -280,9 +280,7 @@ def load_teacher(path: str | Path, device: torch.device | str, nc: int, trust: b
     Fusion folds each BatchNorm into its conv: the teacher only runs in eval mode, where the two are
     the same function, and its forward (most of the distillation overhead) gets cheaper. Hooks on a
     '.bn' module are moved to the fused conv (fused_layer_names)."""
-    from utils.checkpoint import (
-        attempt_load,  # helper A's loader (allow-listed, clear UserErrors)
-    )
+    from models.checkpoint import attempt_load
 
     teacher = attempt_load(path, map_location=device, fuse=True, trust=trust)
     if isinstance(teacher, nn.ModuleList):

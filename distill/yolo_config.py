@@ -27,10 +27,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from distill.feature_weights import DEFAULT_WEIGHTS, PAPER_WEIGHTS
 from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES
 from distill.pairing import pair_layers, parse_layer_list
-from distill.feature_weights import DEFAULT_WEIGHTS, PAPER_WEIGHTS
 from utils.general import LOGGER, UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,15 +26,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from utils.augmentations import letterbox
-from utils.general import (
-    LOGGER,
-    UserError,
-    increment_path,
-    make_divisible,
-    scale_coords,
-    xyxy2xywh,
-)
+from utils.boxes import scale_coords, xyxy2xywh
+from utils.data.augmentations import letterbox
+from utils.general import LOGGER, UserError, increment_path, make_divisible
 from utils.nms import nms_for
 
 URL_TIMEOUT_S = 10

@@ -20,40 +20,7 @@ import torch
 from torch import nn
 
 from models.common import DFL, Conv
-
-
-def make_anchors(feats: Sequence[torch.Tensor], strides: Sequence[float] | torch.Tensor,
-                 offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor points (N, 2) as (x, y) in grid units of their level (cell + offset) and strides (N, 1).
-
-    feats: per-level maps (B, C, ny, nx); points are ordered level by level, row-major within a level.
-    """
-    points, stride_rows = [], []
-    dtype, device = feats[0].dtype, feats[0].device
-    for f, s in zip(feats, strides):
-        ny, nx = f.shape[-2:]
-        sy = torch.arange(ny, device=device, dtype=dtype) + offset
-        sx = torch.arange(nx, device=device, dtype=dtype) + offset
-        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
-        points.append(torch.stack((gx, gy), -1).view(-1, 2))  # (ny, nx, 2) -> (ny*nx, 2)
-        stride_rows.append(torch.full((ny * nx, 1), float(s), dtype=dtype, device=device))
-    return torch.cat(points), torch.cat(stride_rows)
-
-
-def dist2bbox(distance: torch.Tensor, anchor_points: torch.Tensor, xywh: bool = True, dim: int = -1) -> torch.Tensor:
-    """Edge distances (left, top, right, bottom) from anchor points -> boxes (xywh or xyxy), same units."""
-    lt, rb = distance.chunk(2, dim)
-    x1y1 = anchor_points - lt
-    x2y2 = anchor_points + rb
-    if xywh:
-        return torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), dim)
-    return torch.cat((x1y1, x2y2), dim)
-
-
-def bbox2dist(anchor_points: torch.Tensor, bbox: torch.Tensor, reg_max: float) -> torch.Tensor:
-    """xyxy boxes -> edge distances (left, top, right, bottom) from anchor points, clamped to [0, reg_max - 0.01]."""
-    x1y1, x2y2 = bbox.chunk(2, -1)
-    return torch.cat((anchor_points - x1y1, x2y2 - anchor_points), -1).clamp_(0, reg_max - 0.01)
+from utils.boxes import dist2bbox, make_anchors
 
 
 class DetectV8(nn.Module):
@@ -121,8 +88,8 @@ class DetectV8(nn.Module):
         return dict(hyp)
 
     def build_loss(self, model: nn.Module, hyp: dict):
-        """The training loss of this head: utils.loss_v8.V8DetectionLoss (box CIoU, BCE classes, DFL)."""
-        from utils.loss_v8 import V8DetectionLoss
+        """The training loss of this head: utils.losses.yolov8.V8DetectionLoss (box CIoU, BCE classes, DFL)."""
+        from utils.losses.yolov8 import V8DetectionLoss
 
         return V8DetectionLoss.from_model(model, hyp)
 

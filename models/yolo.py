@@ -92,14 +92,14 @@ class Detect(nn.Module):
         return torch.cat((xy, wh, y[..., 4:]), -1)
 
     def loss_gains(self, hyp: dict, nc: int, imgsz: int) -> dict:
-        """hyp with the v6.0 gains scaled for nc classes, this head's levels and imgsz (utils.loss.scale_loss_gains)."""
-        from utils.loss import scale_loss_gains
+        """hyp with the v6.0 gains scaled for nc classes, this head's levels and imgsz (utils.losses.yolov5.scale_loss_gains)."""
+        from utils.losses.yolov5 import scale_loss_gains
 
         return scale_loss_gains(hyp, nc, self.nl, imgsz)
 
     def build_loss(self, model: nn.Module, hyp: dict):
-        """The training loss of this head: utils.loss.ComputeLoss (v6.0)."""
-        from utils.loss import ComputeLoss
+        """The training loss of this head: utils.losses.yolov5.ComputeLoss (v6.0)."""
+        from utils.losses.yolov5 import ComputeLoss
 
         return ComputeLoss.from_model(model, hyp)
 
@@ -304,7 +304,7 @@ class Model(nn.Module):
     def build_loss(self, hyp: dict):
         """The training loss for this model's head, called as loss(raw_outputs, targets) -> (loss * bs, items).
 
-        The gains in hyp are used as given (scale v5 gains first with utils.loss.scale_loss_gains)."""
+        The gains in hyp are used as given (scale v5 gains first with utils.losses.yolov5.scale_loss_gains)."""
         return self.model[-1].build_loss(self, hyp)
 
     def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors, label_wh
+from engine.autoanchor import anchor_metrics, check_anchors, kmean_anchors, label_wh
 from utils.general import LOGGER
 
 ANCHORS_PX = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]

@@ -2,7 +2,7 @@
 
 The tables below ARE the record of what was tried: each row is one wrong value of one flag or one yaml
 field, and the words the message must contain (the flag or file, and what is wrong). Most rows call
-the validation directly (utils/options.py, utils/dataset_config.py). test_bad_inputs_runs.py has the
+the validation directly (engine/options.py, utils/data/config.py). test_bad_inputs_runs.py has the
 results.csv, --exist-ok and warmup cases and one subprocess per script (exit status 2, no traceback).
 """
 
@@ -16,15 +16,15 @@ import torch
 import yaml
 
 import train
-from utils.dataset_config import check_dataset
-from utils.general import UserError, check_file
-from utils.options import (
+from engine.options import (
     check_classes_in_model,
     check_detect_args,
     check_export_args,
     check_train_opt,
     check_val_args,
 )
+from utils.data.config import check_dataset
+from utils.general import UserError, check_file
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
@@ -32,7 +32,7 @@ HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     return build_synthetic_dataset(tmp_path_factory.mktemp("bad_inputs") / "ds", n_train=4, n_val=2, img_size=64,
                                    nc=3, seed=2)
@@ -100,8 +100,8 @@ def test_train_flags(data, extra, words):
 
 
 def test_freeze_everything_is_refused():
+    from engine.setup import freeze_layers
     from models.yolo import Model
-    from utils.train_setup import freeze_layers
 
     model = Model(ROOT / "models" / "yolov5n.yaml", nc=3)
     _raises(lambda: freeze_layers(model, 25), "--freeze 25", "25 layers", "nothing to train")
@@ -284,7 +284,7 @@ def test_state_dict_checkpoint_with_cfg(data, sd_checkpoint, tmp_path):
     """The README promises state_dict-only files work with --cfg: val.py and detect.py have the flag."""
     import detect
     import val
-    from utils.backend import DetectBackend
+    from models.backend import DetectBackend
 
     cfg = str(ROOT / "models" / "yolov5n.yaml")
     _raises(lambda: val.run(data, weights=str(sd_checkpoint), imgsz=64, batch_size=2, workers=0, device="cpu",
@@ -351,7 +351,7 @@ def test_export_args(sd_checkpoint, kw, words):
 def test_hyp_default_follows_the_model_family(tmp_path):
     """No --hyp: YOLOv5 models get v6.0's hyp.scratch.yaml, YOLOv8-style ones hyp.v8.yaml (their loss
     needs the dfl gain; the YOLOv8 KD seed's command gives no --hyp)."""
-    from utils.options import default_hyp
+    from engine.options import default_hyp
 
     assert default_hyp("models/yolov5n.yaml", "").name == "hyp.scratch.yaml"
     assert default_hyp("models/yolov8n.yaml", "").name == "hyp.v8.yaml"

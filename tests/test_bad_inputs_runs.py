@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine.options import check_warmup
 from utils.general import UserError
 from utils.loggers import ResultsLogger, clear_previous_run, read_results_csv
-from utils.options import check_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
@@ -24,7 +24,7 @@ HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     return build_synthetic_dataset(tmp_path_factory.mktemp("bad_runs") / "ds", n_train=4, n_val=2, img_size=64,
                                    nc=3, seed=2)
@@ -146,7 +146,7 @@ def test_plot_curves_cli_with_damaged_line(tmp_path):
 
 def test_train_exist_ok_does_not_report_the_old_best(data, tmp_path):
     """A subprocess (training sets global seeds and flags that must not leak into other tests)."""
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     run = tmp_path / "exp"
     (run / "weights").mkdir(parents=True)

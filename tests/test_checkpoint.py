@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.common import SPP, Focus
-from models.experimental import Ensemble, attempt_load
-from models.yolo import MODELS_DIR, Detect, Model
-from utils.checkpoint import (
+from models.checkpoint import (
     load_state_into,
     safe_torch_load,
     save_checkpoint,
     strip_optimizer,
 )
+from models.common import SPP, Focus
+from models.experimental import Ensemble, attempt_load
+from models.yolo import MODELS_DIR, Detect, Model
 from utils.general import UserError, yaml_load
 
 # Tolerances for comparisons with the reference outputs of the real v6.0 code, and why.

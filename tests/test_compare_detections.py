@@ -14,7 +14,7 @@ TEACHER = ROOT / "weights/teacher-shapes-yolov5s.pt"
 
 @pytest.fixture(scope="module")
 def val_dir(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     f = build_synthetic_dataset(tmp_path_factory.mktemp("cmpdet"), n_train=2, n_val=3, img_size=96, nc=6, seed=2)
     return f.parent / "images/val" if (f.parent / "images/val").is_dir() else next(f.parent.rglob("images/val"))

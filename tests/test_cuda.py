@@ -25,7 +25,7 @@ def test_fp16_teacher_under_amp():
     on each term."""
     from distill.objective import build_kd_objective, load_teacher
     from models.yolo import Model
-    from utils.loss import ComputeLoss
+    from utils.losses.yolov5 import ComputeLoss
 
     hyp = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "fl_gamma": 0.0,
            "label_smoothing": 0.0}
@@ -52,7 +52,7 @@ def test_fp16_teacher_under_amp():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     return build_synthetic_dataset(tmp_path_factory.mktemp("cuda_data"), n_train=32, n_val=8, img_size=128,
                                    nc=6, seed=3)
@@ -67,7 +67,7 @@ def _run(cmd, cwd):
 def test_train_kd_on_cuda_resumes(data, tmp_path):
     """train_kd.py --device 0 (AMP student, fp16 teacher): killed after epoch 0 and resumed, it finishes
     with one results row per epoch and a non-zero KD loss."""
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
     from utils.loggers import read_results_csv
 
     cmd = [sys.executable, str(ROOT / "train_kd.py"), "--teacher_weight", str(TEACHER), "--data", str(data),

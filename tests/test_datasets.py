@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils import label_cache
-from utils.augmentations import letterbox, random_perspective
-from utils.dataloaders import create_dataloader
-from utils.dataset_config import DOWNLOAD_ENV, check_dataset
-from utils.datasets import LoadImagesAndLabels, img2label_paths
+from utils.data import label_cache
+from utils.data.augmentations import letterbox, random_perspective
+from utils.data.config import DOWNLOAD_ENV, check_dataset
+from utils.data.dataloaders import create_dataloader
+from utils.data.datasets import LoadImagesAndLabels, img2label_paths
+from utils.data.image_loaders import LoadImages, LoadStreams
+from utils.data.synthetic import build_synthetic_dataset
 from utils.general import LOGGER, UserError, yaml_save
-from utils.image_loaders import LoadImages, LoadStreams
-from utils.synthetic import build_synthetic_dataset
 
 HYP = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0,
        "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0}
@@ -114,7 +114,7 @@ def test_download_python_source_and_offline_url(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(DOWNLOAD_ENV, raising=False)
     f = tmp_path / "gen.yaml"
-    src = ("from utils.synthetic import build_synthetic_dataset\n"
+    src = ("from utils.data.synthetic import build_synthetic_dataset\n"
            "build_synthetic_dataset(yaml['path'], 2, 2, img_size=64, nc=2, names=yaml['names'])\n")
     yaml_save(f, {"path": "gen", "train": "images/train", "val": "images/val", "nc": 2, "names": ["a", "b"],
                   "download": src})
@@ -156,7 +156,7 @@ def test_label_cache_is_reused_and_invalidated(shapes, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache should have been reused")
 
-    monkeypatch.setattr("utils.datasets.build_cache", boom)
+    monkeypatch.setattr("utils.data.datasets.build_cache", boom)
     ds2 = LoadImagesAndLabels(train, img_size=64)
     assert all((a == b).all() for a, b in zip(ds.labels, ds2.labels))
     monkeypatch.undo()
@@ -350,7 +350,7 @@ def test_infinite_loader_keeps_workers_across_epochs(shapes):
 
 
 def test_listed_image_that_is_gone_is_called_missing_not_corrupt(tmp_path):
-    from utils.label_cache import verify_image_label
+    from utils.data.label_cache import verify_image_label
 
     out = verify_image_label((str(tmp_path / "gone.jpg"), str(tmp_path / "gone.txt"), ""))
     assert out[0] is None and "does not exist" in out[-1] and "corrupt" not in out[-1]

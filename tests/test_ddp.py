@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from utils.checkpoint import safe_torch_load
+from models.checkpoint import safe_torch_load
 from utils.loggers import read_results_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ NO_AUG = {k: 0.0 for k in ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "s
 @pytest.fixture(scope="module")
 def same_images(tmp_path_factory) -> tuple[Path, Path]:
     """(data yaml of 8 identical train images and 2 val images, hyp yaml without augmentation)."""
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     root = tmp_path_factory.mktemp("ddp")
     data = build_synthetic_dataset(root / "src", n_train=1, n_val=2, img_size=64, nc=6, seed=4)  # the teacher's 6
@@ -170,7 +170,7 @@ def test_train_kd_adapters_stay_identical_across_ranks(tmp_path):
     check_replicas) and stops with a UserError naming the rank otherwise: this run must finish.
     Mutation checked: without allreduce_grads in train_one_epoch the run stops at the end of epoch 0
     ("... on rank 1 differ from rank 0's")."""
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     data = build_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=64, nc=6, seed=2)
     hyp = ROOT / "data/hyps/hyp.short.yaml"
@@ -183,13 +183,13 @@ def test_missing_dataset_is_built_once_under_torchrun(tmp_path):
     """A data yaml whose dataset does not exist yet (the embedded shapes.yaml in a fresh clone): local rank 0
     runs the 'download:' entry while the other ranks wait, then all find the data. The entry logs each call
     and holds for 2 s, so two ranks entering together would both be logged.
-    Mutation seen failing: check_dataset outside torch_distributed_zero_first in utils/engine._setup (both
+    Mutation seen failing: check_dataset outside torch_distributed_zero_first in engine/trainer._setup (both
     ranks built datasets/shapes.partial at once; one failed with FileNotFoundError in a fresh clone)."""
     calls = tmp_path / "calls.txt"
     script = (f"import os, time\n"
               f"with open({str(calls)!r}, 'a') as f: f.write(os.environ.get('RANK', '-1') + '\\n')\n"
               f"time.sleep(2)\n"
-              f"from utils.synthetic import build_synthetic_dataset\n"
+              f"from utils.data.synthetic import build_synthetic_dataset\n"
               f"build_synthetic_dataset(yaml['path'], n_train=4, n_val=2, img_size=64, nc=6, seed=3)\n")
     data = tmp_path / "later.yaml"
     data.write_text(yaml.safe_dump({"path": str(tmp_path / "later"), "train": "images/train", "val": "images/val",

@@ -21,8 +21,8 @@ def make_checkpoint(path: Path) -> Path:
     Random weights alone give obj*cls ~ 1e-5; raising the objectness and class biases makes boxes pass a
     normal --conf-thres while the (random) class logits still differ from box to box.
     """
+    from models.checkpoint import save_checkpoint
     from models.yolo import Model
-    from utils.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = Model(ROOT / "models" / "yolov5n.yaml", nc=len(NAMES))

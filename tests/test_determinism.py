@@ -3,8 +3,8 @@
 A seeded run is only reproducible if no kernel in the step lets threads race. Two races were found
 (2026-11-30), both in ComputeLoss at repeated cells: the objectness write `flat[cell] = iou` (once the
 indexing kernel splits its work across threads, which of two targets writes a shared cell depends on thread
-timing; utils.loss.last_writes keeps v6.0's rule, the last target wins, with order-free operations), and the
-backward of gathering the predictions at the cells (atomic float adds in thread order; utils.loss.take_cells,
+timing; utils.losses.yolov5.last_writes keeps v6.0's rule, the last target wins, with order-free operations), and the
+backward of gathering the predictions at the cells (atomic float adds in thread order; utils.losses.yolov5.take_cells,
 tested in tests/test_loss.py, since it shows only now and then in a whole run). This test is about the first.
 The kernel splits only large writes: with batches of 16 at 192 px (about 145 targets, 2200 candidate cells
 per level) the runs without the fix were still identical; this test's batch of 64 (577 targets, 8655
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.checkpoint import safe_torch_load
+from models.checkpoint import safe_torch_load
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"yolov5": ("weights/teacher-shapes-yolov5s.pt", "models/yolov5n.yaml"),
@@ -29,7 +29,7 @@ TWO_THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     # one batch of 64 at 192 px: large enough for the indexing kernel to run on both threads (docstring above)
     return build_synthetic_dataset(tmp_path_factory.mktemp("det_data"), n_train=64, n_val=8, img_size=192,

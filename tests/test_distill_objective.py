@@ -17,7 +17,7 @@ from distill.objective import (
 from distill.pairing import default_feature_layers, infer_is_large, pair_layers
 from models.yolo import Model
 from utils.general import LOGGER, UserError
-from utils.loss import ComputeLoss
+from utils.losses.yolov5 import ComputeLoss
 
 NC = 3
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}
@@ -214,10 +214,10 @@ def test_self_distillation_is_zero_and_kd_uses_the_teacher():
 
 
 def test_engine_optimizer_trains_the_adapters():
-    """utils.engine builds the run's optimizer over the student and the objective (FitNet's 1x1
+    """engine.trainer builds the run's optimizer over the student and the objective (FitNet's 1x1
     adapters); one step moves the adapters and leaves the teacher alone.
-    Mutation seen failing: utils.engine._optimizer without extra_params=[objective]."""
-    from utils.engine import _optimizer
+    Mutation seen failing: engine.trainer._optimizer without extra_params=[objective]."""
+    from engine.trainer import _optimizer
 
     student, teacher = _models()
     objective = _objective(student, teacher, feature_loss="fitnet")
@@ -315,7 +315,7 @@ def test_is_large_flag_is_only_a_warning():
 
 
 def test_load_teacher_checks_classes(tmp_path):
-    checkpoint = pytest.importorskip("utils.checkpoint")
+    checkpoint = pytest.importorskip("models.checkpoint")
     _, teacher = _models()
     path = tmp_path / "teacher.pt"
     checkpoint.save_checkpoint({"epoch": -1, "model": teacher.half(), "ema": None}, path)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from distill.objective import align_anchors, build_kd_objective, load_teacher
+from models.checkpoint import attempt_load
 from models.yolo import Model
-from utils.checkpoint import attempt_load
 from utils.general import LOGGER, UserError
-from utils.loss import ComputeLoss
+from utils.losses.yolov5 import ComputeLoss
 
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}
 # Fusion replaces conv(x) -> bn by one conv with weights w * scale and a folded bias: each of the ~60 convs

@@ -15,7 +15,7 @@ import torch
 from distill.objective import build_kd_objective
 from distill.yolo_config import KD_DIR, load_kd_config, write_kd_config
 from utils.general import UserError
-from utils.loss import ComputeLoss
+from utils.losses.yolov5 import ComputeLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "data"))

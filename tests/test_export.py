@@ -217,7 +217,7 @@ def test_backend_metadata_and_fallback_names(static_export, tmp_path):
     """Names/stride come from the ONNX metadata; a file without it gets stride 32 and class0..class{nc-1}."""
     import onnx
 
-    from utils.backend import DetectBackend
+    from models.backend import DetectBackend
 
     b = DetectBackend(static_export[".onnx"])
     assert (b.fmt, b.names, b.stride, b.fixed_shape) == ("onnx", NAMES, 32, (128, 128))

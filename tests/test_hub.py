@@ -184,7 +184,9 @@ def test_hub_entries_use_local_weights_only(assets, tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "yolov5n.yaml").write_text((ROOT / "models" / "yolov5n.yaml").read_text())
     (tmp_path / "weights").mkdir()
-    monkeypatch.setattr(hubconf, "ROOT", tmp_path)
+    import models.hub
+
+    monkeypatch.setattr(models.hub, "ROOT", tmp_path)  # where hubconf.py's entries look for weights/ and models/
     with pytest.raises(UserError, match=r"python weights/download_weights.py yolov5n"):
         hubconf.yolov5n(verbose=False)
     m = hubconf.yolov5n(pretrained=False, classes=2, verbose=False)  # random weights, built from the yaml

@@ -43,7 +43,7 @@ def test_per_loss_flag_out_of_range_is_an_error(flag, value):
 
 
 def test_two_feature_losses_train_with_one_column_each(tmp_path):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     data = build_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=64, nc=6, seed=3)
     cmd = [sys.executable, str(ROOT / "train_kd.py"), "--teacher_weight", str(TEACHER), "--data", str(data),
@@ -79,7 +79,7 @@ def test_default_weights_by_type_and_family():
 
 def test_every_feature_loss_resumes_with_its_parameters(tmp_path):
     """All detection feature losses at once: after a training step their adapters/projectors differ from a
-    fresh build, and --resume's path (the checkpoint's kd_state through utils/run_checkpoint.restore_run)
+    fresh build, and --resume's path (the checkpoint's kd_state through engine/run_checkpoint.restore_run)
     puts back every parameter and the batch counter exactly. Mutation seen failing: restore_run without
     its kd_state branch (the fresh adapters stay)."""
     from types import SimpleNamespace
@@ -87,9 +87,9 @@ def test_every_feature_loss_resumes_with_its_parameters(tmp_path):
     import torch
 
     from distill.objective import build_kd_objective
+    from engine.run_checkpoint import restore_run
     from models.yolo import Model
-    from utils.loss import ComputeLoss
-    from utils.run_checkpoint import restore_run
+    from utils.losses.yolov5 import ComputeLoss
 
     hyp = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}
     losses = ["imitation", "cwd", "mse", "pkd", "scorel2"]

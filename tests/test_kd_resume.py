@@ -23,7 +23,7 @@ def data(tmp_path_factory):
     """Generated shapes declared as 80 classes, the fixture teacher's (as tests/test_train_kd.py)."""
     import yaml
 
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     f = build_synthetic_dataset(tmp_path_factory.mktemp("kd_resume_data"), n_train=8, n_val=4, img_size=64,
                                 nc=6, seed=4)
@@ -43,7 +43,7 @@ def _cmd(data, teacher, project, epochs=3):
 
 # One torch thread in every run of this file. With two threads on a loaded 2-core machine two processes
 # given the same state used to end ~2e-6 apart after two epochs: the loss's gradient summed repeated cells
-# with atomic adds in thread order (fixed by utils.loss.take_cells; tests/test_determinism.py and
+# with atomic adds in thread order (fixed by utils.losses.yolov5.take_cells; tests/test_determinism.py and
 # tests/test_loss.py check multi-threaded reproducibility). One thread keeps this file about resume only.
 # The exactness bound below (1e-6) is about state that resume must restore; a miss moves weights ~1e-2.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -74,7 +74,7 @@ def runs(data, fixtures_dir, tmp_path_factory):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = tmp / "b/kd/weights/last.pt"
     kill_when_written(_cmd(data, teacher.name, tmp / "b"), tmp, last, env=ONE_THREAD)
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     assert safe_torch_load(last)["epoch"] == 0, "the run was not interrupted after its first epoch"
     # killed the moment last.pt appeared: best.pt of that epoch is already there (written first; the
@@ -97,9 +97,9 @@ def test_kd_resume_is_exact(runs):
     1x1 adapters, batch counter) and results.csv. Both runs execute the same kernels on this machine, so
     only state that resume fails to restore can differ, and any such miss moves weights by far more than
     the 1e-6 bound (a fresh adapter or momentum buffer changes every later step).
-    Mutations seen failing: kd_state not restored in utils/run_checkpoint.restore_run (adapters differ by ~1e-2);
-    live model resumed from the EMA (utils/train_setup._ckpt_model taking 'ema' first)."""
-    from utils.checkpoint import safe_torch_load
+    Mutations seen failing: kd_state not restored in engine/run_checkpoint.restore_run (adapters differ by ~1e-2);
+    live model resumed from the EMA (engine/setup._ckpt_model taking 'ema' first)."""
+    from models.checkpoint import safe_torch_load
 
     a_dir, b_dir, _, _ = runs
     a, b = (safe_torch_load(d / "weights/epoch2.pt") for d in (a_dir, b_dir))
@@ -123,7 +123,7 @@ def test_teacher_recorded_with_the_run(runs):
     import yaml
 
     from distill.teacher_record import sha256_of
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     a_dir, _, epoch0, teacher = runs
     record = {"path": str(teacher.resolve()), "size": teacher.stat().st_size, "sha256": sha256_of(teacher)}

@@ -13,7 +13,7 @@ from distill.hooks import FeatureHooks, StopForward
 from distill.objective import build_kd_objective
 from models.yolo import Model
 from utils.general import UserError
-from utils.loss import ComputeLoss
+from utils.losses.yolov5 import ComputeLoss
 from utils.torch_utils import native_bf16_cpu, resolve_teacher_dtype
 
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "fl_gamma": 0.0,
@@ -128,7 +128,7 @@ def test_iteration_counter_has_a_host_copy_that_follows_loads():
 def test_running_means_without_per_step_sync():
     """The loop's logged means are the same whether read every step (CPU) or only when due (CUDA), and a
     non-finite loss is reported at the next read."""
-    from utils.train_utils import RunningMeans
+    from engine.train_utils import RunningMeans
 
     steps = [{"loss": torch.tensor(v * 3), "box": torch.tensor(v), "kd": torch.tensor(2 * v)} for v in (0.1, 0.4, 0.25)]
     a, b = RunningMeans(sync_every_step=True), RunningMeans(sync_every_step=False, every_s=1e9)
@@ -150,7 +150,7 @@ def test_running_means_without_per_step_sync():
 def test_kd_losses_have_no_data_dependent_step(feature):
     """Every distillation term of the step (output KD + the feature loss) traces as one graph
     (torch.compile fullgraph, eager backend): no .item(), boolean selection or branch on a tensor value,
-    so on CUDA the KD terms never make the step wait for the device (utils/loss.py's test covers the
+    so on CUDA the KD terms never make the step wait for the device (utils/losses/yolov5.py's test covers the
     detection loss). imitation is not listed: on the CPU it checks the targets' image indices with a clear error (a
     graph break; on CUDA the check is torch._assert_async, no wait).
     Mutation seen failing: a `bool((x < 0).any())` check added to ScoreWeightedL2.forward."""

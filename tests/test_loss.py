@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from utils.general import yaml_load
-from utils.loss import ComputeLoss, FocalLoss, last_writes, scale_loss_gains, smooth_BCE, take_cells
+from utils.losses.yolov5 import (
+    ComputeLoss,
+    FocalLoss,
+    last_writes,
+    scale_loss_gains,
+    smooth_BCE,
+    take_cells,
+)
 
 HYP_FILE = Path(__file__).resolve().parents[1] / "data/hyps/hyp.scratch.yaml"
 ANCHORS_PX = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119],
@@ -47,7 +54,7 @@ def test_matches_v60_reference(reference, name):
 
 def test_fixture_checkpoint_anchors_cross_check(fixtures_dir):
     """The fixture models carry the standard v6.0 anchors (only once models/checkpoint exist)."""
-    checkpoint = pytest.importorskip("utils.checkpoint")
+    checkpoint = pytest.importorskip("models.checkpoint")
     model = checkpoint.attempt_load(fixtures_dir / "yolov5n_v6.0.pt", map_location="cpu", fuse=False)
     det = model.model[-1]
     assert torch.allclose(det.anchors.float(), ANCHORS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.optim import (
+from engine.optim import (
     build_optimizer,
     lr_lambda,
     nominal_accumulate,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     return build_synthetic_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_val=4, img_size=64, nc=3, seed=1)
 
@@ -50,7 +50,7 @@ def test_one_epoch_writes_v6_run_files(one_epoch_run):
 
 
 def test_best_pt_is_stripped_v6_checkpoint_and_runs_in_val(one_epoch_run, tiny_data, tmp_path):
-    from utils.checkpoint import attempt_load, safe_torch_load
+    from models.checkpoint import attempt_load, safe_torch_load
 
     run, _ = one_epoch_run
     ckpt = safe_torch_load(run / "weights/best.pt")
@@ -86,7 +86,7 @@ def test_resume_is_exact(tiny_data, tmp_path):
     fp16-rounded weights, a data order or augmentation drawn from the wrong RNG state, a fresh momentum
     buffer): each of those moves weights by > 1e-5 (measured: 3.5e-5 when the live model
     is resumed from the EMA), while identical kernels leave no difference at all (the bound is 1e-6)."""
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     extra = ("--save-period", "1", "--seed", "3", "--workers", "1")
     r = _run(_train_cmd(tiny_data, tmp_path / "a", epochs=3, extra=extra), cwd=tmp_path)

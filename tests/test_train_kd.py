@@ -21,7 +21,7 @@ def coco_like(tmp_path_factory):
     """Generated shapes (classes 0-5) declared as an 80-class dataset, like a COCO-class custom set."""
     import yaml
 
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     f = build_synthetic_dataset(tmp_path_factory.mktemp("kd_data"), n_train=8, n_val=4, img_size=64, nc=6, seed=2)
     d = yaml.safe_load(f.read_text())
@@ -42,7 +42,7 @@ def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
     """One epoch of the default recipe (kl output KD + scorel2). Every KD run has distillation state (at least the
     batch counter kd.iteration) in its mid-run checkpoints, so best.pt lacking 'kd_state' shows that the
     final file is stripped to the student.
-    Mutation seen failing: strip_optimizer keeping 'kd_state' (utils/checkpoint.py)."""
+    Mutation seen failing: strip_optimizer keeping 'kd_state' (models/checkpoint.py)."""
     teacher = fixtures_dir / "yolov5s_v6.0.pt"
     before = _md5(teacher)
     r = _kd(tmp_path, coco_like, teacher, "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "")
@@ -57,7 +57,7 @@ def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
     assert "teacher: mAP@0.5" in r.stdout  # sanity check of the teacher before epoch 0
     assert _md5(teacher) == before  # the teacher file is never written
 
-    from utils.checkpoint import attempt_load, safe_torch_load
+    from models.checkpoint import attempt_load, safe_torch_load
 
     ckpt = safe_torch_load(run / "weights/best.pt")
     assert "kd_state" not in ckpt and ckpt["optimizer"] is None
@@ -70,8 +70,8 @@ def test_card_command_with_yolov5m_teacher(coco_like, tmp_path):
     """`python train_kd.py --teacher_weight weights/yolov5m.pt --isL False --kd_loss_selected kl` (+ data flags)."""
     import torch
 
+    from models.checkpoint import save_checkpoint
     from models.yolo import Model
-    from utils.checkpoint import save_checkpoint
 
     (tmp_path / "weights").mkdir()
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def test_isl_contradiction_is_reported(coco_like, fixtures_dir, tmp_path):
 def test_teacher_errors_are_clear(coco_like, tmp_path):
     r = _kd(tmp_path, coco_like, tmp_path / "weights/none.pt", "--cfg", str(ROOT / "models/yolov5n.yaml"))
     assert r.returncode == 2 and "none.pt" in r.stderr and "Traceback" not in r.stderr
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     six = build_synthetic_dataset(tmp_path / "six", n_train=4, n_val=2, img_size=64, nc=6, seed=3)
     r = _kd(tmp_path, six, ROOT.parent / "shared/fixtures/yolov5s_v6.0.pt", "--cfg", str(ROOT / "models/yolov5n.yaml"))
@@ -104,11 +104,11 @@ def test_teacher_errors_are_clear(coco_like, tmp_path):
 def test_kd_resume_rebuilds_teacher_and_restores_adapters(coco_like, fixtures_dir, tmp_path):
     """--resume reads the run's kd.yaml (edited weight used), skips the teacher check, continues the
     results. That the adapters come back exactly is tests/test_kd_resume.py::test_kd_resume_is_exact's
-    (it fails when utils/run_checkpoint.restore_run skips 'kd_state'; this test alone did not)."""
+    (it fails when engine/run_checkpoint.restore_run skips 'kd_state'; this test alone did not)."""
     import torch
     from conftest import kill_when_written
 
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     cmd = [sys.executable, str(ROOT / "train_kd.py"), "--teacher_weight", str(fixtures_dir / "yolov5s_v6.0.pt"),
            "--data", str(coco_like), "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "", "--img", "64",

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import train
-from utils.engine import NonFiniteLoss, train_one_epoch
+from engine.setup import prepare_opt
+from engine.trainer import NonFiniteLoss, train_one_epoch
 from utils.general import UserError
-from utils.train_setup import prepare_opt
 
 
 def _opt(**kw):

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.head_v8 import DetectV8
-from models.yolo import Model
-from utils.checkpoint import (
+from models.checkpoint import (
     attempt_load,
     safe_torch_load,
     save_checkpoint,
     strip_optimizer,
 )
+from models.head_v8 import DetectV8
+from models.yolo import Model
 from utils.general import UserError
 
 TOL = {torch.float64: {"xywh": 1.5e-4, "cls": 1e-6, "raw": 1e-4},

@@ -236,7 +236,7 @@ def test_centre_region_mask_by_hand_and_by_loop():
 def test_imitation_mask_pictures_of_a_v8_model(kd_setup):
     from distill.imitation import centre_region_mask, model_imitation_masks
     from distill.mask_examples import save_mask_examples
-    from utils.dataset_config import check_dataset
+    from utils.data.config import check_dataset
 
     root, data, _ = kd_setup
     model = _model("yolov8n")
@@ -278,9 +278,10 @@ def test_output_flags_map_to_the_v8_loss():
                                          ("v8_both", ["--kd_layer", "15", "18", "21"])])
 def test_v8_recipes_equal_their_flags(recipe, argv):
     import train_kd
+    from engine.kd import seed_layers
 
     opt = train_kd.get_args_parser().parse_args(argv)
-    train_kd.seed_layers(opt)
+    seed_layers(opt)
     flags = {k: v for k, v in vars(opt).items() if k != "hyp"}
     a, _ = _objective("yolov8n", "yolov8n", kd_config=load_kd_config(recipe))
     b, _ = _objective("yolov8n", "yolov8n", flags)
@@ -291,17 +292,18 @@ def test_v8_recipes_equal_their_flags(recipe, argv):
 
 def test_seed_flag_names():
     import train_kd
+    from engine.kd import seed_layers
 
     p = train_kd.get_args_parser()
     opt = p.parse_args(["--model", "m.yaml", "--teacher", "t.pt", "--kd_layer", "15", "18", "21", "--batch", "4",
                         "--imgsz", "64"])
     assert (opt.cfg, opt.teacher_weight, opt.batch_size, opt.imgsz) == ("m.yaml", "t.pt", 4, 64)
-    train_kd.seed_layers(opt)
+    seed_layers(opt)
     assert opt.student_layers == opt.teacher_layers == "15,18,21" and opt.feature_loss == ["mse"]
     default = p.parse_args([])
     assert default.cfg.endswith("yolov5s.yaml") and default.batch_size == 16  # the originals' defaults stay
     with pytest.raises(UserError, match="--kd_layer"):
-        train_kd.seed_layers(p.parse_args(["--kd_layer", "15", "--student_layers", "4"]))
+        seed_layers(p.parse_args(["--kd_layer", "15", "--student_layers", "4"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,8 +313,8 @@ def test_seed_flag_names():
 @pytest.fixture(scope="module")
 def kd_setup(tmp_path_factory):
     """Generated data (nc=3) and a yolov8n teacher checkpoint at that nc, saved like train.py saves."""
-    from utils.checkpoint import save_checkpoint
-    from utils.synthetic import build_synthetic_dataset
+    from models.checkpoint import save_checkpoint
+    from utils.data.synthetic import build_synthetic_dataset
 
     root = tmp_path_factory.mktemp("v8kd")
     data = build_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=IMG, nc=NC, seed=4)
@@ -347,7 +349,7 @@ def test_seed_ver1_command_resumes_with_its_adapters(kd_setup):
     epoch, then resumed: the trained strided adapters travel in last.pt and are read back."""
     from conftest import kill_when_written
 
-    from utils.checkpoint import safe_torch_load
+    from models.checkpoint import safe_torch_load
 
     root, data, teacher = kd_setup
     last = root / "runs/ver1/weights/last.pt"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.loss_v8 import V8DetectionLoss, dfl_loss, targets_per_image
-from utils.tal import TaskAlignedAssigner, points_in_boxes, widen_small_boxes
+from utils.losses.tal import TaskAlignedAssigner, points_in_boxes, widen_small_boxes
+from utils.losses.yolov8 import V8DetectionLoss, dfl_loss, targets_per_image
 
 HYP = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
 REL_TOL = {torch.float64: 2e-6, torch.float32: 3e-6}

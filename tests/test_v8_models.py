@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from models.common import ASCBAM, DFL, SPPF, C2f
-from models.head_v8 import DetectV8, dist2bbox, make_anchors
+from models.head_v8 import DetectV8
 from models.yolo import MODELS_DIR, Detect, Model
+from utils.boxes import dist2bbox, make_anchors
 from utils.general import UserError, yaml_load
 
 

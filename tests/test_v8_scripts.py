@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     return build_synthetic_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_val=4, img_size=64, nc=3, seed=1)
 
@@ -40,8 +40,8 @@ def v8_run(tiny_data, tmp_path_factory):
 def test_close_mosaic_loader(tiny_data):
     from types import SimpleNamespace
 
-    from utils.dataset_config import check_dataset
-    from utils.engine import _mosaic_closed, _train_loader
+    from engine.trainer import _mosaic_closed, _train_loader
+    from utils.data.config import check_dataset
 
     hyp = {"mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 2, "hsv_h": 0.0, "hsv_s": 0.0,
            "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0,
@@ -57,7 +57,7 @@ def test_close_mosaic_loader(tiny_data):
 
 
 def test_train_one_epoch_v8(v8_run, tiny_data):
-    from utils.checkpoint import attempt_load
+    from models.checkpoint import attempt_load
     from utils.general import yaml_load
 
     names, rows = read_results_csv(v8_run / "results.csv")
@@ -96,7 +96,7 @@ def test_export_onnx_torchscript_v8(fixtures_dir, tmp_path):
     import shutil
 
     import export
-    from utils.backend import DetectBackend
+    from models.backend import DetectBackend
     from utils.nms import nms_for
 
     w = tmp_path / "y8n.pt"

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import val
-from utils.general import xywh2xyxy, yaml_load, yaml_save
+from utils.boxes import xywh2xyxy
+from utils.general import yaml_load, yaml_save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_save_one_txt_and_json(tmp_path):
 @pytest.fixture(scope="module")
 def data80(tmp_path_factory):
     """A few tiny synthetic images (6 shape classes) under a data yaml that declares nc=80 (COCO-sized)."""
-    from utils.synthetic import build_synthetic_dataset
+    from utils.data.synthetic import build_synthetic_dataset
 
     root = tmp_path_factory.mktemp("val_data")
     y = build_synthetic_dataset(root / "ds", n_train=1, n_val=4, img_size=96, nc=6)
@@ -197,9 +198,9 @@ def test_main_passes_trust_and_half(monkeypatch, data80, caplog):
 
 def test_run_from_training(data80, tmp_path):
     from models.yolo import Model
-    from utils.dataset_config import check_dataset
-    from utils.dataloaders import create_dataloader
-    from utils.loss import ComputeLoss
+    from utils.data.config import check_dataset
+    from utils.data.dataloaders import create_dataloader
+    from utils.losses.yolov5 import ComputeLoss
 
     torch.manual_seed(0)
     data = check_dataset(data80)

@@ -2,7 +2,7 @@
 
 torchrun (or `python -m torch.distributed.run`) starts one process per device and sets LOCAL_RANK, RANK and
 WORLD_SIZE, which YOLOv5 v6.0's train.py also reads. Rank and world size are read at call time
-(`utils.train_setup.ddp_env`), never cached at import. On CUDA each process takes the GPU of its LOCAL_RANK
+(`engine.setup.ddp_env`), never cached at import. On CUDA each process takes the GPU of its LOCAL_RANK
 and talks NCCL; on CPU (`--device cpu`, also how the tests run two processes) it talks gloo.
 
 Rank 0 alone validates, logs, plots and writes files; every decision it takes that changes what the other
@@ -20,6 +20,11 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.general import LOGGER, UserError
+
+
+def ddp_env() -> tuple[int, int, int]:
+    """(LOCAL_RANK, RANK, WORLD_SIZE) read from the environment at call time."""
+    return int(os.getenv("LOCAL_RANK", "-1")), int(os.getenv("RANK", "-1")), int(os.getenv("WORLD_SIZE", "1"))
 
 
 def ddp_active() -> bool:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from utils.general import LOGGER, xywh2xyxy
+from utils.boxes import xywh2xyxy
+from utils.general import LOGGER
 
 MAX_WH = 4096  # (pixels) class offset of the batched-NMS trick: boxes of different classes never overlap
 MAX_NMS = 30000  # at most this many boxes go into the NMS itself

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from utils.general import LOGGER, clip_coords, xywh2xyxy, xyxy2xywh
+from utils.boxes import clip_coords, xywh2xyxy, xyxy2xywh
+from utils.general import LOGGER
 
 
 class Colors:

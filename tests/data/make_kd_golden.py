@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 
 from models.yolo import Model
-from utils.loss import ComputeLoss
+from utils.losses.yolov5 import ComputeLoss
 
 NC = 3
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "kd": 1.0}

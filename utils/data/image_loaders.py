@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.augmentations import letterbox
+from utils.data.augmentations import letterbox
+from utils.data.label_cache import IMG_FORMATS, VID_FORMATS
 from utils.general import UserError
-from utils.label_cache import IMG_FORMATS, VID_FORMATS
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 OPEN_TIMEOUT_MS = 5000  # a stream that does not answer in 5 s is reported, not waited on

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.augmentations import (
+from utils.boxes import xyn2xy, xywhn2xyxy, xyxy2xywhn
+from utils.data.augmentations import (
     Albumentations,
     augment_hsv,
     copy_paste,
@@ -23,9 +24,8 @@ from utils.augmentations import (
     mixup,
     random_perspective,
 )
-from utils.general import LOGGER, UserError, xyn2xy, xywhn2xyxy, xyxy2xywhn
-from utils.image_loaders import LoadImages, LoadStreams  # noqa: F401 (public API of utils.datasets)
-from utils.label_cache import (  # noqa: F401
+from utils.data.image_loaders import LoadImages, LoadStreams  # noqa: F401 (public API of utils.data.datasets)
+from utils.data.label_cache import (  # noqa: F401
     IMG_FORMATS,
     NUM_THREADS,
     VID_FORMATS,
@@ -37,6 +37,7 @@ from utils.label_cache import (  # noqa: F401
     load_cache,
     report,
 )
+from utils.general import LOGGER, UserError
 
 # v6.0 hyp.scratch augmentation values, used for keys a hyp dict does not give
 DEFAULT_AUG_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,

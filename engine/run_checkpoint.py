@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.checkpoint import save_checkpoint
+from models.checkpoint import save_checkpoint
 from utils.general import LOGGER, UserError
 from utils.torch_utils import de_parallel, to_contiguous_format
 

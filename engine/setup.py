@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from models.checkpoint import weights_hint
+from utils.distributed import ddp_env
 from utils.general import (
     LOGGER,
     ROOT,
@@ -24,21 +25,6 @@ from utils.general import (
     increment_path,
     yaml_load,
 )
-
-WEIGHTS_HINT = "official YOLOv5 v6.0 weights can be fetched with: python weights/download_weights.py yolov5s"
-
-
-def weights_hint(path: str | Path) -> str:
-    """The download command for a missing official checkpoint (weights/yolov5m.pt -> '... yolov5m')."""
-    m = re.fullmatch(r"(yolov5[nsmlx])\.pt", Path(path).name)
-    if m:
-        return f"official YOLOv5 v6.0 {m.group(1)} weights can be fetched with: python weights/download_weights.py {m.group(1)}"
-    return WEIGHTS_HINT
-
-
-def ddp_env() -> tuple[int, int, int]:
-    """(LOCAL_RANK, RANK, WORLD_SIZE) read from the environment at call time."""
-    return int(os.getenv("LOCAL_RANK", "-1")), int(os.getenv("RANK", "-1")), int(os.getenv("WORLD_SIZE", "1"))
 
 
 def get_latest_run(search_dir: str | Path = ".") -> str:
@@ -105,8 +91,8 @@ def load_hyp(hyp: str | dict) -> dict:
 
 def build_model(opt, nc: int, hyp: dict, device: torch.device):
     """Create the model from --cfg and/or --weights. Returns (model, ckpt or None)."""
+    from models.checkpoint import safe_torch_load
     from models.yolo import Model
-    from utils.checkpoint import safe_torch_load
     from utils.torch_utils import intersect_dicts
 
     if not opt.weights:
@@ -143,7 +129,7 @@ def _ckpt_model(ckpt, path: Path):
             if ckpt.get(key) is not None:
                 return ckpt[key]
     raise UserError(f"{path} holds no 'model'; for a state-dict-only file pass it with --cfg to val.py/detect.py, "
-                    "or re-save it with utils.checkpoint.save_checkpoint")
+                    "or re-save it with models.checkpoint.save_checkpoint")
 
 
 def freeze_layers(model: torch.nn.Module, n: int) -> None:
@@ -184,4 +170,4 @@ def describe_start(opt, save_dir: Path) -> None:
                 f"Starting training for {opt.epochs} epochs...")
 
 
-__all__ = ["ROOT", "WEIGHTS_HINT", "build_model", "ddp_env", "describe_start", "freeze_layers", "labels_array", "load_hyp", "log_header", "prepare_opt", "weights_hint", "write_run_files"]
+__all__ = ["ROOT", "build_model", "describe_start", "freeze_layers", "labels_array", "load_hyp", "log_header", "prepare_opt", "write_run_files"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from utils.datasets import LoadImagesAndLabels
+from utils.data.datasets import LoadImagesAndLabels
 from utils.general import LOGGER
 
 

@@ -230,7 +230,7 @@ def build_synthetic_dataset(root: str | Path, n_train: int, n_val: int, img_size
     tmp = root.with_name(root.name + ".partial")  # build aside, then rename: no half-built dataset
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / MARKER).write_text("made by utils.synthetic.build_synthetic_dataset\n")
+    (tmp / MARKER).write_text("made by utils.data.synthetic.build_synthetic_dataset\n")
     _write_split(tmp, "train", 0, n_train, img_size, classes, seed)
     _write_split(tmp, "val", 1, n_val, img_size, classes, seed)
     yaml_save(tmp / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/val", "test": None,

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from utils.general import LOGGER, UserError, segments2boxes
+from utils.boxes import segments2boxes
+from utils.general import LOGGER, UserError
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "dng", "webp", "mpo")
 VID_FORMATS = ("mov", "avi", "mp4", "mpg", "mpeg", "m4v", "wmv", "mkv")

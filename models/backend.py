@@ -108,7 +108,7 @@ class DetectBackend:
             self._load_onnx(paths[0])
 
     def _load_pt(self, paths: list[Path], trust: bool, cfg: str | Path | None = None) -> None:
-        from utils.checkpoint import attempt_load
+        from models.checkpoint import attempt_load
 
         w = [str(p) for p in paths]
         model = attempt_load(w if len(w) > 1 else w[0], map_location=self.device, inplace=True, fuse=True,

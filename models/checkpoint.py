@@ -51,6 +51,17 @@ _ULTRALYTICS.update({f"ultralytics.nn.modules.{k.rsplit('.', 1)[1]}": v for k, v
                      if k.startswith("ultralytics.nn.modules.")})
 
 
+WEIGHTS_HINT = "official YOLOv5 v6.0 weights can be fetched with: python weights/download_weights.py yolov5s"
+
+
+def weights_hint(path: str | Path) -> str:
+    """The download command for a missing official checkpoint (weights/yolov5m.pt -> '... yolov5m')."""
+    m = re.fullmatch(r"(yolov5[nsmlx])\.pt", Path(path).name)
+    if m:
+        return f"official YOLOv5 v6.0 {m.group(1)} weights can be fetched with: python weights/download_weights.py {m.group(1)}"
+    return WEIGHTS_HINT
+
+
 def _numpy_globals() -> list:
     """numpy objects a pickled best_fitness array needs, under both module spellings (numpy 1.x/2.x)."""
     from numpy._core import multiarray
@@ -180,14 +191,29 @@ def _compat(model: nn.Module, inplace: bool) -> None:
             m._non_persistent_buffers_set = set()  # pickled by torch < 1.6
 
 
+class Ensemble(nn.ModuleList):
+    """Several models run on the same input; decoded outputs concatenated along dim 1 ("NMS ensemble")."""
+
+    def forward(self, x, augment: bool = False, profile: bool = False, visualize: bool = False):
+        y = [module(x, augment, profile, visualize)[0] for module in self]  # v5: (B, N_i, no), v8: (B, no, N_i)
+        return torch.cat(y, 2 if self.family == "v8" else 1), None
+
+    @property
+    def family(self) -> str:
+        """The members' family (attempt_load only builds ensembles of one family)."""
+        return getattr(self[0], "family", "v5")
+
+    def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        """The members' NMS (see models.yolo.Model.nms)."""
+        return self[0].nms(prediction, *args, **kwargs)
+
+
 def attempt_load(weights, map_location=None, inplace: bool = True, fuse: bool = True, cfg=None,
                  trust: bool = False) -> nn.Module:
     """Load one checkpoint (-> Model) or a list (-> Ensemble) for inference: FP32, optionally fused, eval.
 
     Takes 'ema' when present, else 'model'; a state_dict-only file needs cfg (model yaml).
     """
-    from models.experimental import Ensemble
-
     model = Ensemble()
     for w in weights if isinstance(weights, (list, tuple)) else [weights]:
         ckpt = safe_torch_load(w, map_location or "cpu", trust=trust)

@@ -2,7 +2,7 @@
 
 `train(opt, make_objective)` reads top to bottom in the order things happen: setup, data, model,
 objective, optimizer, resume, epochs, final evaluation. What is minimised is an *objective*
-(utils/objective.py); the loop never knows whether it distils.
+(engine/objective.py); the loop never knows whether it distils.
 """
 
 from __future__ import annotations
@@ -15,22 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.distributed import (
-    allreduce_grads,
-    barrier,
-    broadcast_module,
-    broadcast_object,
-    check_replicas,
-    cleanup,
-    rank_device,
-    sync_detect_anchors,
-    wrap_ddp,
-)
-from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
-from utils.run_checkpoint import restore_run, save_run
-from utils.train_setup import (
+from engine.run_checkpoint import restore_run, save_run
+from engine.setup import (
     build_model,
-    ddp_env,
     describe_start,
     freeze_layers,
     load_hyp,
@@ -38,7 +25,7 @@ from utils.train_setup import (
     prepare_opt,
     write_run_files,
 )
-from utils.train_utils import (
+from engine.train_utils import (
     RunningMeans,
     class_weights,
     fitness_of,
@@ -48,6 +35,19 @@ from utils.train_utils import (
     reweight_images,
     train_autocast,
 )
+from utils.distributed import (
+    allreduce_grads,
+    barrier,
+    broadcast_module,
+    broadcast_object,
+    check_replicas,
+    cleanup,
+    ddp_env,
+    rank_device,
+    sync_detect_anchors,
+    wrap_ddp,
+)
+from utils.general import LOGGER, UserError, check_img_size, colorstr, init_seeds
 
 __all__ = ["prepare_opt", "train", "train_one_epoch"]
 
@@ -60,9 +60,9 @@ def train(opt, make_objective=None) -> Path:
     """Train a model as YOLOv5 v6.0's train.py does; returns the run directory.
 
     make_objective(ctx) -> nn.Module builds the objective from a context holding model, compute_loss,
-    hyp, opt, device, data_dict, val_loader, imgsz, nc, names (default: utils.objective.DetectionObjective).
+    hyp, opt, device, data_dict, val_loader, imgsz, nc, names (default: engine.objective.DetectionObjective).
     """
-    from utils.optim import warmup_iterations
+    from engine.optim import warmup_iterations
 
     r = _setup(opt)
     model, ckpt = build_model(opt, r.nc, r.hyp, r.device)
@@ -100,7 +100,7 @@ def train(opt, make_objective=None) -> Path:
     # v6.0 warms up for at least 1000 iterations; hyp key warmup_min_iters (ours) lowers it for short runs
     r.nw = warmup_iterations(r.hyp["warmup_epochs"], r.nb, minimum=int(r.hyp.get("warmup_min_iters", 1000)))
     if r.rank in (-1, 0) and not opt.resume:
-        from utils.options import check_warmup
+        from engine.options import check_warmup
 
         check_warmup(r.nw, r.nb, opt.epochs, r.hyp)  # says so once when warmup covers more than half the run
     loop = SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, ema=ema,
@@ -117,7 +117,7 @@ def train(opt, make_objective=None) -> Path:
 
 def _setup(opt) -> SimpleNamespace:
     """Device, run folders, hyperparameters (+ hyp.yaml/opt.yaml), seeds and the dataset dict."""
-    from utils.dataset_config import check_dataset
+    from utils.data.config import check_dataset
     from utils.torch_utils import select_device, torch_distributed_zero_first
 
     local_rank, rank, world_size = ddp_env()
@@ -152,7 +152,7 @@ def _mosaic_closed(opt, r, epoch: int) -> bool:
 
 def _train_loader(opt, r, epoch: int):
     """The shuffled augmented train loader from `epoch` on (mosaic off once _mosaic_closed)."""
-    from utils.dataloaders import create_dataloader
+    from utils.data.dataloaders import create_dataloader
 
     hyp = {**r.hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if _mosaic_closed(opt, r, epoch) else r.hyp
     return create_dataloader(
@@ -164,7 +164,7 @@ def _train_loader(opt, r, epoch: int):
 
 def _loaders(opt, r, model):
     """Shuffled augmented train loader; rect val loader, label plots and autoanchor on the main process."""
-    from utils.dataloaders import create_dataloader
+    from utils.data.dataloaders import create_dataloader
 
     train_loader, dataset = _train_loader(opt, r, r.start_epoch)
     val_loader = None
@@ -176,7 +176,7 @@ def _loaders(opt, r, model):
         if not opt.resume:
             plot_label_stats(dataset, r.names, r.save_dir)
             if not opt.noautoanchor and getattr(model, "has_anchors", True):  # anchor-free heads: nothing to fit
-                from utils.autoanchor import check_anchors
+                from engine.autoanchor import check_anchors
 
                 check_anchors(dataset, model=model, thr=r.hyp["anchor_t"], imgsz=r.imgsz)
     if not opt.resume:
@@ -187,8 +187,8 @@ def _loaders(opt, r, model):
 
 def _objective(opt, r, model, dataset, val_loader, make_objective):
     """Scale the loss gains to the model and image size, then build the loss and the objective."""
-    from utils.loss import ComputeLoss, scale_loss_gains
-    from utils.objective import DetectionObjective
+    from engine.objective import DetectionObjective
+    from utils.losses.yolov5 import ComputeLoss, scale_loss_gains
 
     # the model's head decides its gains and loss (YOLOv5: scaled v6.0 gains, ComputeLoss; v8: as written)
     has_head = hasattr(model, "build_loss")
@@ -209,7 +209,7 @@ def _optimizer(opt, r, model, objective):
     Nominal batch 64 (gradient accumulation) with weight decay scaled to match; the hyp key nbs (ours,
     default 64 as v6.0) lowers it for short schedules on small data.
     """
-    from utils.optim import build_optimizer, lr_lambda
+    from engine.optim import build_optimizer, lr_lambda
 
     r.nbs = int(r.hyp.get("nbs", 64))
     accumulate = max(round(r.nbs / opt.batch_size), 1)
@@ -221,7 +221,7 @@ def _optimizer(opt, r, model, objective):
 
 def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
     """The epochs: train, validate the EMA, log, checkpoint, early stop."""
-    import val as validate  # repository root module
+    from engine import validate
     from utils.loggers import ResultsLogger
     from utils.torch_utils import EarlyStopping
 
@@ -275,7 +275,7 @@ def _fit(opt, r, loop, start_epoch: int, best_fitness: float) -> None:
 
 def train_one_epoch(model, objective, loader, optimizer, scaler, ema, s) -> dict[str, float]:
     """One pass over the training data. Returns the mean of every logged objective term."""
-    from utils.optim import warmup
+    from engine.optim import warmup
 
     if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(s.epoch)
@@ -345,8 +345,8 @@ def _raise_non_finite(s, i: int, log: RunningMeans) -> None:
 
 def _finish(r, opt, val_loader, compute_loss) -> None:
     """Strip optimizers, validate best.pt with plots, draw results.png."""
-    import val as validate
-    from utils.checkpoint import attempt_load, strip_optimizer
+    from engine import validate
+    from models.checkpoint import attempt_load, strip_optimizer
     from utils.plots import plot_results
 
     for f in (r.last, r.best):

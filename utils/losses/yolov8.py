@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.head_v8 import bbox2dist, dist2bbox, make_anchors
+from utils.boxes import bbox2dist, dist2bbox, make_anchors
 from utils.general import UserError
+from utils.losses.tal import TaskAlignedAssigner
 from utils.metrics import bbox_iou
-from utils.tal import TaskAlignedAssigner
 
 ITEM_NAMES = ("box", "cls", "dfl")
 

@@ -1,4 +1,4 @@
-"""Small steps of the training loop (utils/engine.py): fitness, class weights, multi-scale resizing,
+"""Small steps of the training loop (engine/trainer.py): fitness, class weights, multi-scale resizing,
 image re-weighting and the pictures drawn during training."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.setup import labels_array
 from utils.general import LOGGER
-from utils.train_setup import labels_array
 
 
 def fitness_of(results) -> float:

@@ -13,7 +13,8 @@ import random
 import cv2
 import numpy as np
 
-from utils.general import LOGGER, colorstr, resample_segments, segment2box
+from utils.boxes import resample_segments, segment2box
+from utils.general import LOGGER, colorstr
 
 
 def letterbox(im: np.ndarray, new_shape: int | tuple[int, int] = 640, color: tuple = (114, 114, 114),

@@ -113,8 +113,8 @@ def _kmeans(obs: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _load_dataset(path: str | Path):
     """A data yaml -> its training LoadImagesAndLabels (as v6.0's kmean_anchors('data.yaml'))."""
-    from utils.dataset_config import check_dataset
-    from utils.datasets import LoadImagesAndLabels
+    from utils.data.config import check_dataset
+    from utils.data.datasets import LoadImagesAndLabels
 
     data = check_dataset(path, autodownload=False)
     return LoadImagesAndLabels(data["train"], augment=True, rect=True)

@@ -132,7 +132,7 @@ def check_pt_file(flag: str, path, hint: str = "") -> Path:
 
 def check_weights(flag: str, weights, suffixes: tuple[str, ...] = (".pt",), script: str = "") -> list[Path]:
     """Existing weight files (bare official names are also looked up in weights/), with a usable suffix."""
-    from utils.backend import DOWNLOAD_HINT
+    from models.backend import DOWNLOAD_HINT
 
     out = []
     for w in weights if isinstance(weights, (list, tuple)) else [weights]:
@@ -171,7 +171,7 @@ def check_model_yaml(flag: str, path) -> None:
 
 def _check_data(flag: str, data) -> None:
     """The data yaml exists and its fields (nc, names 0..nc-1, train/val) are right; the images are not read."""
-    from utils.dataset_config import check_data_fields
+    from utils.data.config import check_data_fields
 
     check_data_fields(data if isinstance(data, dict) else check_yaml_file(flag, data))
 
@@ -254,7 +254,7 @@ def default_hyp(cfg: str, weights: str, trust: bool = False) -> Path:
         head = (yaml_load(check_yaml_file("--cfg", cfg)).get("head") or [[None, None, None]])[-1]
         family = getattr(MODULES.get(head[2]) if len(head) > 2 else None, "family", None)
     elif weights:
-        from utils.checkpoint import safe_torch_load
+        from models.checkpoint import safe_torch_load
 
         ckpt = safe_torch_load(weights, map_location="cpu", trust=trust)
         model = ckpt.get("model") if isinstance(ckpt, dict) else None
@@ -295,7 +295,7 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     if opt.cfg:
         check_model_yaml("--cfg", opt.cfg)
     if opt.weights:
-        from utils.train_setup import weights_hint
+        from models.checkpoint import weights_hint
 
         p = check_pt_file("--weights", opt.weights, f"{weights_hint(opt.weights)}, or use --weights '' --cfg <yaml>")
         if p.suffix != ".pt":
@@ -337,7 +337,7 @@ def check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, cl
     """detect.py options (source existence for files, folders and *.txt lists; streams are opened later)."""
     check_device(device)
     check_project(project)
-    from utils.image_loaders import STREAM_PREFIXES, is_stream
+    from utils.data.image_loaders import STREAM_PREFIXES, is_stream
 
     check_weights("--weights", weights, (".pt", ".onnx"), "detect.py")
     check_imgsz("--imgsz", imgsz, max_values=2)

@@ -228,7 +228,7 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
 def _check_image_lists(data: dict, where: str) -> None:
     """*.txt image lists: entries that no longer exist are named here (the label scan would otherwise call
     them corrupt, and report 'no labels found' when none is left)."""
-    from utils.label_cache import IMG_FORMATS
+    from utils.data.label_cache import IMG_FORMATS
 
     for k in ("train", "val", "test"):
         for item in data[k] if isinstance(data.get(k), list) else [data.get(k)]:
