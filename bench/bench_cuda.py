@@ -33,6 +33,7 @@ for p in (ROOT, ROOT / "bench"):
 from bench_train import build, synthetic_batch  # noqa: E402
 
 from distill.objective import build_kd_objective  # noqa: E402
+from engine.kd_flags import objective_options  # noqa: E402
 from engine.objective import DetectionObjective  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from models.yolo import Model  # noqa: E402
@@ -163,8 +164,8 @@ def main(argv=None) -> None:
             for dtype in ("fp32", "fp16" if DEV.type == "cuda" else "bf16"):
                 model, loss, h = student(s_cfg, nc, opt.img, cl)
                 teacher = teacher_of(t_cfg, nc, cl)
-                kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(
-                    kd_loss="l2", feature_loss="at", teacher_dtype=dtype))
+                kd = build_kd_objective(model, teacher, loss, dict(h), **objective_options(SimpleNamespace(
+                    kd_loss="l2", feature_loss="at", teacher_dtype=dtype)))
                 imgs, targets = batch(opt.batch, opt.img, nc, cl)
                 step = Step(model, kd, extra=[kd])
                 t = timed(step, imgs, targets, **timing)
@@ -184,7 +185,7 @@ def main(argv=None) -> None:
     low = "fp16" if DEV.type == "cuda" else "bf16"
     for dtype in ("fp32", low):  # fp32 first: the fp16 build converts the teacher's weights in place
         kd = build_kd_objective(model, teacher, loss, dict(h),
-                                SimpleNamespace(kd_loss="l2", feature_loss="at", teacher_dtype=dtype))
+                                **objective_options(SimpleNamespace(kd_loss="l2", feature_loss="at", teacher_dtype=dtype)))
         with torch.no_grad(), torch.autocast("cuda", enabled=DEV.type == "cuda"):
             out = kd(model, imgs, targets)
         values[dtype] = {k: float(v) for k, v in out.items() if k in ("kd", "at")}

@@ -26,12 +26,14 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from distill.context import KDContext
-from distill.detection_losses import DEFAULT_WEIGHTS, LOSSES, detect_input_layers
 from distill.imitation import imitation_mask
+from distill.losses import SPECS, detect_input_layers
+from distill.losses._detection import FeatureLoss
 from models.yolo import Model
 from utils.general import yaml_load
 from utils.losses.yolov5 import ComputeLoss, scale_loss_gains
 
+LOSSES = {name: s.cls for name, s in SPECS.items() if issubclass(s.cls, FeatureLoss)}  # the detection feature losses
 STRIDES = (8, 16, 32)
 STUDENT_CH, TEACHER_CH = (64, 128, 256), (128, 256, 512)  # yolov5n / yolov5s at P3, P4, P5
 
@@ -157,9 +159,9 @@ def main(argv=None) -> None:
           f"median {statistics.median(times):.2f} ms, min {min(times):.2f} ms")
     if opt.teacher and Path(opt.teacher).is_file():
         print(f"\nvalues at the start of training (yolov5n from scratch <- {Path(opt.teacher).name}, "
-              f"{opt.batch} shapes images at {opt.img} px), raw and x DEFAULT_WEIGHTS")
+              f"{opt.batch} shapes images at {opt.img} px), raw and x the registered default weights")
         for name, value in initial_values(Path(opt.teacher), opt.img, opt.batch):
-            print(f"{name:<12}{value:>12.4g}{value * DEFAULT_WEIGHTS.get(name, 1.0):>12.4g}")
+            print(f"{name:<12}{value:>12.4g}{value * SPECS[name].weight():>12.4g}")
 
 
 if __name__ == "__main__":

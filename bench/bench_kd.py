@@ -26,6 +26,7 @@ for p in (ROOT, ROOT / "bench"):
 from bench_train import build, synthetic_batch, time_steps  # noqa: E402
 
 from distill.objective import build_kd_objective  # noqa: E402
+from engine.kd_flags import objective_options  # noqa: E402
 from engine.objective import DetectionObjective  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from models.yolo import Model  # noqa: E402
@@ -51,15 +52,14 @@ def bench_pair(student_cfg: str, teacher_cfg: str, imgsz: int, batch: int, steps
             if "recipe" in flags:  # a data/kd recipe as train_kd.py --kd_config NAME runs it
                 from distill.yolo_config import load_kd_config
 
-                cfg = load_kd_config(flags["recipe"])
+                cfg = load_kd_config(flags["recipe"]).to_dict()
                 for entry in cfg["losses"]:  # imitation is off for its first 400 steps: time it switched on
                     if entry["type"] == "imitation":
                         entry["warmup"] = 0
-                kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(teacher_dtype=dtype),
-                                        kd_config=cfg, flags=False)
+                kd = build_kd_objective(model, teacher, loss, dict(h), teacher_dtype=dtype, kd_config=cfg)
             else:
-                kd = build_kd_objective(model, teacher, loss, dict(h), SimpleNamespace(
-                    kd_loss=kd_loss if flags["out"] else None, feature_loss=flags["feature"], teacher_dtype=dtype),
+                kd = build_kd_objective(model, teacher, loss, dict(h), **objective_options(SimpleNamespace(
+                    kd_loss=kd_loss if flags["out"] else None, feature_loss=flags["feature"], teacher_dtype=dtype)),
                     kd_config=None if flags["out"] else {"losses": [{"type": flags["feature"], "name": flags["feature"]}]})
             t_kd = statistics.median(time_steps(model, kd, imgs, targets,
                                                 build_optimizer(model, h, extra_params=[kd]), steps))

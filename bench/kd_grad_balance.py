@@ -29,7 +29,6 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -108,8 +107,7 @@ def main(argv=None) -> None:
     for name in opt.recipes:
         student = student_model(opt.student, nc, opt.seed)
         compute_loss = ComputeLoss.from_model(student, hyp)
-        objective = build_kd_objective(student, teacher, compute_loss, hyp, SimpleNamespace(),
-                                       kd_config=load_kd_config(recipe_path(name)), flags=False)
+        objective = build_kd_objective(student, teacher, compute_loss, hyp, kd_config=load_kd_config(recipe_path(name)))
         d = objective.distiller
         d.kd.iteration.fill_(10**6)  # past any warm-up (imitation's 400 iterations)
         d.kd._count = None

@@ -32,3 +32,21 @@ def as_map(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"expected (B, C) vectors or (B, C, H, W) maps, got shape {tuple(x.shape)}")
     return x
+
+
+def check_feature_pairs(name: str, student_feats, teacher_feats) -> None:
+    """ValueError unless the lists pair up one to one as (B, C, H, W) maps of equal B."""
+    if len(student_feats) != len(teacher_feats) or not len(student_feats):
+        raise ValueError(f"{name}: {len(student_feats)} student tensors but {len(teacher_feats)} teacher tensors")
+    for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
+        if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0]:
+            raise ValueError(f"{name}: pair {i} needs (B, C, H, W) maps with equal B, got "
+                             f"{tuple(s.shape)} and {tuple(t.shape)}")
+
+
+def check_channels(name: str, s_shapes, t_shapes, pairs=None, hint: str = "") -> None:
+    """ValueError naming the first pair whose channel counts (dim 1) differ."""
+    for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
+        if (pairs is None or i in pairs) and (len(s) < 2 or len(t) < 2 or s[1] != t[1]):
+            raise ValueError(f"{name}: pair {i} has student shape {tuple(s)} but teacher {tuple(t)}; {name} "
+                             f"needs equal channel counts{hint}")

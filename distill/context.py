@@ -1,7 +1,7 @@
 """What a distillation loss may read besides the captured features: `KDContext`.
 
-Contract shared by every loss of the registry (distill/losses.py merges the `LOSSES` dict of each loss
-module): a loss is an `nn.Module` called as
+Contract shared by every loss of the registry (distill/registry.py; each loss module registers its class):
+a loss is an `nn.Module` called as
 
     loss(student_feats: list[Tensor], teacher_feats: list[Tensor], ctx: KDContext) -> Tensor  # fp32 scalar
 

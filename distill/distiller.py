@@ -13,8 +13,8 @@
     (criterion(output, target) + kd_loss).backward(); optimizer.step()
 
 The four parts (mmrazor's names): recorders = distill.hooks.FeatureHooks on the named layers;
-connectors = the adapters/regressors each loss owns; losses = the registry of distill/losses.py;
-mapping = which layer pairs go into which loss, with which weight:
+connectors = the adapters/regressors each loss owns; losses = the registry (distill/registry.py; one module
+per loss in distill/losses/); mapping = which layer pairs go into which loss, with which weight:
   * as many losses as layer pairs: loss i gets pair i (the seed's VID config);
   * one loss: it gets all the pairs (IRG's edge and transformation terms need several layers);
   * `pairs=[...]` (indices into the layer lists) in a loss dict maps it explicitly; `name=` sets the

@@ -5,8 +5,12 @@
 "loss" = ComputeLoss(student) + bs * kd_loss, with kd_loss = sum_i w_i * loss_i from the Distiller
 (distill/distiller.py): every distillation loss is a per-image mean, and ComputeLoss returns its loss x
 batch size. The logged entries are per-image scale like ComputeLoss's items: "<name>" = w_i * loss_i,
-so (box + obj + cls + sum of the KD entries) * bs == loss. train_kd.py's default: "kd" (YoloKDLoss on the
-Detect heads, weight --alpha) and "at" (attention transfer on the paired C3/SPPF outputs, weight --beta).
+so (box + obj + cls + sum of the KD entries) * bs == loss. train_kd.py's default recipe (distill.yolo_config
+DEFAULT_CONFIG): "kd" (YoloKDLoss, per-class binary KL on the Detect heads) and "scorel2" (the teacher-score-
+weighted L2 on the maps entering Detect).
+
+What to distil comes as a recipe (distill/recipe.py) and the values the user gave over it (`Overrides`);
+build_kd_objective resolves them for the model pair (family defaults, layer names, default weights).
 
 The Distiller holds the teacher unregistered (frozen, eval, one no_grad forward per batch). The objective
 registers only the Distiller's `kd` module (the losses' own parameters and the batch counter): that is
@@ -22,19 +26,17 @@ import torch
 from torch import nn
 
 from distill.distiller import Distiller
+from distill.families import default_config, for_family
 from distill.hooks import model_head, unwrap_parallel
-from distill.pairing import check_is_large_flag
-from distill.v8_output import default_config, for_family
-from distill.yolo_config import (  # noqa: F401  (defaults re-exported for train_kd.py's help)
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
+from distill.pairing import check_is_large_flag, parse_layer_list
+from distill.recipe import Overrides, Recipe
+from distill.registry import feature_types, flag_name
+from distill.yolo_config import (
     DEFAULT_CONFIG,
-    DEFAULT_TEMPERATURE,
-    FEATURE_DEFAULT_BETA,
-    OUTPUT_DEFAULT_ALPHA,
-    OUTPUT_TYPES,
-    apply_flags,
+    apply_overrides,
+    as_recipe,
     distiller_config,
+    is_output,
     resolve_layers,
 )
 from distill.yolo_output import raw_outputs
@@ -93,7 +95,7 @@ class DistillObjective(nn.Module):
         self.kd = distiller.kd  # registered: the losses' parameters + batch counter (optimizer, kd_state)
         self.compute_loss = compute_loss
         self.log_parts = log_parts
-        self.resolved: dict | None = None  # the kd config it was built from (train_kd.py writes kd.yaml)
+        self.resolved: Recipe | None = None  # the resolved recipe it was built from (train_kd.py writes kd.yaml)
         self._balance_checked: set[str] = set()  # terms already compared with the detection loss
         self._balance_calls = 0  # training calls seen by the check (it reads values on the host: rarely)
 
@@ -121,6 +123,7 @@ class DistillObjective(nn.Module):
         non-zero (imitation's warm-up). Such terms trained students worse than output KD alone
         (bench/RESULTS.md, 'Distillation methods compared'). Reads values on the host only then."""
         det = float(items.sum())
+        types = {e.name: e.type for e in self.resolved.losses} if self.resolved is not None else {}
         for name, w in zip(self.distiller.names, self.distiller.weights):
             value = self.distiller.terms.get(name)
             if name in self._balance_checked or value is None:
@@ -130,8 +133,8 @@ class DistillObjective(nn.Module):
                 continue
             self._balance_checked.add(name)
             if det > 0 and value > DOMINANT * det:
-                kind = getattr(self.distiller.losses[name], "name", "")  # the detection losses' type name
-                flag = f"--{kind}_weight or " if kind in WEIGHT_FLAGS else ""
+                loss_type = types.get(name, "")
+                flag = f"--{flag_name(loss_type, 'weight')} or " if loss_type in feature_types() else ""
                 LOGGER.warning(
                     f"WARNING: distillation term '{name}' starts at {value / det:.0f}x the detection loss ({value:.4g} "
                     f"against {det:.4g} at weight {w:g}). Terms this large trained students worse than output KD "
@@ -152,28 +155,25 @@ class DistillObjective(nn.Module):
 
 
 DOMINANT = 10.0  # a KD term above this multiple of the detection loss gets a warning (DistillObjective)
-WEIGHT_FLAGS = ("imitation", "cwd", "mse", "pkd", "scorel2")  # train_kd.py's --<type>_weight flags
 
 
 def _one_digit(x: float) -> str:
     return f"{float(f'{x:.1g}'):g}"
 
 
-def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp: dict, opt_like,
-                       kd_config: dict | None = None, flags: bool = True, log_parts: bool = False
+def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp: dict,
+                       overrides: Overrides | None = None, kd_config: Recipe | dict | None = None, *,
+                       teacher_dtype: str = "fp32", is_large: bool | None = None, log_parts: bool = False
                        ) -> DistillObjective:
-    """The DistillObjective of train_kd.py: kd config (DEFAULT_CONFIG when None) + flags -> Distiller.
+    """The DistillObjective of train_kd.py: recipe (the family's default when None) + overrides -> Distiller.
 
-    opt_like (argparse Namespace or any object; missing or None attributes are "not given"): the
-    distillation flags read by distill.yolo_config.apply_flags (kd_loss_selected or kd_loss,
-    temperature, alpha, beta, feature_loss, student_layers, teacher_layers, weight_by_cls, kl_softmax),
-    teacher_dtype (fp32 when missing; train_kd.py's default 'auto' is fp16 on CUDA, bf16 on CPUs with
-    native bf16, else fp32) and isL (checked against the teacher, warning only). flags=False uses kd_config as is (--resume).
-    The resolved config is kept as objective.resolved.
+    overrides: what the user gave over the recipe (None: nothing; a resumed run's kd.yaml is used as is).
+    teacher_dtype: precision of the teacher's forward ('auto' is fp16 on CUDA, bf16 on CPUs with native
+    bf16, else fp32). is_large: the fork's --isL as given (None: not given), checked against the teacher
+    (a warning only). The resolved recipe is kept as objective.resolved.
     """
     check_compatible(student, teacher)
-    is_large = getattr(opt_like, "isL", None)
-    check_is_large_flag(teacher, is_large if is_large is not None else getattr(opt_like, "is_large", None))
+    check_is_large_flag(teacher, is_large)
     nc = getattr(compute_loss, "nc", None)
     if nc is not None and detect_layer(teacher).nc != nc:
         raise UserError(f"teacher predicts {detect_layer(teacher).nc} classes but the student's loss "
@@ -182,35 +182,19 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     freeze_teacher(teacher).to(device)
     if device.type == "cuda":
         to_channels_last(teacher)  # NHWC like the student (engine.trainer): no layout conversions between them
-    cfg = kd_config if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
-    if flags:
-        cfg = _output_options(apply_flags(cfg, opt_like), opt_like)
-    resolved = resolve_layers(_fused_names(for_family(cfg, student, teacher), teacher), student, teacher)
-    if any(e["type"] in OUTPUT_TYPES for e in resolved["losses"]):
+    recipe = as_recipe(kd_config) if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
+    recipe = apply_overrides(recipe, overrides)
+    resolved = resolve_layers(_fused_names(for_family(recipe, student, teacher), teacher), student, teacher)
+    if any(is_output(e.type) for e in resolved.losses):
         align_anchors(student, teacher, compute_loss)
     try:
-        teacher_dtype = resolve_teacher_dtype(getattr(opt_like, "teacher_dtype", None) or "fp32", device)
-        distiller = Distiller({**distiller_config(resolved, student, teacher, hyp), "teacher_dtype": teacher_dtype})
+        dtype = resolve_teacher_dtype(teacher_dtype or "fp32", device)
+        distiller = Distiller({**distiller_config(resolved, student, teacher, hyp), "teacher_dtype": dtype})
     except ValueError as e:
         raise UserError(f"distillation config: {e}") from e
     objective = DistillObjective(distiller, compute_loss, log_parts=log_parts)
     objective.resolved = resolved
     return objective
-
-
-def _output_options(cfg: dict, opt_like) -> dict:
-    """--kd_obj bce / --bce_subtract_entropy set the YoloKDLoss entries' obj_term / subtract_entropy
-    (not given: the file's or the loss's defaults)."""
-    given = {k: v for k, v in {"obj_term": getattr(opt_like, "kd_obj", None),
-                               "subtract_entropy": getattr(opt_like, "bce_subtract_entropy", False) or None}.items()
-             if v is not None}
-    if not given:
-        return cfg
-    entries = [e for e in cfg["losses"] if e["type"] == "YoloKDLoss"]
-    if not entries:
-        raise UserError(f"{', '.join('--' + ('kd_obj' if k == 'obj_term' else 'bce_subtract_entropy') for k in given)}"
-                        " sets output distillation (YoloKDLoss), but the kd config has none")
-    return {**cfg, "losses": [{**e, **given} if e in entries else e for e in cfg["losses"]]}
 
 
 def align_anchors(student: nn.Module, teacher: nn.Module, compute_loss=None) -> bool:
@@ -243,18 +227,17 @@ def align_anchors(student: nn.Module, teacher: nn.Module, compute_loss=None) -> 
     return True
 
 
-def _fused_names(cfg: dict, teacher: nn.Module) -> dict:
-    """cfg with each entry's teacher_layers passed through fused_layer_names (kd.yaml keeps the hooked names)."""
-    from distill.pairing import parse_layer_list
-
+def _fused_names(recipe: Recipe, teacher: nn.Module) -> Recipe:
+    """The recipe with each entry's teacher_layers passed through fused_layer_names (kd.yaml keeps the hooked
+    names)."""
     entries = []
-    for e in cfg["losses"]:
-        names = parse_layer_list(e.get("teacher_layers"))
+    for e in recipe.losses:
+        names = parse_layer_list(e.teacher_layers)
         if names:
             strings = fused_layer_names(teacher, [n for n in names if isinstance(n, str)])
-            e = {**e, "teacher_layers": [n if isinstance(n, int) else strings.pop(0) for n in names]}
+            e = e.replace(teacher_layers=[n if isinstance(n, int) else strings.pop(0) for n in names])
         entries.append(e)
-    return {**cfg, "losses": entries}
+    return Recipe(entries)
 
 
 def fused_layer_names(teacher: nn.Module, names: list[str]) -> list[str]:

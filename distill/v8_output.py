@@ -1,4 +1,4 @@
-"""Output distillation for the YOLOv8-style DFL head (the seed's 'ver2'), and the family rules of train_kd.py.
+"""Output distillation for the YOLOv8-style DFL head (the seed's 'ver2').
 
 `V8OutputKD` (registry type `v8_output_kd`) reads what DetectV8 returns: nl raw maps (B, 4*R + nc, ny, nx),
 channels 0..4R-1 the box-edge logits (left, top, right, bottom; R = reg_max bins each), then nc class
@@ -14,14 +14,10 @@ term is a confidence-weighted mean: background points (w ~ 0) hardly count, like
 class term counts every point, since without objectness the class scores are what suppresses background.
 The seed's version took both distributions from the student (always ~0) and fed probabilities where
 KLDivLoss expects log-probabilities; here the loss is exactly 0 only when the two outputs are equal.
-
-The module also holds what train_kd.py needs to tell the families apart (`default_config`, `for_family`):
-output KD compares two heads of one family; features can be distilled across families.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -30,8 +26,8 @@ from torch import nn
 
 from distill.common import fp32, no_autocast
 from distill.hooks import model_head
+from distill.registry import register
 from distill.yolo_output import binary_kl, raw_outputs
-from utils.general import LOGGER, UserError
 
 LD_TEMPERATURE = 10.0  # LD's T for the edge distributions (mmdet configs/ld)
 
@@ -43,6 +39,11 @@ def split_level(p: torch.Tensor, reg_max: int) -> tuple[torch.Tensor, torch.Tens
     return box.view(b, 4, reg_max, ny * nx), cls
 
 
+# Weight 4: each KD term about a third of the detection loss at the start of training, train_kd.py's rule.
+# Measured on one batch: yolov8n from scratch, the ultralytics yolov8s fixture as teacher (nc 80), 8 generated
+# shapes images at 160 px, hyp.v8.yaml gains: detection items box + cls + dfl = 15.2, raw v8_output_kd 1.14
+# (kd_box 0.07, kd_cls 1.07 at T = tau = 10).
+@register("v8_output_kd", default_weight=4.0, default_layers="detect", title="YOLOv8 output KD (DFL head)")
 class V8OutputKD(nn.Module):
     """Output KD of the DFL head: LD on the box-edge distributions (Zheng et al., CVPR 2022, arXiv:2102.12252)
     weighted by teacher confidence, plus per-class binary KL (Hinton et al. 2015, arXiv:1503.02531).
@@ -60,7 +61,6 @@ class V8OutputKD(nn.Module):
     kind = "dfl_output"  # raw DetectV8 maps (the registry tests' input recipe)
     needs = ()
     zero_at_optimum = True
-    default_weight = 4.0  # train_kd.py's weight when the entry sets none (see V8_DEFAULT_CONFIG)
 
     def __init__(self, T: float = LD_TEMPERATURE, tau: float | None = None, box: float = 1.0, cls: float = 1.0,
                  hyp: dict | None = None, nc: int | None = None, variant: str = "kl", weight_by_cls: bool = True,
@@ -126,73 +126,3 @@ def _check_levels(student, teacher, reg_max: int, nc: int | None) -> None:
                              f"{tuple(getattr(pt, 'shape', ()))} (same nc, reg_max and strides are required)")
         if ps.shape[1] < 4 * reg_max or (nc is not None and ps.shape[1] - 4 * reg_max != nc):
             raise ValueError(f"v8_output_kd: level {i} has {ps.shape[1]} channels, not 4 x reg_max {reg_max} + nc")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# families in train_kd.py
-
-OUTPUT_FAMILY = {"YoloKDLoss": "v5", "v8_output_kd": "v8"}  # the head family each output loss reads
-# Default weights, by train_kd.py's rule (each KD term about a third of the detection loss at the start of
-# training). Measured on one batch: yolov8n from scratch, the ultralytics yolov8s fixture as teacher (nc 80),
-# 8 generated shapes images at 160 px, hyp.v8.yaml gains: detection items box + cls + dfl = 15.2, raw
-# v8_output_kd 1.14 (kd_box 0.07, kd_cls 1.07 at T = tau = 10), raw mse 0.20. So v8_output_kd weighs 4
-# (V8OutputKD.default_weight). mse keeps 1.0 for v8 students (yolo_config.FAMILY_WEIGHTS), the seed's plain sum, the same whichever
-# way it is asked for (--kd_layer, --feature_loss mse, a file): at 1.3% of the detection loss here, raise
-# it with --beta (25 would be the third).
-V8_DEFAULT_CONFIG = {"losses": [  # both seeds at once: ver2 on the heads, ver1 on the maps entering them
-    {"type": "v8_output_kd", "name": "kd", "layers": "detect", "T": LD_TEMPERATURE},
-    {"type": "mse", "name": "mse", "layers": "detect_inputs"},
-]}
-CROSS_DEFAULT_CONFIG = {"losses": [{"type": "mse", "name": "mse", "layers": "detect_inputs"}]}
-
-
-def family(model: nn.Module) -> str:
-    """'v5' or 'v8': the head family of a Model (looked through DP/DDP)."""
-    return str(getattr(model_head(model), "family", "v5"))
-
-
-def default_config(student: nn.Module, teacher: nn.Module, v5_default: dict) -> dict:
-    """The kd config train_kd.py uses without a file: v5_default for two YOLOv5 models, V8_DEFAULT_CONFIG
-    for two v8 models, feature MSE alone across families (output KD needs one head family)."""
-    fs, ft = family(student), family(teacher)
-    if fs == ft == "v5":
-        return v5_default
-    if fs == ft:
-        return V8_DEFAULT_CONFIG
-    LOGGER.info(f"distillation: student {fs}, teacher {ft}: feature distillation only by default (mse on the "
-                "maps entering the heads)")
-    return CROSS_DEFAULT_CONFIG
-
-
-def for_family(cfg: dict, student: nn.Module, teacher: nn.Module) -> dict:
-    """A copy of cfg whose output entries fit the pair: YoloKDLoss entries become v8_output_kd for two v8
-    models (so the output flags mean the same with either family: T and weight are kept, a variant other
-    than kl is refused by V8OutputKD); UserError naming both families when output KD crosses families."""
-    cfg = copy.deepcopy(cfg)
-    fs, ft = family(student), family(teacher)
-    for i, e in enumerate(cfg["losses"]):
-        needs = OUTPUT_FAMILY.get(e["type"])
-        if needs is None:
-            continue
-        if fs != ft:
-            raise UserError(f"output distillation ({e['type']}, losses[{i}] '{e.get('name', e['type'])}') compares "
-                            f"the heads of one family, but the student is {fs} and the teacher {ft}: use a {fs} "
-                            "teacher, or distil features only: drop the output flags (--alpha, --temperature, "
-                            "--kd_loss_selected) and output entries (without them train_kd.py distils the maps "
-                            "entering the heads with mse)")
-        rs, rt = getattr(model_head(student), "reg_max", None), getattr(model_head(teacher), "reg_max", None)
-        if fs == "v8" and rs != rt:
-            raise UserError(f"output distillation ({e['type']}) compares the box-edge distributions bin by bin, but "
-                            f"the student's head has reg_max {rs} and the teacher's {rt}: use equal reg_max, or "
-                            "distil features only")
-        if needs != fs and fs == "v8":
-            e["type"] = "v8_output_kd"
-            if e.get("variant") == "kl":
-                del e["variant"]
-        elif needs != fs:
-            raise UserError(f"losses[{i}] '{e.get('name', e['type'])}': {e['type']} reads v8 heads but student and "
-                            "teacher are v5: use YoloKDLoss")
-    return cfg
-
-
-LOSSES = {"v8_output_kd": V8OutputKD}

@@ -19,8 +19,16 @@ from torch import nn
 
 from distill.common import fp32, no_autocast
 from distill.hooks import unwrap_parallel
+from distill.registry import register
 
 _V60_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # hyp.scratch.yaml, used when no hyp is given
+
+# Hyp keys of output distillation (rule format: utils/losses/yolov5.py HYP_KEYS; gathered by
+# engine/options.py). kd is also the gain of the YOLOv8 output KD (distill/v8_output.py).
+HYP_KEYS: dict[str, tuple] = {
+    "kd": (0, None, False, False, False, "gain of all distillation terms, e.g. 1.0; 0 = off"),
+    "giou": (0, None, False, False, False, "box gain of output distillation in place of box, e.g. 0.05"),
+}
 
 
 def level_balance(nl: int) -> list[float]:
@@ -229,6 +237,17 @@ def detect_anchors(model: nn.Module | None, what: str) -> torch.Tensor:
     return head.anchors.detach()
 
 
+# Default weights by variant: each puts output KD at about a third of the detection loss at the start (yolov5n
+# student from scratch, yolov5s teacher, shapes data at 160 px, hyp.short gains: detection items ~0.20, raw
+# l2 ~0.008, kl ~0.04; bce = kl + the teacher's constant entropy). A variant missing here weighs 1.
+OUTPUT_DEFAULT_ALPHA = {"l2": 10.0, "kl": 2.0, "bce": 2.0}
+
+
+def _default_alpha(params) -> float:
+    return OUTPUT_DEFAULT_ALPHA.get(params.get("variant", "l2"), 1.0)
+
+
+@register("YoloKDLoss", default_weight=_default_alpha, default_layers="detect", title="YOLOv5 output KD")
 class YoloKDLoss(nn.Module):
     """YOLOv5 output distillation (Mehta & Ozturk 2018, arXiv:1805.06361): the seed's 'YoloKDLoss'.
 
@@ -286,6 +305,3 @@ class YoloKDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, T={self.core.temperature:g}, gains={self.core.gains}"
-
-
-LOSSES = {"YoloKDLoss": YoloKDLoss}

@@ -47,7 +47,9 @@ def train_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
     p.add_argument("--freeze", type=int, default=0, help="Number of layers to freeze. backbone=10, all=24")
     p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
-    p.add_argument("--local_rank", type=int, default=-1, help="DDP parameter, do not modify")
+    p.add_argument("--local_rank", type=int, default=-1,
+                   help="accepted and unused (torch.distributed.launch passes it; the rank is read from the "
+                        "LOCAL_RANK environment variable)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load --weights with full pickle (only for files you trust; unsafe)")
@@ -77,15 +79,13 @@ def kd_parser() -> argparse.ArgumentParser:
     """train.py's parser plus distillation flags; the student defaults to yolov5s as in the seed fork.
 
     Distillation flags default to None ("not given"): alone they describe the run with the defaults in
-    their help (distill.yolo_config.DEFAULT_CONFIG); next to --kd_config they override the file.
+    their help (distill.yolo_config.DEFAULT_CONFIG); next to --kd_config they override the file. The
+    feature losses and their --<type>_weight / --<type>_<option> flags come from the loss registry
+    (distill/registry.py); engine/kd_flags.py maps all of them onto what distill reads.
     """
-    from distill.losses import LOSSES
-    from distill.yolo_config import (
-        DEFAULT_TEMPERATURE,
-        OUTPUT_DEFAULT_ALPHA,
-        OUTPUT_TYPES,
-        default_weight,
-    )
+    from distill.losses import feature_types
+    from distill.yolo_config import DEFAULT_TEMPERATURE, default_weight
+    from distill.yolo_output import OUTPUT_DEFAULT_ALPHA
 
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
                                 parents=[train_parser(add_help=False)])
@@ -100,9 +100,9 @@ def kd_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher_dtype", "--teacher-dtype", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision of the teacher's forward: auto = fp16 on CUDA, bf16 on CPUs with native bf16 "
                         "(avx512_bf16/AMX), else fp32; the losses are computed in fp32 either way")
-    g.add_argument("--isL", type=str2bool, default=False,
-                   help="teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred from the "
-                        "models, a value contradicting the teacher is reported")
+    g.add_argument("--isL", type=str2bool, default=None,
+                   help="the seed's: teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred "
+                        "from the models, a value given that contradicts the teacher is reported")
     g.add_argument("--kd_loss_selected", "--kd-loss", type=str, default=None, choices=["l2", "kl", "bce"],
                    help="output distillation loss on the teacher-objectness-weighted raw outputs (default: kl)")
     g.add_argument("--temperature", type=float, default=None,
@@ -110,28 +110,15 @@ def kd_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the output KD loss (default: " +
                         ", ".join(f"{k} {v:g}" for k, v in OUTPUT_DEFAULT_ALPHA.items()) + ")")
-    features = [k for k in LOSSES if k not in OUTPUT_TYPES]
+    features = feature_types()
     g.add_argument("--beta", type=float, default=None,
                    help="weight of the feature loss (default, by loss: " +
                         ", ".join(f"{k} {default_weight({'type': k}):g}" for k in features) + ")")
     g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
                    metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
                    ", ".join(features) + "; or none (default: scorel2; fitnet uses 1x1 adapters)")
-    g.add_argument("--imitation_weight", type=float, default=None, help="imitation loss weight (default 0.0002 for YOLOv5 "
-                   "students, about a third of the detection loss; 0.01, FGFI's, for YOLOv8 students)")
-    g.add_argument("--imitation_psi", type=float, default=None,
-                   help="imitation mask: a cell is positive when an anchor has IoU > psi x the box's best (default 0.5)")
-    g.add_argument("--imitation_warmup", type=int, default=None, help="imitation off for this many steps (default 400)")
     g.add_argument("--save_mask_examples", type=int, default=4, metavar="N",
                    help="with imitation: draw the masks of N training images into imitation_masks.jpg (0: none)")
-    g.add_argument("--cwd_weight", type=float, default=None, help="channel-wise distillation weight (default 0.03 for "
-                   "YOLOv5 students, about a third of the detection loss; 10, the paper's, for YOLOv8 students)")
-    g.add_argument("--cwd_tau", type=float, default=None, help="CWD softmax temperature (default 1)")
-    g.add_argument("--mse_weight", type=float, default=None, help="strided feature MSE weight (default 0.002 for YOLOv5 students, where 1 overwhelms the "
-                        "detection loss; 1 for YOLOv8 students, the seed's)")
-    g.add_argument("--pkd_weight", type=float, default=None, help="PKD weight (default 0.02 for YOLOv5 students, about a "
-                   "third of the detection loss; 10, the paper's, for YOLOv8 students)")
-    g.add_argument("--scorel2_weight", type=float, default=None, help="score-weighted L2 weight (default 1)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,
                    help="hooked student layers, e.g. 'model.4,model.6,model.17' (default: C3/SPPF outputs per stride)")
     g.add_argument("--teacher_layers", "--teacher-layers", type=str, default=None,
@@ -145,11 +132,33 @@ def kd_parser() -> argparse.ArgumentParser:
                         "l2's squared difference has a vanishing gradient where the student is confidently wrong)")
     g.add_argument("--bce_subtract_entropy", action="store_true",
                    help="bce: log the KD value without the teacher's entropy (gradient unchanged; 0 at student == teacher)")
-    g.add_argument("--kd", action="store_true", default=True, help="accepted for compatibility with the seed fork")
+    g.add_argument("--kd", action="store_true", default=True,
+                   help="accepted and unused (the seed fork's switch; train_kd.py always distils)")
     g.add_argument("--kd_layer", "--kd-layer", type=int, nargs="+", default=None, metavar="I",
                    help="the YOLOv8 KD seed's layers: the same indices hooked in student and teacher (e.g. 15 18 21), "
                         "= --student_layers/--teacher_layers; feature loss mse unless --feature_loss is given")
     # the YOLOv8 KD seed's spellings of train.py flags (suppressed defaults: the originals' stay)
     g.add_argument("--model", dest="cfg", default=argparse.SUPPRESS, help="= --cfg (model.yaml)")
     g.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help="= --batch-size")
+    _add_loss_flags(p)
     return p
+
+
+def _add_loss_flags(p: argparse.ArgumentParser) -> None:
+    """--<type>_weight and --<type>_<option> of every registered feature loss (distill/registry.py)."""
+    from distill.losses import SPECS, feature_types
+    from distill.registry import flag_name
+
+    g = p.add_argument_group("per-loss weights and options", "each sets every recipe entry of that loss type. "
+                             "The detection feature losses' defaults for YOLOv5 students put the term at about a "
+                             "third of the detection loss at the start (scorel2: 1, measured better); YOLOv8 "
+                             "students, whose detection loss is ~75x larger, keep the papers' weights")
+    for loss_type in feature_types():
+        spec = SPECS[loss_type]
+        w5, w8 = spec.weight(), spec.weight(family="v8")
+        default = f"{w5:g} for YOLOv5 students, {w8:g} for YOLOv8 students" if w8 != w5 else f"{w5:g}"
+        g.add_argument(f"--{flag_name(loss_type, 'weight')}", type=float, default=None,
+                       help=f"{spec.title} weight (default {default})")
+        for key, option in spec.options.items():
+            g.add_argument(f"--{flag_name(loss_type, key)}", type=spec.option_type(key), default=None,
+                           help=f"{option.help} (default {spec.option_default(key):g})")

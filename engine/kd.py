@@ -1,5 +1,6 @@
-"""A distillation run (train_kd.py, and train.py given a teacher): the seed's flag spellings, the teacher
-file and its record, and the objective factory the training loop calls."""
+"""A distillation run (train_kd.py, and train.py given a teacher): the teacher file and its record, the
+recipe, and the objective factory the training loop calls. The flags become what distill/ reads in
+engine/kd_flags.py."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from functools import partial
 from pathlib import Path
 
 from engine.cli import kd_parser
+from engine.kd_flags import objective_options, seed_aliases, seed_layers
 from engine.run import train_run
 from models.checkpoint import weights_hint
 from utils.distributed import ddp_env
 from utils.general import LOGGER, ROOT, UserError, colorstr
 
 DEFAULT_TEACHER = ROOT / "weights/yolov5m.pt"  # the seed fork's teacher
-KD_DEFAULTS = {"kd": 1.0}  # hyp keys honoured when present: kd (gain of all KD terms), giou (KD box gain)
 
 
 def distils(opt: argparse.Namespace) -> bool:
@@ -33,19 +34,6 @@ def distils(opt: argparse.Namespace) -> bool:
     return bool(opt_file and opt_file.is_file() and (yaml_load(opt_file) or {}).get("teacher_weight"))
 
 
-def seed_layers(opt: argparse.Namespace) -> None:
-    """--kd_layer I [I ...]: the same layer indices for student and teacher (the seed's ver1); mse unless
-    --feature_loss is given. UserError next to --student_layers / --teacher_layers."""
-    layers = getattr(opt, "kd_layer", None)
-    if not layers:
-        return
-    if getattr(opt, "student_layers", None) or getattr(opt, "teacher_layers", None):
-        raise UserError("--kd_layer sets both --student_layers and --teacher_layers: give one or the others")
-    opt.student_layers = opt.teacher_layers = ",".join(str(i) for i in layers)
-    if getattr(opt, "feature_loss", None) is None:
-        opt.feature_loss = ["mse"]
-
-
 def check_teacher_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -54,11 +42,13 @@ def check_teacher_path(path: str | Path) -> Path:
     return path
 
 
-def record_teacher(opt, override: str | None = None) -> Path:
-    """The teacher file of this run, recorded (path, size, sha256) in opt and the run's opt.yaml;
-    on --resume checked against the record (distill/teacher_record.py)."""
-    import yaml
+# --------------------------------------------------------------------------------------------------
+# the objective factory: one job per function; `main` is whether this process writes the run's files
 
+
+def record_teacher(opt, override: str | None = None, main: bool = True) -> Path:
+    """The teacher file of this run, recorded (path, size, sha256) in opt and, by the main process, in the
+    run's opt.yaml; on --resume checked against the record (distill/teacher_record.py)."""
     from distill.teacher_record import resume_teacher, teacher_record
 
     if opt.resume:
@@ -68,28 +58,30 @@ def record_teacher(opt, override: str | None = None) -> Path:
         path = check_teacher_path(opt.teacher_weight)
         record = teacher_record(path)
     opt.teacher_weight, opt.teacher_record = record.get("path", str(path)), record
-    opt_file = Path(opt.save_dir) / "opt.yaml"
-    if ddp_env()[1] in (-1, 0) and opt_file.is_file():
-        saved = yaml.safe_load(opt_file.read_text()) or {}
-        if (saved.get("teacher_weight"), saved.get("teacher_record")) != (opt.teacher_weight, record):
-            saved.update(teacher_weight=opt.teacher_weight, teacher_record=record)
-            opt_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+    if main:
+        _save_teacher_record(Path(opt.save_dir) / "opt.yaml", opt.teacher_weight, record)
     return path
 
 
-def make_kd_objective(ctx, teacher_override: str | None = None):
-    """Objective factory for engine.trainer.train: load the teacher, sanity-check it, build the KD objective.
+def _save_teacher_record(opt_file: Path, teacher_weight: str, record: dict) -> None:
+    """opt.yaml names the run's teacher and its record (what --resume checks)."""
+    import yaml
 
-    teacher_override: --teacher_weight given with --resume (replaces the run's recorded teacher)."""
-    from distill.mask_examples import imitation_psis, save_mask_examples
-    from distill.objective import build_kd_objective, load_teacher
-    from distill.yolo_config import load_kd_config, write_kd_config
+    if not opt_file.is_file():
+        return
+    saved = yaml.safe_load(opt_file.read_text()) or {}
+    if (saved.get("teacher_weight"), saved.get("teacher_record")) != (teacher_weight, record):
+        saved.update(teacher_weight=teacher_weight, teacher_record=record)
+        opt_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def load_checked_teacher(ctx, path: Path):
+    """The teacher, loaded for this data; on a new run, its val mAP printed (a teacher trained on other data
+    shows as near 0)."""
+    from distill.objective import load_teacher
     from engine import validate
 
     opt = ctx.opt
-    path = record_teacher(opt, teacher_override)
-    for k, v in KD_DEFAULTS.items():
-        ctx.hyp.setdefault(k, v)
     teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False))
     if ctx.val_loader is not None and not opt.resume:
         LOGGER.info(f"{colorstr('teacher: ')}evaluating {path} on the val set (sanity check)...")
@@ -100,39 +92,65 @@ def make_kd_objective(ctx, teacher_override: str | None = None):
         if map50 < 0.05:
             LOGGER.warning("WARNING: the teacher scores mAP@0.5 < 0.05 on this val set; is it trained on this data?")
         teacher.eval()
-    kd_file = Path(opt.save_dir) / "kd.yaml"
-    resumed = bool(opt.resume) and kd_file.is_file()  # the run's own resolved recipe, flags already in it
-    config = load_kd_config(kd_file if resumed else opt.kd_config) if resumed or opt.kd_config else None
-    objective = build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, opt, kd_config=config,
-                                   flags=not resumed)
-    d = objective.distiller
+    return teacher
+
+
+def read_recipe(opt, kd_file: Path):
+    """(recipe, resumed): a resumed run's own kd.yaml (resolved, the flags already in it), else the
+    --kd_config file, else None (the default recipe)."""
+    from distill.yolo_config import load_kd_config
+
+    resumed = bool(opt.resume) and kd_file.is_file()
+    if resumed:
+        return load_kd_config(kd_file), True
+    return (load_kd_config(opt.kd_config) if opt.kd_config else None), False
+
+
+def log_recipe(distiller, kd_file: Path, resumed: bool) -> None:
     LOGGER.info(f"{colorstr('distillation: ')}" + " + ".join(
-        f"{w:g} x {n} ({type(d.losses[n]).__name__}, {len(p)} layer pair{'s' * (len(p) > 1)})"
-        for n, w, p in zip(d.names, d.weights, d.pairs)) + ("" if resumed else f"; recipe saved to {kd_file}"))
-    if not opt.resume and ddp_env()[1] in (-1, 0):
+        f"{w:g} x {n} ({type(distiller.losses[n]).__name__}, {len(p)} layer pair{'s' * (len(p) > 1)})"
+        for n, w, p in zip(distiller.names, distiller.weights, distiller.pairs))
+        + ("" if resumed else f"; recipe saved to {kd_file}"))
+
+
+def save_mask_pictures(ctx, distiller) -> None:
+    """imitation_masks.jpg: what the run's first imitation loss imitates on a few training images."""
+    from distill.mask_examples import imitation_psis, save_mask_examples
+
+    psis = imitation_psis(distiller)
+    if psis and ctx.opt.save_mask_examples > 0:
+        save_mask_examples(ctx.model, ctx.data_dict["train"], ctx.imgsz, psis[0], ctx.opt.save_mask_examples,
+                           Path(ctx.opt.save_dir) / "imitation_masks.jpg")
+
+
+def make_kd_objective(ctx, teacher_override: str | None = None):
+    """Objective factory for engine.trainer.train: the teacher recorded, loaded and checked, the recipe read,
+    the KD objective built, and on a new run its kd.yaml and mask pictures written by the main process.
+
+    teacher_override: --teacher_weight given with --resume (replaces the run's recorded teacher)."""
+    from distill.objective import build_kd_objective
+    from distill.yolo_config import write_kd_config
+
+    opt = ctx.opt
+    main = ddp_env()[1] in (-1, 0)
+    kd_file = Path(opt.save_dir) / "kd.yaml"
+    teacher = load_checked_teacher(ctx, record_teacher(opt, teacher_override, main))
+    recipe, resumed = read_recipe(opt, kd_file)
+    options = objective_options(opt)
+    if resumed:
+        options["overrides"] = None  # kd.yaml is the run's resolved recipe: the flags are in it
+    objective = build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, kd_config=recipe, **options)
+    log_recipe(objective.distiller, kd_file, resumed)
+    if main and not opt.resume:
         write_kd_config(objective.resolved, kd_file, f"--kd_config {opt.kd_config}" if opt.kd_config else "flags")
     objective.checkpoint_extra = {"teacher": dict(opt.teacher_record)}  # saved in every mid-run checkpoint
-    psis = imitation_psis(d)
-    if psis and opt.save_mask_examples > 0 and not opt.resume and ddp_env()[1] in (-1, 0):
-        save_mask_examples(ctx.model, ctx.data_dict["train"], ctx.imgsz, psis[0], opt.save_mask_examples,
-                           Path(opt.save_dir) / "imitation_masks.jpg")
+    if main and not opt.resume:
+        save_mask_pictures(ctx, objective.distiller)
     return objective
 
 
-SEED_ALIASES = (("t_weights", "teacher_weight"), ("dist_loss", "kd_loss_selected"), ("distill_ratio", "alpha"))
-
-
-def seed_aliases(opt: argparse.Namespace) -> None:
-    """train.py's --t_weights / --dist_loss / --distill_ratio (the seed's names) as --teacher_weight /
-    --kd_loss_selected / --alpha: the same meaning (distill_ratio scales the box, obj and cls KD terms
-    together, as --alpha does). Both spellings with different values is a UserError."""
-    for alias, name in SEED_ALIASES:
-        value, current = getattr(opt, alias, None), getattr(opt, name, None)
-        if value is None:
-            continue
-        if current is not None and current != value:
-            raise UserError(f"--{alias} {value} and --{name} {current} are the same option: give one of them")
-        setattr(opt, name, value)
+# --------------------------------------------------------------------------------------------------
+# the run
 
 
 def with_kd_defaults(opt: argparse.Namespace) -> argparse.Namespace:

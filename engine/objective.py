@@ -5,12 +5,35 @@ An objective is called as ``objective(model, imgs, targets)`` and returns a dict
 every other entry is a detached scalar for logging, in the order box, obj, cls, then extras.
 The loop logs every entry except "loss" and never looks at the names, so a distillation objective
 (distill.objective.DistillObjective) adds its own terms without the loop knowing.
+
+engine.trainer.train builds the objective with a factory, ``make_objective(ctx: ObjectiveContext)``.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What an objective factory may use to build the run's objective (engine.kd.make_kd_objective reads it)."""
+
+    model: nn.Module  # the student, on device, before DDP wrapping
+    compute_loss: Callable  # the detection loss of the model's head, called as (raw outputs, targets)
+    hyp: dict[str, Any]  # the loss hyperparameters: the run's hyp with the gains scaled to model and image size
+    opt: argparse.Namespace  # the run's options
+    device: torch.device  # where the student trains
+    data_dict: dict[str, Any]  # the checked dataset yaml (train/val paths, nc, names)
+    val_loader: torch.utils.data.DataLoader | None  # the val loader on the main process; None on other DDP ranks
+    imgsz: int  # train and val image size
+    nc: int  # classes trained (1 with --single-cls)
+    names: list[str]  # class names
 
 
 class DetectionObjective(nn.Module):

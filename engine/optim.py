@@ -9,7 +9,8 @@ Parameter groups keep the v6.0 order, which warmup relies on:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,21 @@ from torch import nn
 from utils.general import LOGGER, colorstr
 
 NBS = 64  # nominal batch size: gradients are accumulated to about this many images per step
+
+# Hyp keys of the optimizer, LR schedule and warmup (the functions below take them; engine/trainer.py reads
+# lrf, warmup_epochs, warmup_min_iters and nbs for them). Rule format: utils/losses/yolov5.py HYP_KEYS;
+# gathered by engine/options.py.
+HYP_KEYS: dict[str, tuple] = {
+    "lr0": (0, None, True, False, False, "initial learning rate, e.g. 0.01"),
+    "lrf": (0, None, False, False, False, "final LR as a fraction of lr0, e.g. 0.1"),
+    "momentum": (0, 1, False, True, False, "SGD momentum / Adam beta1, e.g. 0.937"),
+    "weight_decay": (0, None, False, False, False, "e.g. 0.0005"),
+    "warmup_epochs": (0, None, False, False, False, "e.g. 3.0"),
+    "warmup_momentum": (0, 1, False, True, False, "e.g. 0.8"),
+    "warmup_bias_lr": (0, None, False, False, False, "e.g. 0.1"),
+    "warmup_min_iters": (0, None, False, False, True, "warmup floor in iterations, e.g. 1000"),
+    "nbs": (1, None, False, False, True, "nominal batch size, e.g. 64"),
+}
 
 # Norm layers whose scale must not be decayed (v6.0 only has BatchNorm2d; adapters may use others).
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -72,11 +88,13 @@ def _walk_extra(extra_params) -> list[nn.Module]:
     return modules
 
 
-def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False,
-                    extra_params: Iterable[nn.Module] | nn.Module = ()) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], adam: bool = False,
+                    extra_params: Iterable[nn.Module] | nn.Module = (),
+                    weight_decay: float | None = None) -> torch.optim.Optimizer:
     """SGD (nesterov) or Adam over model + extra modules, in the three v6.0 groups (see module docstring).
 
-    hyp needs lr0, momentum, weight_decay (pass the value already scaled by scale_weight_decay).
+    hyp needs lr0 and momentum. weight_decay (group 1) defaults to hyp['weight_decay']; a training run
+    passes its value scaled to the nominal batch (as scale_weight_decay does), leaving hyp as loaded.
     Parameters with requires_grad=False (frozen layers) are kept in the groups, as in v6.0: they get
     no gradient, so the optimizer skips them.
     """
@@ -91,7 +109,8 @@ def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False,
         optimizer = torch.optim.Adam(g0, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
     else:
         optimizer = torch.optim.SGD(g0, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
-    optimizer.add_param_group({"params": g1, "weight_decay": hyp["weight_decay"]})
+    decay = hyp["weight_decay"] if weight_decay is None else weight_decay
+    optimizer.add_param_group({"params": g1, "weight_decay": decay})
     optimizer.add_param_group({"params": g2})
     extra = [len(g) - n for g, n in zip(groups, n_model)]
     extra_txt = f" (extra modules: {extra[0]}/{extra[1]}/{extra[2]})" if any(extra) else ""
@@ -120,7 +139,7 @@ def warmup_iterations(warmup_epochs: float, nb: int, minimum: int = 1000) -> int
 
 
 def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, lf: Callable[[float], float],
-           hyp: dict, batch_size: int, nbs: int = NBS) -> int:
+           hyp: Mapping[str, Any], batch_size: int, nbs: int = NBS) -> int:
     """Apply v6.0 warmup for global iteration ni (= i + nb * epoch) and return accumulate.
 
     While ni <= nw: accumulate ramps from 1 to nbs / batch_size; the lr of group 2 (biases) falls

@@ -9,6 +9,7 @@ run), detect.py (run) and export.py (run); train_kd.py goes through train.main.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -21,40 +22,12 @@ VAL_TASKS = ("train", "val", "test", "speed", "study")
 CACHE_MODES = ("ram", "disk")
 YAML_SUFFIXES = (".yaml", ".yml")
 
-# hyp key -> (low, high, low_open, high_open, integer, what it is). None = unbounded on that side.
-HYP_RULES: dict[str, tuple] = {
-    "lr0": (0, None, True, False, False, "initial learning rate, e.g. 0.01"),
-    "lrf": (0, None, False, False, False, "final LR as a fraction of lr0, e.g. 0.1"),
-    "momentum": (0, 1, False, True, False, "SGD momentum / Adam beta1, e.g. 0.937"),
-    "weight_decay": (0, None, False, False, False, "e.g. 0.0005"),
-    "warmup_epochs": (0, None, False, False, False, "e.g. 3.0"),
-    "warmup_momentum": (0, 1, False, True, False, "e.g. 0.8"),
-    "warmup_bias_lr": (0, None, False, False, False, "e.g. 0.1"),
-    "box": (0, None, False, False, False, "box loss gain, e.g. 0.05"),
-    "cls": (0, None, False, False, False, "class loss gain, e.g. 0.5"),
-    "cls_pw": (0, None, True, False, False, "class BCE positive weight, e.g. 1.0"),
-    "obj": (0, None, False, False, False, "objectness loss gain, e.g. 1.0"),
-    "obj_pw": (0, None, True, False, False, "objectness BCE positive weight, e.g. 1.0"),
-    "iou_t": (0, 1, False, False, False, "IoU threshold, e.g. 0.2"),
-    "anchor_t": (1, None, True, False, False, "anchor-multiple threshold, e.g. 4.0; at 1 nothing matches"),
-    "fl_gamma": (0, None, False, False, False, "focal loss gamma, 0 = off"),
-    "hsv_h": (0, 1, False, False, False, "fraction"),
-    "hsv_s": (0, 1, False, False, False, "fraction"),
-    "hsv_v": (0, 1, False, False, False, "fraction"),
-    "degrees": (0, 180, False, False, False, "rotation in degrees"),
-    "translate": (0, 1, False, True, False, "fraction of the image size"),
-    "scale": (0, 1, False, True, False, "scale gain; 1 would allow zero-size images"),
-    "shear": (0, 90, False, True, False, "shear in degrees"),
-    "perspective": (0, 0.1, False, False, False, "keep within 0-0.001"),
-    "flipud": (0, 1, False, False, False, "probability"),
-    "fliplr": (0, 1, False, False, False, "probability"),
-    "mosaic": (0, 1, False, False, False, "probability"),
-    "mixup": (0, 1, False, False, False, "probability"),
-    "copy_paste": (0, 1, False, False, False, "probability"),
-    "anchors": (0, None, True, False, False, "anchors per output layer, e.g. 3"),
-    "warmup_min_iters": (0, None, False, False, True, "warmup floor in iterations, e.g. 1000"),
-    "nbs": (1, None, False, False, True, "nominal batch size, e.g. 64"),
-    "label_smoothing": (0, 1, False, True, False, "set by --label-smoothing"),
+# Every hyp key is declared by the module that reads it, as HYP_KEYS = {key: rule} next to that code, and
+# hyp_rules() gathers them: rule = (low, high, low_open, high_open, integer, what it is), None = unbounded on
+# that side. The one key here is read by no code: every v6.0 hyp file carries it (v6.0 does not read it
+# either), so it is checked, not reported as unknown.
+UNREAD_HYP_KEYS: dict[str, tuple] = {
+    "iou_t": (0, 1, False, False, False, "IoU threshold, e.g. 0.2 (unused, as in v6.0)"),
 }
 HYP_REQUIRED = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "box", "cls", "obj", "anchor_t")
 
@@ -185,20 +158,50 @@ def check_thresholds(conf_thres, iou_thres) -> None:
 # hyperparameter files
 
 
+@functools.cache
+def hyp_rules() -> dict[str, tuple]:
+    """Every hyp key a module reads -> its rule, gathered from the readers' HYP_KEYS (imported here, on first
+    use: val.py, detect.py and export.py never need the training modules). A key read in several places
+    (box, cls: both losses) must have the same bounds everywhere; the first declaration's text is shown."""
+    from distill.yolo_output import HYP_KEYS as output_distillation
+    from engine.optim import HYP_KEYS as optimizer
+    from engine.setup import HYP_KEYS as model_setup
+    from engine.train_utils import HYP_KEYS as close_mosaic
+    from utils.data.datasets import HYP_KEYS as augmentation
+    from utils.losses.yolov5 import HYP_KEYS as loss_v5
+    from utils.losses.yolov8 import HYP_KEYS as loss_v8
+
+    rules: dict[str, tuple] = {}
+    for keys in (optimizer, loss_v5, loss_v8, augmentation, model_setup, close_mosaic, output_distillation,
+                 UNREAD_HYP_KEYS):
+        for k, rule in keys.items():
+            if k in rules and rules[k][:5] != rule[:5]:
+                raise ValueError(f"hyp key {k} is declared with two ranges: {rules[k]} and {rule}")
+            rules.setdefault(k, rule)
+    return rules
+
+
+def __getattr__(name: str):
+    if name == "HYP_RULES":  # the gathered table, for readers of the former module constant
+        return hyp_rules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def check_hyp(hyp: dict, where: str) -> None:
-    """Every known key of a hyp dict has a number in its range; unknown keys (typos) are warned about."""
+    """Every known key of a hyp dict has a number in its range; keys no module reads (typos) are warned about."""
     missing = [k for k in HYP_REQUIRED if k not in hyp]
     if missing:
         raise UserError(f"{where} lacks keys {missing}; start from data/hyps/hyp.scratch.yaml")
+    rules = hyp_rules()
     for k, v in hyp.items():
-        rule = HYP_RULES.get(k)
+        rule = rules.get(k)
         if rule is None:
             continue
         lo, hi, lo_open, hi_open, integer, what = rule
         check_range(f"{where}: {k}", v, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer, hint=what)
-    unknown = [k for k in hyp if k not in HYP_RULES]
+    unknown = [k for k in hyp if k not in rules]
     if unknown:
-        LOGGER.warning(f"WARNING: {where}: unknown keys {unknown} are ignored (known: {', '.join(HYP_RULES)})")
+        LOGGER.warning(f"WARNING: {where}: unknown keys {unknown} are ignored (known: {', '.join(rules)})")
 
 
 def check_warmup(nw: int, nb: int, epochs: int, hyp: dict | None = None) -> bool:

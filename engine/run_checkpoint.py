@@ -8,10 +8,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from models.checkpoint import save_checkpoint
 from utils.general import LOGGER, UserError
-from utils.torch_utils import de_parallel, to_contiguous_format
+from utils.torch_utils import ModelEMA, de_parallel, to_contiguous_format
 
 
 def restore_run(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]:
@@ -40,19 +42,23 @@ def restore_run(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]
     return start_epoch, best_fitness
 
 
-def save_run(epoch: int, best_fitness: float, fi: float, loop, opt, wdir: Path) -> None:
-    """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state)."""
-    extra = loop.objective.state_dict()
+def save_run(epoch: int, best_fitness: float, fi: float, opt, wdir: Path, *, model: nn.Module, ema: ModelEMA,
+             optimizer: torch.optim.Optimizer, objective: nn.Module) -> None:
+    """Write last.pt (and best.pt, epoch{N}.pt) atomically in the v6.0 format (+ date, kd_state).
+
+    model is the trained student (DDP-wrapped or not), ema its weights' moving average; fi is this
+    epoch's fitness, saved as best.pt when it equals best_fitness."""
+    extra = objective.state_dict()
     ckpt = {"epoch": epoch, "best_fitness": np.array([best_fitness]),
             # float32 while training (v6.0 halves here): --resume continues from the exact weights;
             # strip_optimizer halves best.pt/last.pt when the run ends, as v6.0 ships them
-            "model": to_contiguous_format(deepcopy(de_parallel(loop.model)).float()),
-            "ema": to_contiguous_format(deepcopy(loop.ema.ema).float()),
-            "updates": loop.ema.updates, "optimizer": loop.optimizer.state_dict(), "wandb_id": None,
+            "model": to_contiguous_format(deepcopy(de_parallel(model)).float()),
+            "ema": to_contiguous_format(deepcopy(ema.ema).float()),
+            "updates": ema.updates, "optimizer": optimizer.state_dict(), "wandb_id": None,
             "date": datetime.now().isoformat()}
     if len(extra):
         ckpt["kd_state"] = extra  # adapters etc.: needed to resume, absent from the student model
-    for k, v in (getattr(loop.objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
+    for k, v in (getattr(objective, "checkpoint_extra", None) or {}).items():  # e.g. the KD run's teacher record
         ckpt.setdefault(k, v)
     if best_fitness == fi:  # best.pt first: a run killed once last.pt names this epoch has its best.pt too
         save_checkpoint(ckpt, wdir / "best.pt")

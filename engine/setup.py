@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +27,11 @@ from utils.general import (
     increment_path,
     yaml_load,
 )
+
+# Hyp key read by build_model (rule format: utils/losses/yolov5.py HYP_KEYS; gathered by engine/options.py).
+HYP_KEYS: dict[str, tuple] = {
+    "anchors": (0, None, True, False, False, "anchors per output layer, e.g. 3"),
+}
 
 
 def get_latest_run(search_dir: str | Path = ".") -> str:
@@ -89,7 +96,7 @@ def load_hyp(hyp: str | dict) -> dict:
     return data
 
 
-def build_model(opt, nc: int, hyp: dict, device: torch.device):
+def build_model(opt, nc: int, hyp: Mapping[str, Any], device: torch.device):
     """Create the model from --cfg and/or --weights. Returns (model, ckpt or None)."""
     from models.checkpoint import safe_torch_load
     from models.yolo import Model

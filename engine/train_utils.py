@@ -1,12 +1,14 @@
-"""Small steps of the training loop (engine/trainer.py): fitness, class weights, multi-scale resizing,
-image re-weighting and the pictures drawn during training."""
+"""Small steps of the training loop (engine/trainer.py, engine/epoch.py): mosaic closing, fitness, class
+weights, multi-scale resizing, image re-weighting, autocast and the pictures drawn during training."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +16,16 @@ from torch import nn
 
 from engine.setup import labels_array
 from utils.general import LOGGER
+
+# Hyp key of closing the mosaic (rule format: utils/losses/yolov5.py HYP_KEYS; gathered by engine/options.py).
+HYP_KEYS: dict[str, tuple] = {
+    "close_mosaic": (0, None, False, False, True, "final epochs without mosaic/mixup/copy-paste, e.g. 10; 0 = none"),
+}
+
+
+def mosaic_closed(epoch: int, epochs: int, hyp: Mapping[str, Any]) -> bool:
+    """hyp close_mosaic (v8 hyps: 10): the last that many epochs train without mosaic/mixup/copy-paste."""
+    return epoch >= epochs - int(hyp.get("close_mosaic", 0))
 
 
 def fitness_of(results) -> float:
@@ -70,13 +82,13 @@ def plot_train_batch(imgs, targets, paths, fname: Path) -> None:
         LOGGER.warning(f"WARNING: {fname.name} not written: {e}")
 
 
-def train_autocast(s):
+def train_autocast(cuda: bool, bf16: bool = False) -> torch.autocast:
     """Mixed precision of the training forward: fp16 AMP on CUDA (v6.0; with GradScaler), bf16 on CPU with
     --bf16 (bf16 has float32's exponent range: no loss scaling). Weights, optimizer and the loss's sums
     stay float32 either way."""
-    if s.cuda:
+    if cuda:
         return torch.autocast("cuda")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(getattr(s, "bf16", False)))
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 class RunningMeans:

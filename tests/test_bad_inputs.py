@@ -9,6 +9,7 @@ results.csv, --exist-ok and warmup cases and one subprocess per script (exit sta
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,15 @@ HYP_CASES = [
     ({"warmup_min_iters": 1.5}, ["warmup_min_iters must be an integer"]),
     ({"lr0": None}, ["lr0 must be a number"]),
     ({"lr0": "DELETE"}, ["lacks keys ['lr0']"]),
+    # keys declared by their readers (utils/losses/yolov8.py, distill/yolo_output.py, engine/train_utils.py)
+    ({"dfl": -1.5}, ["dfl -1.5 is out of range", ">= 0", "distribution focal loss"]),
+    ({"tal_topk": 0}, ["tal_topk 0 is out of range", ">= 1"]),
+    ({"tal_topk": 2.5}, ["tal_topk must be an integer"]),
+    ({"kd": -1.0}, ["kd -1.0 is out of range", ">= 0"]),
+    ({"kd": "high"}, ["kd must be a number"]),
+    ({"giou": -0.05}, ["giou -0.05 is out of range"]),
+    ({"close_mosaic": -1}, ["close_mosaic -1 is out of range", ">= 0"]),
+    ({"close_mosaic": 2.5}, ["close_mosaic must be an integer"]),
 ]
 
 
@@ -156,6 +166,65 @@ def test_hyp_unknown_key_is_warned(data, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="yolov5"):
         check_train_opt(_train_opt(data, "--hyp", str(f)))
     assert "unknown keys ['lr_0']" in caplog.text
+
+
+SHIPPED_HYPS = sorted((ROOT / "data" / "hyps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("hyp", SHIPPED_HYPS, ids=[f.name for f in SHIPPED_HYPS])
+def test_shipped_hyps_have_no_unknown_keys(data, hyp, caplog):
+    """hyp.v8.yaml's dfl, tal_topk and close_mosaic (and every other shipped key) are read by some module,
+    so none is reported as unknown; each is range-checked instead."""
+    cfg = "models/yolov8n.yaml" if hyp.name.startswith("hyp.v8") else "models/yolov5n.yaml"
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_train_opt(_train_opt(data, "--hyp", str(hyp), "--cfg", str(ROOT / cfg)))
+    assert "unknown keys" not in caplog.text
+
+
+def test_kd_hyp_keys_are_known(data, tmp_path, caplog):
+    """kd and giou (read by the output distillation) are checked, not reported as unknown."""
+    f = tmp_path / "kd.yaml"
+    f.write_text(HYP.read_text() + "kd: 0.5\ngiou: 0.05\n")
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        check_train_opt(_train_opt(data, "--hyp", str(f)))
+    assert "unknown keys" not in caplog.text
+
+
+HYP_READ = re.compile(r"\bhyp\b(?:\s+or\s+\{\}\))?(?:\[|\.get\()\s*[\"'](\w+)[\"']")  # hyp["k"], x.hyp.get("k", ...)
+
+
+def test_every_hyp_key_read_is_declared():
+    """The hyp keys read anywhere in the layers (hyp["k"], hyp.get("k"), (hyp or {}).get("k")) are exactly
+    the keys the readers declare in their HYP_KEYS, plus engine.options.UNREAD_HYP_KEYS (iou_t): a new
+    reader without a declaration, or a declaration left behind by a removed reader, fails here."""
+    from engine.options import UNREAD_HYP_KEYS, hyp_rules
+
+    read: dict[str, set[str]] = {}
+    for layer in ("utils", "models", "distill", "engine"):
+        for f in sorted((ROOT / layer).rglob("*.py")):
+            for key in HYP_READ.findall(f.read_text()):
+                read.setdefault(key, set()).add(str(f.relative_to(ROOT)))
+    assert {"lr0", "dfl", "tal_topk", "close_mosaic", "kd", "giou", "mosaic", "anchors"} <= read.keys()  # seen
+    declared = hyp_rules()
+    undeclared = {k: sorted(v) for k, v in read.items() if k not in declared}
+    assert not undeclared, f"hyp keys read but declared in no HYP_KEYS: {undeclared}"
+    assert set(declared) - set(read) == set(UNREAD_HYP_KEYS)
+
+
+def test_a_key_declared_twice_needs_one_range(monkeypatch):
+    """box is read by both losses; declarations that disagree on its range are a programming error."""
+    import utils.losses.yolov8
+    from engine.options import hyp_rules
+
+    monkeypatch.setitem(utils.losses.yolov8.HYP_KEYS, "box", (1, None, False, False, False, "box gain"))
+    hyp_rules.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="hyp key box is declared with two ranges"):
+            hyp_rules()
+    finally:
+        monkeypatch.undo()
+        hyp_rules.cache_clear()
+    assert hyp_rules()["box"][:5] == (0, None, False, False, False)
 
 
 def test_resume_folder_and_missing(tmp_path):

@@ -24,6 +24,7 @@ def test_fp16_teacher_under_amp():
     significant bits (unit roundoff 4.9e-4), ~25 convs deep that is a relative ~5e-3 on features, so 2e-2
     on each term."""
     from distill.objective import build_kd_objective, load_teacher
+    from engine.kd_flags import objective_options
     from models.yolo import Model
     from utils.losses.yolov5 import ComputeLoss
 
@@ -38,7 +39,7 @@ def test_fp16_teacher_under_amp():
     for dtype in ("fp32", "fp16"):  # fp32 first: the fp16 build converts the teacher in place
         s = deepcopy(student)
         obj = build_kd_objective(s, teacher, ComputeLoss.from_model(s, hyp), dict(hyp),
-                                 SimpleNamespace(kd_loss="l2", feature_loss="at", teacher_dtype=dtype))
+                                 **objective_options(SimpleNamespace(kd_loss="l2", feature_loss="at", teacher_dtype=dtype)))
         with torch.autocast("cuda"):
             out = obj(s, imgs, targets)
         assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])

@@ -2,12 +2,15 @@
 
 The data is 8 copies of one image with augmentation off, so every rank's half-batch is the same as the whole
 batch: the per-rank losses then equal the one-process loss term for term, and the DDP arithmetic (batch
-split, gradient averaging, loss x WORLD_SIZE, EpochSampler's split, anchors and stop flag from rank 0) is
-checked without the YOLO loss's per-batch target normalisation getting in the way.
+split, gradient averaging, loss x WORLD_SIZE, anchors and stop flag from rank 0) is checked without the
+YOLO loss's per-batch target normalisation getting in the way. On identical images an EpochSampler split
+giving both ranks the same half would pass too, so test_each_rank_trains_on_its_own_half repeats the
+comparison on 8 images that keep the pixels and boxes but each have their own classes.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -15,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -51,6 +55,37 @@ def same_images(tmp_path_factory) -> tuple[Path, Path]:
     hyp.update(NO_AUG)
     (root / "hyp.yaml").write_text(yaml.safe_dump(hyp))
     return root / "data.yaml", root / "hyp.yaml"
+
+
+@pytest.fixture(scope="module")
+def same_pixels(tmp_path_factory) -> Path:
+    """Data yaml of 8 train images with one image's pixels and boxes, each image labelled with other classes.
+
+    Same pixels: every rank's half-batch has the BatchNorm statistics of the whole batch (images with other
+    pixels would give each rank its own statistics, and 2 processes without SyncBatchNorm, CUDA only, then
+    really train differently from one). Same boxes: every image adds as many matched targets to the loss's
+    per-batch means. Other classes: each image has its own class gradient, so the weights depend on which
+    images each rank read."""
+    from utils.data.synthetic import build_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("ddp_classes")
+    data = build_synthetic_dataset(root / "src", n_train=4, n_val=2, img_size=64, nc=6, seed=4)
+    src = data.parent
+    for sub in ("images", "labels"):
+        (root / sub / "train").mkdir(parents=True)
+        shutil.copytree(src / sub / "val", root / sub / "val")
+    img, rows = next((im, r) for im in sorted((src / "images/train").glob("*.jpg"))
+                     if len(r := np.loadtxt(src / "labels/train" / f"{im.stem}.txt", ndmin=2)) >= 2)
+    combos = list(itertools.product(range(6), repeat=len(rows)))  # >= 36 class assignments of the boxes
+    for i, classes in enumerate(combos[:: len(combos) // 8][:8]):  # 8 different ones
+        shutil.copy(img, root / f"images/train/im{i}.jpg")
+        rows[:, 0] = classes
+        np.savetxt(root / f"labels/train/im{i}.txt", rows, fmt=["%d"] + ["%.6f"] * 4)
+    cfg = yaml.safe_load(data.read_text())
+    cfg.update(path=str(root), train="images/train", val="images/val")
+    cfg.pop("download", None)
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "data.yaml"
 
 
 def _free_port() -> int:
@@ -107,6 +142,32 @@ def test_two_processes_train_like_one(one_and_two):
     assert start is None or max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # training moved them
     (_, ra), (_, rb) = (read_results_csv(out / f"{x}/exp/results.csv") for x in ("one", "two"))
     loss_a, loss_b = torch.tensor(ra)[:, 1:4], torch.tensor(rb)[:, 1:4]  # train box, obj, cls per epoch
+    assert torch.allclose(loss_a, loss_b, rtol=1e-4, atol=1e-6), (loss_a, loss_b)
+
+
+def test_each_rank_trains_on_its_own_half(same_pixels, same_images, tmp_path):
+    """The comparison above on images with other classes (fixture same_pixels): EpochSampler must give each
+    image to exactly one rank. Tolerance 1e-3, between float32 rounding and a mistake: the 2-process gradient
+    sums per-image terms that BatchNorm's backward makes cancel, so rounding is relative to the terms, not to
+    the small sum. Every regrouping of this batch (one batch of 8, two of 4 in either split, four of 2) gives
+    gradients up to 7e-6 of each tensor's largest apart in float32 and 5e-11 in float64, where a 5-ulp change
+    of the input alone moves them 1.4e-11: rounding, not another computation. After the 2 steps the weights
+    were 1.9e-5 apart. Mutations seen failing: both ranks reading the same half (`range(0, total, ...)` for
+    `range(self.rank, total, ...)` in EpochSampler.__iter__): 8.0e-2 apart (on identical images that split
+    passes); every gradient halved, as with the loss not x WORLD_SIZE (simulated by halving box, obj and cls
+    on both ranks): 2.1e-1. 1e-3 is about their geometric middle: either may move 50x before the test errs."""
+    _, hyp = same_images  # no augmentation
+    for name, n in (("one", 1), ("two", 2)):
+        _run(_cmd("train.py", same_pixels, hyp, tmp_path / name, n), tmp_path)
+    a, b = (_weights(tmp_path / f"{x}/exp/weights/epoch1.pt") for x in ("one", "two"))
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-3, f"2-process weights differ from 1-process by {worst:.3g}"  # measured 1.9e-5
+    (_, ra), (_, rb) = (read_results_csv(tmp_path / f"{x}/exp/results.csv") for x in ("one", "two"))
+    # train box and obj, the same on every image, so rank 0's mean is the whole batch's (the class loss each
+    # rank logs is its own half's, as in v6.0). Epoch 1's loss comes from the weights after one step, which
+    # differ by rounding alone (equal to results.csv's 5 significant digits, measured); rtol 1e-4 is one
+    # step of the 5th digit at worst.
+    loss_a, loss_b = torch.tensor(ra)[:, 1:3], torch.tensor(rb)[:, 1:3]
     assert torch.allclose(loss_a, loss_b, rtol=1e-4, atol=1e-6), (loss_a, loss_b)
 
 

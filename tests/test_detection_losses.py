@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.context import KDContext
-from distill.detection_losses import (
-    BALANCED_WEIGHTS,
-    DEFAULT_WEIGHTS,
-    LOSSES,
+from distill.losses import (
+    SPECS,
     ChannelWiseDivergence,
     FineGrainedImitation,
     PearsonDistillation,
@@ -22,9 +20,11 @@ from distill.detection_losses import (
     detect_input_layers,
     teacher_score,
 )
+from distill.losses._detection import FeatureLoss
 from models.yolo import Detect
 from utils.general import UserError
 
+LOSSES = {name: s.cls for name, s in SPECS.items() if issubclass(s.cls, FeatureLoss)}  # the detection feature losses
 B, NC = 2, 3
 SIZES = [(8, 8), (4, 4), (2, 2)]  # a 64 px image at strides 8, 16, 32
 STUDENT_CH, TEACHER_CH = [4, 8, 16], [8, 16, 32]
@@ -123,7 +123,8 @@ def test_finite_under_autocast(name, dtype):
 
 
 def test_registry_contract():
-    assert set(DEFAULT_WEIGHTS) == set(LOSSES) == set(BALANCED_WEIGHTS)
+    assert set(LOSSES) == {"imitation", "cwd", "mse", "pkd", "scorel2"}
+    assert {n: SPECS[n].default_layers for n in LOSSES} == dict.fromkeys(LOSSES, "detect_inputs")
     allowed = {"targets", "student", "teacher_out", "student_out"}
     for name, cls in LOSSES.items():
         assert set(cls.needs) <= allowed, name

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distill.objective import align_anchors, build_kd_objective, load_teacher
+from engine.kd_flags import objective_options
 from models.checkpoint import attempt_load
 from models.yolo import Model
 from utils.general import LOGGER, UserError
@@ -37,7 +38,8 @@ def _batch():
 def _kd_values(student, teacher, **flags):
     s = deepcopy(student).train()
     torch.manual_seed(1)  # adapters, if any, start alike
-    objective = build_kd_objective(s, teacher, ComputeLoss.from_model(s, HYP), HYP, SimpleNamespace(**flags))
+    objective = build_kd_objective(s, teacher, ComputeLoss.from_model(s, HYP), HYP,
+                                   **objective_options(SimpleNamespace(**flags)))
     out = objective(s, *_batch())
     return objective, {k: float(v) for k, v in out.items() if k not in ("loss", "box", "obj", "cls")}
 
@@ -84,7 +86,7 @@ def test_bn_hook_moves_to_the_fused_conv(student, fixtures_dir):
     _, a = _kd_values(student, attempt_load(path, fuse=False), **layers)
     objective, b = _kd_values(student, load_teacher(path, "cpu", nc=80), **layers)
     assert objective.distiller.teacher_layers[-2:] == ["model.4.cv1.conv", "model.6.cv2.conv"]
-    assert objective.resolved["losses"][1]["teacher_layers"] == ["model.4.cv1.conv", "model.6.cv2.conv"]  # kd.yaml
+    assert objective.resolved.losses[1].teacher_layers == ["model.4.cv1.conv", "model.6.cv2.conv"]  # kd.yaml
     assert a["fitnet"] > 0 and _close(a, b), (a, b)
     with pytest.raises(UserError, match=r"model\.4\.bn.*fused"):
         _kd_values(student, load_teacher(path, "cpu", nc=80), feature_loss=["fitnet"], student_layers="model.4",
@@ -106,7 +108,7 @@ def test_student_takes_the_teacher_anchors_for_output_kd(student, fixtures_dir):
     handler.emit = records.append
     LOGGER.addHandler(handler)
     try:
-        build_kd_objective(s, teacher, compute_loss, HYP, SimpleNamespace())
+        build_kd_objective(s, teacher, compute_loss, HYP)
     finally:
         LOGGER.removeHandler(handler)
     assert torch.equal(s.model[-1].anchors, teacher.model[-1].anchors)
@@ -119,6 +121,6 @@ def test_student_takes_the_teacher_anchors_for_output_kd(student, fixtures_dir):
     with torch.no_grad():
         features_only.model[-1].anchors.mul_(1.3)
     before = features_only.model[-1].anchors.clone()
-    build_kd_objective(features_only, teacher, ComputeLoss.from_model(features_only, HYP), HYP, SimpleNamespace(),
+    build_kd_objective(features_only, teacher, ComputeLoss.from_model(features_only, HYP), HYP,
                        kd_config={"losses": [{"type": "at", "layers": "auto"}]})
     assert torch.equal(features_only.model[-1].anchors, before)  # no output KD: the student keeps its own

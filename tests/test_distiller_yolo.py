@@ -14,6 +14,7 @@ import torch
 
 from distill.objective import build_kd_objective
 from distill.yolo_config import KD_DIR, load_kd_config, write_kd_config
+from engine.kd_flags import objective_options
 from utils.general import UserError
 from utils.losses.yolov5 import ComputeLoss
 
@@ -59,7 +60,7 @@ def _objective(flags: dict, compute_loss=None, kd_config=None, hyp_extra=None):
     student.train()
     torch.manual_seed(0)  # adapters drawn from the global RNG: the same for every build
     objective = build_kd_objective(student, teacher, compute_loss or ComputeLoss.from_model(student, hyp), hyp,
-                                   SimpleNamespace(**flags), kd_config=kd_config)
+                                   **objective_options(SimpleNamespace(**flags)), kd_config=kd_config)
     for loss in objective.distiller.losses.values():
         if getattr(loss, "adapters", None) is not None and hasattr(loss.adapters[0], "conv"):
             seeded_adapters_([a.conv for a in loss.adapters])  # FitNet: the same adapters as the golden run
@@ -164,7 +165,7 @@ def test_bench_configs_build_with_the_weights_they_state(config):
     path = ROOT / "bench/kd_configs" / config
     cfg = load_kd_config(path)
     objective, student = _objective({}, kd_config=cfg)
-    stated = [e.get("weight") for e in cfg["losses"]]
+    stated = [e.weight for e in cfg.losses]
     assert [float(w) for w in stated if w is not None] == [w for w, s in zip(objective.distiller.weights, stated) if s is not None]
     objective.distiller.kd.iteration.fill_(10**6)  # past imitation's warm-up
     out = objective(student, *batch())
@@ -178,7 +179,7 @@ def test_default_run_is_the_scorel2_recipe():
     for argv in ([], ["--kd_loss_selected", "kl", "--isL", "False"]):
         objective, _ = _objective(_parse(*argv))
         assert objective.resolved == recipe.resolved, argv
-        kd, feature = objective.resolved["losses"]
+        kd, feature = objective.resolved.to_dict()["losses"]
         assert (kd["variant"], kd["T"], kd["weight"], feature["type"]) == ("kl", 20.0, 2.0, "scorel2")
 
 
@@ -194,7 +195,7 @@ def test_flags_override_the_file():
     card = load_kd_config("card")
 
     def resolved(**flags):
-        return _objective(flags, kd_config=card)[0].resolved["losses"]
+        return _objective(flags, kd_config=card)[0].resolved.to_dict()["losses"]
 
     kd, at = resolved(alpha=5.0, temperature=4.0)
     assert (kd["weight"], kd["T"], at["weight"]) == (5.0, 4.0, 0.01)
@@ -211,7 +212,7 @@ def test_resolved_config_round_trip(tmp_path):
     write_kd_config(objective.resolved, tmp_path / "kd.yaml", "test")
     again, _ = _objective({}, kd_config=load_kd_config(tmp_path / "kd.yaml"))
     assert again.resolved == objective.resolved
-    fit = again.resolved["losses"][1]
+    fit = again.resolved.to_dict()["losses"][1]
     assert fit["weight"] == 0.3 and fit["student_layers"][0] == "model.2"  # explicit, nothing left to infer
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.yolo_config import DEFAULT_CONFIG, apply_flags
+from distill.yolo_config import DEFAULT_CONFIG, apply_overrides
+from engine.kd_flags import kd_overrides, objective_options
 from utils.general import UserError
 from utils.loggers import read_results_csv
 
@@ -15,9 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "weights/teacher-shapes-yolov5s.pt"
 
 
-def _entry(cfg: dict, loss_type: str) -> dict:
-    (entry,) = [e for e in cfg["losses"] if e["type"] == loss_type]
+def _entry(cfg, loss_type: str) -> dict:
+    (entry,) = [e for e in cfg.to_dict()["losses"] if e["type"] == loss_type]
     return entry
+
+
+def apply_flags(recipe, opt):
+    """The recipe with these train_kd.py options applied, as train_kd.py applies them."""
+    return apply_overrides(recipe, kd_overrides(opt))
 
 
 def test_per_loss_flags_set_their_loss_only():
@@ -98,7 +104,8 @@ def test_every_feature_loss_resumes_with_its_parameters(tmp_path):
         torch.manual_seed(0)
         student, teacher = Model(ROOT / "models/yolov5n.yaml", nc=3), Model(ROOT / "models/yolov5s.yaml", nc=3)
         flags = SimpleNamespace(kd_loss_selected="kl", feature_loss=losses, imitation_warmup=0)
-        return student, build_kd_objective(student, teacher, ComputeLoss.from_model(student, hyp), hyp, flags)
+        return student, build_kd_objective(student, teacher, ComputeLoss.from_model(student, hyp), hyp,
+                                           **objective_options(flags))
 
     student, trained = build()
     imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

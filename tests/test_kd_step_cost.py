@@ -11,6 +11,7 @@ import torch
 
 from distill.hooks import FeatureHooks, StopForward
 from distill.objective import build_kd_objective
+from engine.kd_flags import objective_options
 from models.yolo import Model
 from utils.general import UserError
 from utils.losses.yolov5 import ComputeLoss
@@ -36,8 +37,8 @@ def _batch(nc=3, b=2, size=64):
 
 def _terms(student, teacher, flags: dict, kd_config=None) -> dict:
     s, t = deepcopy(student), deepcopy(teacher)
-    objective = build_kd_objective(s, t, ComputeLoss.from_model(s, HYP), dict(HYP), SimpleNamespace(**flags),
-                                   kd_config=kd_config)
+    objective = build_kd_objective(s, t, ComputeLoss.from_model(s, HYP), dict(HYP),
+                                   **objective_options(SimpleNamespace(**flags)), kd_config=kd_config)
     imgs, targets = _batch()
     out = objective(s, imgs, targets)
     return {k: float(v.detach()) for k, v in out.items()}, objective
@@ -156,7 +157,7 @@ def test_kd_losses_have_no_data_dependent_step(feature):
     Mutation seen failing: a `bool((x < 0).any())` check added to ScoreWeightedL2.forward."""
     student, teacher = _pair()
     objective = build_kd_objective(student, teacher, ComputeLoss.from_model(student, HYP), dict(HYP),
-                                   SimpleNamespace(kd_loss_selected="kl", feature_loss=feature))
+                                   **objective_options(SimpleNamespace(kd_loss_selected="kl", feature_loss=feature)))
     distiller, captured = objective.distiller, {}
     losses = distiller._losses
     distiller._losses = lambda s, t, ctx: captured.setdefault("args", (s, t, ctx)) and losses(s, t, ctx)

@@ -1,12 +1,12 @@
 """Unit tests of train.py's pieces that do not need a full run."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train
+from engine.epoch import EpochSettings
 from engine.setup import prepare_opt
 from engine.trainer import NonFiniteLoss, train_one_epoch
 from utils.general import UserError
@@ -55,9 +55,8 @@ def test_non_finite_loss_stops_and_names_terms(tmp_path):
     model = torch.nn.Conv2d(3, 1, 1)
     batches = [(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 6), ("a", "b"), None)] * 3
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    s = SimpleNamespace(epoch=0, epochs=1, nb=3, nw=-1, lf=lambda x: 1.0, hyp={}, batch_size=2, nbs=2, imgsz=8,
-                        gs=32, cuda=False, rank=-1, world_size=1, multi_scale=False, quad=False, plot_dir=None,
-                        last=tmp_path / "last.pt")
+    s = EpochSettings(epochs=1, nb=3, nw=-1, lf=lambda x: 1.0, hyp={}, batch_size=2, nbs=2, imgsz=8, gs=32,
+                      last=tmp_path / "last.pt")
     with pytest.raises(NonFiniteLoss, match=r"obj=nan.*last good checkpoint"):
-        train_one_epoch(model, _NaNAfterOne(), batches, opt, torch.amp.GradScaler("cuda", enabled=False), None, s)
+        train_one_epoch(model, _NaNAfterOne(), batches, opt, torch.amp.GradScaler("cuda", enabled=False), None, 0, s)
     assert torch.isfinite(model.weight).all()  # the NaN step was never applied

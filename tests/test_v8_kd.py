@@ -17,6 +17,7 @@ from distill.context import KDContext
 from distill.objective import build_kd_objective
 from distill.v8_output import V8OutputKD
 from distill.yolo_config import KD_DIR, load_kd_config
+from engine.kd_flags import objective_options
 from models.yolo import Model
 from utils.general import UserError
 from utils.loggers import read_results_csv
@@ -151,7 +152,7 @@ def _objective(student_name: str, teacher_name: str, flags: dict | None = None, 
         teacher.eval()(torch.zeros(1, 3, 96, 96))
     hyp = HYP_V8 if student.family == "v8" else HYP_V5
     objective = build_kd_objective(student.train(), teacher, student.build_loss(hyp), hyp,
-                                   SimpleNamespace(**(flags or {})), kd_config=kd_config)
+                                   **objective_options(SimpleNamespace(**(flags or {}))), kd_config=kd_config)
     return objective, student
 
 
@@ -165,7 +166,7 @@ def _step(objective, student) -> dict:
 
 def test_v8_default_is_ver2_plus_ver1_with_v8_loss_items():
     objective, student = _objective("yolov8n", "yolov8n")
-    entries = {e["name"]: e for e in objective.resolved["losses"]}
+    entries = {e["name"]: e for e in objective.resolved.to_dict()["losses"]}
     assert entries["kd"]["type"] == "v8_output_kd" and entries["kd"]["student_layers"] == ["model.22"]
     assert entries["mse"]["student_layers"] == entries["mse"]["teacher_layers"] == ["model.15", "model.18", "model.21"]
     out = _step(objective, student)
@@ -197,11 +198,11 @@ def test_scorel2_needs_a_yolov5_teacher():
 @pytest.mark.parametrize("pair", [("yolov8n", "yolov5n"), ("yolov5n", "yolov8n")])
 def test_cross_family_features_work_output_kd_is_refused(pair):
     objective, student = _objective(*pair)
-    assert [e["type"] for e in objective.resolved["losses"]] == ["mse"]  # default across families
+    assert [e["type"] for e in objective.resolved.to_dict()["losses"]] == ["mse"]  # default across families
     out = _step(objective, student)
     assert torch.isfinite(out["mse"]) and out["mse"] > 0
     objective, student = _objective(*pair, {"feature_loss": ["at"]})  # C2f and C3 outputs pair by position
-    assert len(objective.resolved["losses"][0]["student_layers"]) == 9
+    assert len(objective.resolved.to_dict()["losses"][0]["student_layers"]) == 9
     assert torch.isfinite(_step(objective, student)["at"])
     for flags, cfg in (({"alpha": 1.0}, None), ({}, load_kd_config("v8_ver2")), ({}, load_kd_config("card"))):
         with pytest.raises(UserError, match=r"student is v\d and the teacher v\d") as e:
@@ -252,7 +253,7 @@ def test_output_kd_needs_equal_reg_max():
     student, teacher = _model("yolov8n", 0), _model("yolov8n", 1)
     teacher.model[-1].reg_max = 8  # as a head built with 8 bins per edge would say
     with pytest.raises(UserError, match="reg_max 16 and the teacher's 8"):
-        build_kd_objective(student.train(), teacher, student.build_loss(HYP_V8), HYP_V8, SimpleNamespace())
+        build_kd_objective(student.train(), teacher, student.build_loss(HYP_V8), HYP_V8)
 
 
 def test_imitation_on_a_v8_student():
@@ -285,8 +286,8 @@ def test_v8_recipes_equal_their_flags(recipe, argv):
     flags = {k: v for k, v in vars(opt).items() if k != "hyp"}
     a, _ = _objective("yolov8n", "yolov8n", kd_config=load_kd_config(recipe))
     b, _ = _objective("yolov8n", "yolov8n", flags)
-    norm = [{**e, "student_layers": [str(x) for x in e["student_layers"]]} for e in a.resolved["losses"]]
-    assert norm == b.resolved["losses"]
+    norm = [{**e, "student_layers": [str(x) for x in e["student_layers"]]} for e in a.resolved.to_dict()["losses"]]
+    assert norm == b.resolved.to_dict()["losses"]
     assert (KD_DIR / "v8_ver1.yaml").is_file()
 
 

@@ -40,7 +40,8 @@ def v8_run(tiny_data, tmp_path_factory):
 def test_close_mosaic_loader(tiny_data):
     from types import SimpleNamespace
 
-    from engine.trainer import _mosaic_closed, _train_loader
+    from engine.train_utils import mosaic_closed
+    from engine.trainer import _train_loader
     from utils.data.config import check_dataset
 
     hyp = {"mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0, "close_mosaic": 2, "hsv_h": 0.0, "hsv_s": 0.0,
@@ -50,8 +51,8 @@ def test_close_mosaic_loader(tiny_data):
                         nc=3)
     opt = SimpleNamespace(epochs=5, single_cls=False, cache=None, rect=False, workers=0, image_weights=False,
                           quad=False, seed=0, data=str(tiny_data))
-    assert [_mosaic_closed(opt, r, e) for e in range(5)] == [False, False, False, True, True]
-    assert not _mosaic_closed(opt, SimpleNamespace(hyp={}), 4)  # YOLOv5 hyps have no close_mosaic: never
+    assert [mosaic_closed(e, opt.epochs, hyp) for e in range(5)] == [False, False, False, True, True]
+    assert not mosaic_closed(4, opt.epochs, {})  # YOLOv5 hyps have no close_mosaic: never
     assert _train_loader(opt, r, 2)[1].hyp["mosaic"] == 1.0
     assert _train_loader(opt, r, 3)[1].hyp["mosaic"] == 0.0 and hyp["mosaic"] == 1.0  # a copy, not the run's hyp
 

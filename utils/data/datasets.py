@@ -42,6 +42,22 @@ from utils.general import LOGGER, UserError
 # v6.0 hyp.scratch augmentation values, used for keys a hyp dict does not give
 DEFAULT_AUG_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
                        perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, copy_paste=0.0)
+# The checks of those keys (rule format: utils/losses/yolov5.py HYP_KEYS; gathered by engine/options.py).
+HYP_KEYS: dict[str, tuple] = {
+    "hsv_h": (0, 1, False, False, False, "fraction"),
+    "hsv_s": (0, 1, False, False, False, "fraction"),
+    "hsv_v": (0, 1, False, False, False, "fraction"),
+    "degrees": (0, 180, False, False, False, "rotation in degrees"),
+    "translate": (0, 1, False, True, False, "fraction of the image size"),
+    "scale": (0, 1, False, True, False, "scale gain; 1 would allow zero-size images"),
+    "shear": (0, 90, False, True, False, "shear in degrees"),
+    "perspective": (0, 0.1, False, False, False, "keep within 0-0.001"),
+    "flipud": (0, 1, False, False, False, "probability"),
+    "fliplr": (0, 1, False, False, False, "probability"),
+    "mosaic": (0, 1, False, False, False, "probability"),
+    "mixup": (0, 1, False, False, False, "probability"),
+    "copy_paste": (0, 1, False, False, False, "probability"),
+}
 
 
 class LoadImagesAndLabels(Dataset):

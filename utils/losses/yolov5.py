@@ -13,6 +13,19 @@ from torch import nn
 
 from utils.metrics import bbox_iou
 
+# Hyp keys this loss reads, with their checks (engine/options.py gathers every module's HYP_KEYS):
+# key -> (low, high, low_open, high_open, integer, what it is); None = unbounded on that side.
+HYP_KEYS: dict[str, tuple] = {
+    "box": (0, None, False, False, False, "box loss gain, e.g. 0.05"),
+    "cls": (0, None, False, False, False, "class loss gain, e.g. 0.5"),
+    "cls_pw": (0, None, True, False, False, "class BCE positive weight, e.g. 1.0"),
+    "obj": (0, None, False, False, False, "objectness loss gain, e.g. 1.0"),
+    "obj_pw": (0, None, True, False, False, "objectness BCE positive weight, e.g. 1.0"),
+    "anchor_t": (1, None, True, False, False, "anchor-multiple threshold, e.g. 4.0; at 1 nothing matches"),
+    "fl_gamma": (0, None, False, False, False, "focal loss gamma, 0 = off"),
+    "label_smoothing": (0, 1, False, True, False, "set by --label-smoothing"),
+}
+
 # Objectness weight per output level (P3 small objects weigh most), as in v6.0.
 _BALANCE = {3: [4.0, 1.0, 0.4]}
 _BALANCE_DEFAULT = [4.0, 1.0, 0.25, 0.06, 0.02]

@@ -23,6 +23,15 @@ from utils.metrics import bbox_iou
 
 ITEM_NAMES = ("box", "cls", "dfl")
 
+# Hyp keys this loss reads (rule format and gathering: utils/losses/yolov5.py HYP_KEYS, engine/options.py);
+# box and cls are the YOLOv5 loss's keys, so their bounds must equal the ones declared there.
+HYP_KEYS: dict[str, tuple] = {
+    "box": (0, None, False, False, False, "box (CIoU) loss gain, e.g. 7.5"),
+    "cls": (0, None, False, False, False, "class BCE loss gain, e.g. 0.5"),
+    "dfl": (0, None, False, False, False, "distribution focal loss gain, e.g. 1.5"),
+    "tal_topk": (1, None, False, False, True, "task-aligned assigner: positives per ground-truth box, e.g. 10"),
+}
+
 
 def dfl_loss(pred_dist: torch.Tensor, target: torch.Tensor, reg_max: int) -> torch.Tensor:
     """Distribution focal loss (Li et al. 2020, arXiv:2006.04388): cross-entropy towards the two bins
