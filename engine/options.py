@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from utils.general import LOGGER, ROOT, UserError, check_file, yaml_load
+from utils.loggers import is_number
 
 MIN_IMGSZ = 32  # the largest stride of the P5 models: anything smaller cannot be a real image size
 VAL_TASKS = ("train", "val", "test", "speed", "study")
@@ -48,7 +49,7 @@ def check_range(name: str, value, lo: float | None = None, hi: float | None = No
     if not is_num or (integer and not float(value).is_integer()):
         kind = "an integer" if integer else "a number"
         extra = ""
-        if isinstance(value, str) and _parses_as_float(value):
+        if isinstance(value, str) and is_number(value):
             extra = f"; YAML reads '{value}' as text: write it with a decimal point, e.g. 1.0e-3 not 1e-3"
         raise UserError(f"{name} must be {kind}, got {value!r}{hint}{extra}")
     v = float(value)
@@ -56,14 +57,6 @@ def check_range(name: str, value, lo: float | None = None, hi: float | None = No
     high_bad = hi is not None and (v >= hi if hi_open else v > hi)
     if math.isnan(v) or low_bad or high_bad:
         raise UserError(f"{name} {value} is out of range: {_range_text(lo, hi, lo_open, hi_open)}{hint}")
-
-
-def _parses_as_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def check_imgsz(flag: str, imgsz, max_values: int = 1) -> None:

@@ -44,7 +44,7 @@ SWAP_CMP = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt, 
 
 
 def default_targets() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "distill").glob("*.py")) + ["utils/losses/yolov5.py"]
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "distill").rglob("*.py")) + ["utils/losses/yolov5.py"]
 
 
 def default_tests(targets: list[str]) -> list[str]:
@@ -176,7 +176,7 @@ def coverage_map(work: Path, tests: list[str], timeout: int) -> dict[tuple[str, 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", nargs="+", default=None, help="files to mutate (default: distill/*.py, utils/losses/yolov5.py)")
+    p.add_argument("--targets", nargs="+", default=None, help="files to mutate (default: distill/**/*.py, utils/losses/yolov5.py)")
     p.add_argument("--tests", nargs="+", default=None, help="test files (default: those importing a target)")
     p.add_argument("--n", type=int, default=40, help="mutants in the sample")
     p.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,8 @@ def extra_columns(loss_names: list[str]) -> list[str]:
     return [f"train/{k}_loss" for k in loss_names if k not in _V6_TRAIN_KEYS]
 
 
-def _is_number(s: str) -> bool:
+def is_number(s: str) -> bool:
+    """The text parses as a float (a results.csv value, or a yaml value given as a string)."""
     try:
         float(s)
         return True
@@ -42,7 +43,7 @@ def parse_results_csv(file: str | Path) -> tuple[list[str], list[list[float]], l
     if not lines:
         return [], [], []
     names = [c.strip() for c in lines[0][1]]
-    if not names or any(not n or _is_number(n) for n in names):
+    if not names or any(not n or is_number(n) for n in names):
         raise UserError(f"{file} line {lines[0][0]} is not a results.csv header (got {','.join(names)[:80]!r}); "
                         f"restore the header line or delete the file")
     rows, skipped = [], []
