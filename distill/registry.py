@@ -125,8 +125,8 @@ def unregister(name: str) -> None:
 
 
 def feature_types() -> list[str]:
-    """Registered losses that distil features (train_kd.py's --feature_loss choices), by name."""
-    return sorted(n for n, s in SPECS.items() if not s.output)
+    """Registered losses that distil features (train_kd.py's --feature_loss choices), in registry order."""
+    return [n for n, s in SPECS.items() if not s.output]
 
 
 def flag_name(loss_type: str, key: str) -> str:

@@ -293,7 +293,7 @@ def test_unknown_or_wrong_kind_loss():
     student, teacher = _models()
     with pytest.raises(UserError, match="l2, kl, bce"):
         _objective(student, teacher, kd_loss="at")
-    with pytest.raises(UserError, match=r"registered: (?=.*\bvanilla_kd\b)(?=.*\bfitnet\b)"):
+    with pytest.raises(UserError, match="vanilla_kd, vid, irg, at, fitnet"):
         _objective(student, teacher, feature_loss="nope")
 
 
