@@ -221,6 +221,9 @@ def align_anchors(student: nn.Module, teacher: nn.Module, compute_loss=None) -> 
     with torch.no_grad():
         s.anchors[:] = new
     if isinstance(getattr(s, "anchor_grid", None), list):  # decode caches built from the old anchors
+        # both: Detect rebuilds them only when the grid's shape differs, so a grid cached at the val size with
+        # an emptied anchor_grid decoded every box with zero width and height (in-training mAP 0)
+        s.grid = [torch.zeros(1)] * s.nl
         s.anchor_grid = [torch.zeros(1)] * s.nl
     if torch.is_tensor(getattr(compute_loss, "anchors", None)):
         compute_loss.anchors = new.to(compute_loss.anchors.device, compute_loss.anchors.dtype).clone()

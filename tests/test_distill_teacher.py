@@ -124,3 +124,23 @@ def test_student_takes_the_teacher_anchors_for_output_kd(student, fixtures_dir):
     build_kd_objective(features_only, teacher, ComputeLoss.from_model(features_only, HYP), HYP,
                        kd_config={"losses": [{"type": "at", "layers": "auto"}]})
     assert torch.equal(features_only.model[-1].anchors, before)  # no output KD: the student keeps its own
+
+
+def test_aligned_anchors_decode_like_a_fresh_model(student, fixtures_dir):
+    """align_anchors drops Detect's decode caches, grid and anchor_grid together: with the grid kept at the
+    size of the next eval forward, Detect kept the emptied anchor_grid and every box had zero width and height
+    (train_kd.py's in-training validation then read P = R = mAP = 0 for AT/FitNet recipes, whose layer probe
+    had cached the grid). Mutation seen failing: resetting anchor_grid alone."""
+    teacher = load_teacher(fixtures_dir / "yolov5s_v6.0.pt", "cpu", nc=80)
+    s = deepcopy(student).eval()
+    with torch.no_grad():
+        s.model[-1].anchors.mul_(1.3)
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        s(x)  # caches grid and anchor_grid at 64 px
+        assert align_anchors(s, teacher) is True
+        fresh = deepcopy(s)
+        fresh.model[-1].grid = [torch.zeros(1)] * fresh.model[-1].nl
+        fresh.model[-1].anchor_grid = [torch.zeros(1)] * fresh.model[-1].nl
+        out, expected = s(x)[0], fresh(x)[0]
+    assert torch.equal(out, expected)  # same weights, same cache rule: bit-identical
+    assert (out[..., 2:4] > 0).all()  # boxes have a size
