@@ -174,12 +174,6 @@ def hyp_rules() -> dict[str, tuple]:
     return rules
 
 
-def __getattr__(name: str):
-    if name == "HYP_RULES":  # the gathered table, for readers of the former module constant
-        return hyp_rules()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def check_hyp(hyp: dict, where: str) -> None:
     """Every known key of a hyp dict has a number in its range; keys no module reads (typos) are warned about."""
     missing = [k for k in HYP_REQUIRED if k not in hyp]
