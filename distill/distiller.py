@@ -23,7 +23,7 @@ Every layer pair must feed at least one loss. Optional keys beyond the seed's: `
 tensor or a shape such as (1, 3, 32, 32)) for the dummy forward that finds the layers' channel counts
 (needed by losses that build adapters: fitnet, the detection losses; YOLOv5 models are probed without
 it). `teacher_dtype` (torch.float16 / torch.bfloat16; default float32) runs the teacher's forward under
-autocast to that type (fp16 weights on CUDA); `teacher_early_exit` ('auto', True, False) stops the teacher's
+autocast to that type (fp16 weights on CUDA), float32 with autocast disabled (whatever encloses the call); `teacher_early_exit` ('auto', True, False) stops the teacher's
 forward once its last distilled layer has run ('auto': when no loss reads ctx.teacher_out and the teacher
 is a YOLO model, whose layers each run once). Config errors are ValueErrors naming the key.
 
@@ -35,7 +35,6 @@ get_learnable_params(). `state_dict()` holds the student and the losses' own par
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -62,14 +61,17 @@ CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_o
 
 
 class KDModules(nn.Module):
-    """Everything the distillation owns: the losses (with their adapters and parameters) and the
-    number of training batches seen (ctx.iteration, for warm-ups; restored on resume)."""
+    """Everything the distillation owns: the losses (with their adapters and parameters) and the step
+    counter (ctx.iteration, for warm-ups; restored on resume). It counts training forwards, one per step of a
+    plain loop; a loop that accumulates gradients over several batches sets `external_steps` and calls
+    step() after each optimizer step (train_kd.py does), so warm-ups count optimizer steps."""
 
     def __init__(self, losses: dict[str, nn.Module]):
         super().__init__()
         self.losses = nn.ModuleDict(losses)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._count: int | None = None  # host copy of `iteration`: reading the buffer each step would sync a GPU
+        self.external_steps = False  # True: the training loop calls step() after each optimizer step
 
     def count(self) -> int:
         if self._count is None:
@@ -198,7 +200,7 @@ class Distiller(nn.Module):
                         teacher=teacher, student_out=raw_outputs(s_out),
                         teacher_out=None if t_out is None else raw_outputs(t_out), iteration=self.kd.count())
         kd_loss = self._losses(s_feats, t_feats, ctx)
-        if self.training:
+        if self.training and not self.kd.external_steps:
             self.kd.step()
         if self.out_layers:
             output = out_feats[0] if len(out_feats) == 1 else out_feats
@@ -308,11 +310,12 @@ def _teacher_dtype(dtype) -> torch.dtype | None:
 
 
 def _autocast_to(dtype: torch.dtype | None, data):
-    """Autocast to `dtype` on the data's device for the teacher's forward; no context when None (an
-    enclosing autocast, e.g. the training step's, then applies unchanged)."""
-    if dtype is None:
-        return contextlib.nullcontext()
+    """The teacher forward's precision on the data's device: autocast to `dtype`, or, for None (float32),
+    autocast disabled: an enclosing autocast (the training step's bf16 with --bf16, fp16 AMP on CUDA) does
+    not reach a teacher asked to run in float32."""
     device = data.device.type if torch.is_tensor(data) else "cpu"
+    if dtype is None:
+        return torch.autocast(device_type=device, enabled=False)
     return torch.autocast(device_type=device, dtype=dtype)
 
 

@@ -36,6 +36,7 @@ from distill.yolo_config import (
     apply_overrides,
     as_recipe,
     distiller_config,
+    explicit_reductions,
     is_output,
     resolve_layers,
 )
@@ -89,10 +90,17 @@ class DistillObjective(nn.Module):
         log_parts: also log YoloKDLoss's weighted kd_box / kd_obj / kd_cls.
     """
 
-    def __init__(self, distiller: Distiller, compute_loss, log_parts: bool = False):
+    def __init__(self, distiller: Distiller, compute_loss, log_parts: bool = False, stop_epochs: int = 0):
         super().__init__()
         self.__dict__["distiller"] = distiller  # plain attribute: the student is the loop's, not ours
-        self.kd = distiller.kd  # registered: the losses' parameters + batch counter (optimizer, kd_state)
+        self.kd = distiller.kd  # registered: the losses' parameters + step counter (optimizer, kd_state)
+        self.kd.external_steps = True  # the loop calls optimizer_step(): warm-ups count optimizer steps
+        if not (isinstance(stop_epochs, int) and stop_epochs >= 0):
+            raise UserError(f"kd_stop_epochs must be a whole number >= 0, got {stop_epochs!r}")
+        self.stop_epochs = stop_epochs  # distillation off for the run's last that many epochs (0: never)
+        self.active = True  # False once start_epoch reaches the stop
+        # output KD's parts (YoloKDLoss: kd_box, kd_obj, kd_cls), logged as 0 while distillation is off
+        self._part_names = [k for m in distiller.losses.values() for k in getattr(m, "part_names", ())]
         self.compute_loss = compute_loss
         self.log_parts = log_parts
         self.resolved: Recipe | None = None  # the resolved recipe it was built from (train_kd.py writes kd.yaml)
@@ -103,8 +111,24 @@ class DistillObjective(nn.Module):
     def teacher(self) -> nn.Module:
         return self.distiller.teacher
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch: distillation is off from epoch `epochs - stop_epochs`
+        on (RTMDet's recipe stops it for the last epochs, when mosaic closes): the student then trains on the
+        labels alone, without the teacher's forward."""
+        active = not (self.stop_epochs and epoch >= epochs - self.stop_epochs)
+        if self.active and not active:
+            LOGGER.info(f"Distillation off for the last {min(self.stop_epochs, epochs - epoch)} epoch(s) ({epoch}-"
+                        f"{epochs - 1}, kd_stop_epochs {self.stop_epochs}): the student trains on the labels alone")
+        self.active = active
+
+    def optimizer_step(self) -> None:
+        """Called by the training loop after each optimizer step: the counter of warm-ups (ctx.iteration)."""
+        self.kd.step()
+
     def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """model: the student as the loop holds it (maybe DDP-wrapped); the Distiller hooks its layers."""
+        if self.training and not self.active:
+            return self._labels_only(model, imgs, targets)
         pred, kd_loss = self.distiller(imgs, targets, student=model)
         loss, items = self.compute_loss(raw_outputs(pred), targets)
         names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
@@ -116,6 +140,14 @@ class DistillObjective(nn.Module):
                 self._check_balance(items)
             self._balance_calls += 1
         return {"loss": loss + kd_loss * imgs.shape[0], **out}
+
+    def _labels_only(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The detection loss alone (distillation stopped); the KD columns are logged as 0."""
+        loss, items = self.compute_loss(raw_outputs(model(imgs)), targets)
+        names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))
+        zero = torch.zeros((), device=loss.device)
+        terms = dict.fromkeys([*self.distiller.names, *(self._part_names if self.log_parts else [])], zero)
+        return {"loss": loss, **{k: items[i] for i, k in enumerate(names)}, **terms}
 
     def _check_balance(self, items: torch.Tensor) -> None:
         """Warn once per term when it is more than DOMINANT x the detection loss, with the weight that
@@ -163,8 +195,8 @@ def _one_digit(x: float) -> str:
 
 def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp: dict,
                        overrides: Overrides | None = None, kd_config: Recipe | dict | None = None, *,
-                       teacher_dtype: str = "fp32", is_large: bool | None = None, log_parts: bool = False
-                       ) -> DistillObjective:
+                       teacher_dtype: str = "fp32", is_large: bool | None = None, log_parts: bool = True,
+                       stop_epochs: int = 0) -> DistillObjective:
     """The DistillObjective of train_kd.py: recipe (the family's default when None) + overrides -> Distiller.
 
     overrides: what the user gave over the recipe (None: nothing; a resumed run's kd.yaml is used as is).
@@ -185,6 +217,8 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     recipe = as_recipe(kd_config) if kd_config is not None else default_config(student, teacher, DEFAULT_CONFIG)
     recipe = apply_overrides(recipe, overrides)
     resolved = resolve_layers(_fused_names(for_family(recipe, student, teacher), teacher), student, teacher)
+    resolved = explicit_reductions(resolved)  # kd.yaml names the loss's form: a resume keeps it
+    resolved.stop_epochs = stop_epochs or recipe.stop_epochs  # the schedule, written to kd.yaml with the losses
     if any(is_output(e.type) for e in resolved.losses):
         align_anchors(student, teacher, compute_loss)
     try:
@@ -192,7 +226,7 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
         distiller = Distiller({**distiller_config(resolved, student, teacher, hyp), "teacher_dtype": dtype})
     except ValueError as e:
         raise UserError(f"distillation config: {e}") from e
-    objective = DistillObjective(distiller, compute_loss, log_parts=log_parts)
+    objective = DistillObjective(distiller, compute_loss, log_parts=log_parts, stop_epochs=resolved.stop_epochs)
     objective.resolved = resolved
     return objective
 

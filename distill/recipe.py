@@ -14,12 +14,29 @@ the resolved layer lists) after them: a resolved kd.yaml reads like the recipe i
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from utils.general import UserError
+
 LAYER_KEYWORDS = ("detect", "auto", "detect_inputs")  # `layers:` values (distill/yolo_config.resolve_layers)
 FIELDS = ("type", "name", "weight", "layers", "student_layers", "teacher_layers")  # the rest: loss parameters
+
+WEIGHT_RULE = "weights must be finite and >= 0 (0 turns that term off)"
+
+
+def check_weight(value, what: str) -> float:
+    """A loss weight as a float: a real number, finite and >= 0; else UserError '<what> <value>: weights must
+    be finite and >= 0 (0 turns that term off)'. `what` names where it was given: a flag ('--alpha') or a
+    recipe entry ('losses[1] (at) weight'). A negative weight would train the student away from the teacher,
+    a NaN or inf one would make every loss NaN."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value >= 0):
+        raise UserError(f"{what} {value!r}: {WEIGHT_RULE}")
+    return float(value)
 
 
 @dataclass
@@ -85,17 +102,21 @@ class LossEntry:
 
 @dataclass
 class Recipe:
-    """The losses of a distillation run, in order (the order their adapters are built and logged)."""
+    """The losses of a distillation run, in order (the order their adapters are built and logged), and its
+    schedule: stop_epochs = distillation off for the run's last that many epochs (recipe key kd_stop_epochs,
+    flag --kd_stop_epochs; 0 = distil to the end)."""
 
     losses: list[LossEntry]
+    stop_epochs: int = 0
 
     @classmethod
     def from_dict(cls, recipe: Mapping[str, Any]) -> Recipe:
         """From a checked recipe mapping (distill.yolo_config.check_kd_config checks one)."""
-        return cls([LossEntry.from_dict(e) for e in recipe["losses"]])
+        return cls([LossEntry.from_dict(e) for e in recipe["losses"]], int(recipe.get("kd_stop_epochs") or 0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"losses": [e.to_dict() for e in self.losses]}
+        schedule = {"kd_stop_epochs": self.stop_epochs} if self.stop_epochs else {}
+        return {**schedule, "losses": [e.to_dict() for e in self.losses]}
 
     def copy(self) -> Recipe:
         return copy.deepcopy(self)
@@ -108,7 +129,7 @@ class Overrides:
 
     Output KD (every output entry; a YoloKDLoss entry is added when the recipe has none): variant ('l2',
     'kl', 'bce'), temperature (T), output_weight, weight_by_cls, kl_softmax, and on YoloKDLoss entries only
-    obj_term ('bce') and subtract_entropy.
+    obj_term ('bce'), subtract_entropy and normalize ('weight', 'cells'). stop_epochs: Recipe.stop_epochs.
     Features: feature_losses replaces the recipe's feature entries by one entry per type (empty: none);
     feature_weight is the weight of the one feature entry; student_layers / teacher_layers set every
     feature entry's layers; loss_params[type][key] sets a weight or parameter of every entry of that type.
@@ -126,6 +147,8 @@ class Overrides:
     student_layers: Sequence[str | int] | None = None
     teacher_layers: Sequence[str | int] | None = None
     loss_params: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    normalize: str | None = None  # YoloKDLoss: 'weight' (per level by the teacher's weight mass) or 'cells'
+    stop_epochs: int | None = None  # Recipe.stop_epochs
 
     def output_values(self) -> dict[str, Any]:
         """The output KD values given, as recipe keys, in the order kd.yaml lists them when added."""
@@ -135,5 +158,5 @@ class Overrides:
 
     def yolo_output_values(self) -> dict[str, Any]:
         """The YoloKDLoss-only values given, as recipe keys."""
-        values = {"obj_term": self.obj_term, "subtract_entropy": self.subtract_entropy}
+        values = {"obj_term": self.obj_term, "subtract_entropy": self.subtract_entropy, "normalize": self.normalize}
         return {k: v for k, v in values.items() if v is not None}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill.recipe import LAYER_KEYWORDS
+from distill.recipe import LAYER_KEYWORDS, check_weight
 from utils.general import UserError
 
 
@@ -76,8 +76,8 @@ class LossSpec:
     def checked(self, key: str, value, what: str):
         """value of the weight or an option, checked against its range and cast; UserError names `what`."""
         if key == "weight":
-            valid, expect, kind = non_negative, ">= 0", float
-        elif key in self.options:
+            return check_weight(value, what)
+        if key in self.options:
             valid, expect, kind = self.options[key].valid, self.options[key].expect, self.option_type(key)
         else:
             raise UserError(f"{what}: loss type {self.name} has no option {key!r} (options: weight"

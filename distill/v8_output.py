@@ -61,6 +61,7 @@ class V8OutputKD(nn.Module):
     kind = "dfl_output"  # raw DetectV8 maps (the registry tests' input recipe)
     needs = ()
     zero_at_optimum = True
+    part_names = ("kd_box", "kd_cls")  # the keys of `parts`
 
     def __init__(self, T: float = LD_TEMPERATURE, tau: float | None = None, box: float = 1.0, cls: float = 1.0,
                  hyp: dict | None = None, nc: int | None = None, variant: str = "kl", weight_by_cls: bool = True,

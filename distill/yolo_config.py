@@ -8,10 +8,11 @@ type with its parameters, its layers and its weight:
       - {type: at, name: at, layers: auto, weight: 0.01}                   # AT on the paired C3/SPPF outputs
 
 Keys of an entry: `type` (registered loss), `name` (log key: results.csv column train/<name>_loss),
-`weight` (default: the type's registered default for the student's head family), `layers` ('detect' =
-the Detect heads, 'auto' = the C3/SPPF outputs paired by position (distill.pairing), 'detect_inputs' = the
-maps entering Detect; default: the type's registered default layers) or `student_layers` /
-`teacher_layers` (names or indices, paired by position); every other key is a parameter of the loss.
+`weight` (a finite number >= 0, 0 turns the term off; default: the type's registered default for the
+student's head family), `layers` ('detect' = the Detect heads, 'auto' = the C3/SPPF outputs paired by
+position (distill.pairing), 'detect_inputs' = the maps entering Detect; default: the type's registered
+default layers) or `student_layers` / `teacher_layers` (names or indices, paired by position); every other
+key is a parameter of the loss.
 YoloKDLoss takes its box/obj/cls gains from the run's hyp (box or giou, obj, cls, kd) unless the entry sets
 giou/obj/cls/dist.
 
@@ -30,7 +31,7 @@ from torch import nn
 from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES, SPECS, spec
 from distill.pairing import pair_layers, parse_layer_list
-from distill.recipe import LAYER_KEYWORDS, LossEntry, Overrides, Recipe
+from distill.recipe import LAYER_KEYWORDS, LossEntry, Overrides, Recipe, check_weight
 from distill.registry import flag_name
 from utils.general import LOGGER, UserError
 
@@ -90,8 +91,13 @@ def load_kd_config(name: str | Path) -> Recipe:
 
 def check_kd_config(cfg) -> dict:
     """cfg itself when it is a recipe mapping {'losses': [entry, ...]} of registered types; else UserError."""
-    if not isinstance(cfg, dict) or set(cfg) != {"losses"} or not isinstance(cfg["losses"], list) or not cfg["losses"]:
-        raise UserError("a kd config is a mapping with one key, 'losses': a non-empty list of loss entries")
+    if not isinstance(cfg, dict) or "losses" not in cfg or set(cfg) - {"losses", "kd_stop_epochs"} \
+            or not isinstance(cfg["losses"], list) or not cfg["losses"]:
+        raise UserError("a kd config is a mapping with the key 'losses' (a non-empty list of loss entries) and "
+                        "optionally 'kd_stop_epochs' (distillation off for the last that many epochs)")
+    stop = cfg.get("kd_stop_epochs")
+    if stop is not None and not (isinstance(stop, int) and not isinstance(stop, bool) and stop >= 0):
+        raise UserError(f"kd_stop_epochs: {stop!r} must be a whole number of epochs >= 0 (0 = distil to the end)")
     names = []
     for i, entry in enumerate(cfg["losses"]):
         if not isinstance(entry, dict) or "type" not in entry:
@@ -103,6 +109,8 @@ def check_kd_config(cfg) -> dict:
         if layers is not None and layers not in LAYER_KEYWORDS:
             raise UserError(f"losses[{i}] ({entry['type']}): layers: {layers!r} must be one of "
                             f"{', '.join(LAYER_KEYWORDS)}; list names under student_layers/teacher_layers")
+        if entry.get("weight") is not None:  # null: the type's default
+            check_weight(entry["weight"], f"losses[{i}] ({entry['type']}) weight")
         names.append(entry.get("name", entry["type"]))
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -138,6 +146,9 @@ def apply_overrides(recipe: Recipe, given: Overrides | None) -> Recipe:
     if not isinstance(given, Overrides):
         raise TypeError(f"overrides must be a distill.recipe.Overrides, got {type(given).__name__} "
                         "(engine/kd_flags.py maps train_kd.py's options onto one)")
+    for value, flag in ((given.output_weight, "--alpha"), (given.feature_weight, "--beta")):
+        if value is not None:
+            check_weight(value, flag)
     losses = _apply_output(list(recipe.losses), given.output_values())
     if given.feature_losses is not None:
         losses = _replace_features(losses, list(given.feature_losses))
@@ -156,8 +167,9 @@ def apply_overrides(recipe: Recipe, given: Overrides | None) -> Recipe:
             student_layers=parse_layer_list(s_layers), teacher_layers=parse_layer_list(t_layers)) for e in losses]
     if not losses:
         raise UserError("nothing to distil: the kd config and flags leave no loss")
-    check_kd_config(Recipe(losses).to_dict())
-    return Recipe(_apply_yolo_output(losses, given.yolo_output_values()))
+    stop = recipe.stop_epochs if given.stop_epochs is None else given.stop_epochs
+    check_kd_config(Recipe(losses, stop).to_dict())
+    return Recipe(_apply_yolo_output(losses, given.yolo_output_values()), stop)
 
 
 def _apply_output(losses: list[LossEntry], out: dict) -> list[LossEntry]:
@@ -170,7 +182,7 @@ def _apply_output(losses: list[LossEntry], out: dict) -> list[LossEntry]:
 def _apply_yolo_output(losses: list[LossEntry], values: dict) -> list[LossEntry]:
     """obj_term / subtract_entropy on the YoloKDLoss entries (not given: the file's or the loss's defaults)."""
     if values and not any(e.type == "YoloKDLoss" for e in losses):
-        flags = {"obj_term": "kd_obj", "subtract_entropy": "bce_subtract_entropy"}
+        flags = {"obj_term": "kd_obj", "subtract_entropy": "bce_subtract_entropy", "normalize": "kd_normalize"}
         raise UserError(f"{', '.join('--' + flags[k] for k in values)} sets output distillation (YoloKDLoss), "
                         "but the kd config has none")
     return [e.replace(**values) if e.type == "YoloKDLoss" else e for e in losses]
@@ -228,6 +240,9 @@ def _resolve_entry(e: LossEntry, student: nn.Module, teacher: nn.Module, family:
     if e.name is None:
         e = e.replace(name=e.type)
     e = e.replace(weight=float(e.weight if e.weight is not None else registered.weight(e.params, family)))
+    if e.weight == 0:  # said here, once per run: the checks before (flags, file, overrides) run more than once
+        LOGGER.info(f"distillation: '{e.name}' ({e.type}) has weight 0: that term is off (it adds nothing to the "
+                    "loss; its results.csv column stays 0)")
     layers = e.layers
     e = e.without("layers")
     if layers is None and e.student_layers is None and e.teacher_layers is None:
@@ -264,3 +279,38 @@ def distiller_config(resolved: Recipe, student: nn.Module, teacher: nn.Module, h
         weights.append(e.weight)
     return {"student_model": student, "teacher_model": teacher, "student_distill_layer": s_layers,
             "teacher_distill_layer": t_layers, "loss": losses, "weights": weights, "student_out_layer": None}
+
+
+# --------------------------------------------------------------------------------------------------
+# reductions that changed (issue 27): a run's kd.yaml names them, so a resumed run keeps its loss
+
+# type: (recipe key, today's value, the value before 2026-12-06, what changed)
+REDUCTIONS = {
+    "YoloKDLoss": ("normalize", "weight", "cells", "output KD's box and class terms per cell"),
+    "scorel2": ("reduce", "level", "all", "scorel2 normalised over all levels at once"),
+}
+
+
+def explicit_reductions(recipe: Recipe) -> Recipe:
+    """The recipe with each changed reduction written out (today's value where not given): kd.yaml names the
+    loss a run started with, whatever the defaults become."""
+    out = recipe.copy()
+    out.losses = [e.replace(**{REDUCTIONS[e.type][0]: REDUCTIONS[e.type][1]})
+                  if e.type in REDUCTIONS and e.get(REDUCTIONS[e.type][0]) is None else e for e in out.losses]
+    return out
+
+
+def resumed_reductions(recipe: Recipe, source: str) -> Recipe:
+    """A resumed run's kd.yaml written before the reductions were named (2026-12-06): the entries that do not
+    name one get the form that run started with, said once."""
+    out = recipe.copy()
+    old = []
+    for i, e in enumerate(out.losses):
+        if e.type in REDUCTIONS and e.get(REDUCTIONS[e.type][0]) is None:
+            key, _, before, what = REDUCTIONS[e.type]
+            out.losses[i] = e.replace(**{key: before})
+            old.append(f"{e.log_name}: {key} {before} ({what})")
+    if old:
+        LOGGER.info(f"{source} was written before 2026-12-06: the run continues with the loss it started with ("
+                    + "; ".join(old) + ")")
+    return out

@@ -63,24 +63,42 @@ def centred_bce(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
 class _OutputKD(nn.Module):
     """Teacher-objectness-weighted output distillation (Mehta & Ozturk 2018, arXiv:1805.06361).
 
-    Per level i (balance b_i = level_balance(nl)[i]) with w = sigma(t_obj) (x max_c sigma(t_cls) if
-    `weight_by_cls` and nc > 1), means taken over every (image, anchor, cell[, coord/class]) element:
-        box_i = mean(w * [(xy_S - xy_T)^2, ((wh_S - wh_T) / a_T)^2])   decoded, grid units:
+    Per level i with w = sigma(t_obj) (x max_c sigma(t_cls) if `weight_by_cls` and nc > 1) per (image,
+    anchor, cell), and the element errors
+        e_box = mean over the 4 coords of [(xy_S - xy_T)^2, ((wh_S - wh_T) / a_T)^2]   decoded, grid units:
                 xy = 2 sigma(t_xy) - 0.5 (the +grid offset cancels), wh = (2 sigma(t_wh))^2 * anchor;
                 the wh error is divided by the teacher anchor so P5's large anchors do not dominate
                 (with equal anchors it is the error of (2 sigma)^2). Anchors may differ S vs T.
-        obj_i = mean(obj_term(s_obj, t_obj))                            NOT weighted
-        cls_i = mean(w * cls_term(s_cls, t_cls))                        only when nc > 1
-    Totals: box = g_box * sum_i b_i box_i (g_box = hyp['giou'] if present else hyp['box']),
-    obj = g_obj * sum_i b_i obj_i, cls = g_cls * sum_i b_i cls_i, each gain x hyp.get('kd', 1.0);
-    returned loss = box + obj + cls, per image like ComputeLoss's items (ComputeLoss's loss is that x bs).
+        e_obj = obj_term(s_obj, t_obj)                                     NOT weighted
+        e_cls = mean over classes of cls_term(s_cls, t_cls)                 only when nc > 1
+    the terms are reduced the way ComputeLoss reduces their detection counterparts, so each keeps its ratio
+    to them at any image size and batch (normalize='weight', the default):
+        box = g_box * sum_i sum(w^2 * e_box) / sum(w^2)   a w^2-weighted mean per level, summed over the levels
+        cls = g_cls * sum_i sum(w^2 * e_cls) / sum(w^2)   (ComputeLoss: a mean over the positives per level)
+        obj = g_obj * sum_i b_i mean(e_obj)             over every cell, balance b_i = level_balance(nl)[i]
+                                                        (ComputeLoss's objectness: the same reduction)
+    The sums run over the batch, so the terms are per image. The teacher decides where the box and class
+    terms look (w is ~1 on its detections) and how much (their weight mass normalises them, as LD and
+    ultralytics' distillation do with w): the same objects give the same terms at 192 and 640 px. w^2, not w:
+    the teacher's background cells (w ~ 3e-3 each) hold a third of sum(w) at 640 px with the objects of a
+    160 px image, and almost none of sum(w^2) (bench/kd_scale.py). A level where the teacher sees nothing has
+    near-equal weights: its box and class terms are then the plain means over its cells.
+    normalize='cells' is the card's fork (train_kd.py before issue 27, data/kd/card_exact.yaml): every term
+    a mean over all (image, anchor, cell[, coord/class]) elements, times b_i. Its box and class terms shrink
+    as 1/(H*W) at a fixed number of objects (11x from 192 to 640 px).
+    Gains: g_box = hyp['giou'] if present else hyp['box'], g_obj = hyp['obj'], g_cls = hyp['cls'], each
+    x hyp.get('kd', 1.0); returned loss = box + obj + cls, per image like ComputeLoss's items (ComputeLoss's
+    loss is that x bs). hyp['obj'] is the run's scaled gain (x (imgsz/640)^2, as train.py gives ComputeLoss).
     """
 
     zero_at_optimum = True  # loss is exactly 0 when student outputs == teacher outputs
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 obj_term: str | None = None):
+                 obj_term: str | None = None, normalize: str = "weight"):
         super().__init__()
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize {normalize!r} is unknown; choose one of: {', '.join(NORMALIZE)}")
+        self.normalize = normalize
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if obj_term not in (None, "bce"):
@@ -113,6 +131,7 @@ class _OutputKD(nn.Module):
         _check_outputs(student, teacher, student_anchors, teacher_anchors)
         device = student[0].device
         balance = level_balance(len(student))
+        per_cell = self.normalize == "cells"
         lbox, lobj, lcls = (torch.zeros((), device=device) for _ in range(3))
         with no_autocast(device):
             for i, (ps, pt) in enumerate(zip(student, teacher)):
@@ -121,11 +140,17 @@ class _OutputKD(nn.Module):
                 w = torch.sigmoid(pt[..., 4])  # (bs, na, ny, nx) teacher objectness
                 if self.weight_by_cls and nc > 1:
                     w = w * torch.sigmoid(pt[..., 5:]).amax(-1)
-                lbox = lbox + balance[i] * (self._box_error(ps, pt, student_anchors[i], teacher_anchors[i])
-                                            * w[..., None]).mean()
-                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], pt[..., 4]).mean()
-                if nc > 1:  # like ComputeLoss: no class loss for a single class
-                    lcls = lcls + balance[i] * (self.cls_term(ps[..., 5:], pt[..., 5:]) * w[..., None]).mean()
+                e_box = self._box_error(ps, pt, student_anchors[i], teacher_anchors[i]).mean(-1)
+                e_cls = self.cls_term(ps[..., 5:], pt[..., 5:]).mean(-1) if nc > 1 else None  # ComputeLoss: no
+                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], pt[..., 4]).mean()  # class loss for nc 1
+                if per_cell:  # the card's: means over every element, the level balance on every term
+                    lbox = lbox + balance[i] * (e_box * w).mean()
+                    lcls = lcls + (balance[i] * (e_cls * w).mean() if e_cls is not None else 0.0)
+                else:
+                    w = w * w
+                    mass = w.sum().clamp(min=torch.finfo(torch.float32).tiny)
+                    lbox = lbox + (e_box * w).sum() / mass
+                    lcls = lcls + ((e_cls * w).sum() / mass if e_cls is not None else 0.0)
         lbox, lobj, lcls = lbox * self.gains["box"], lobj * self.gains["obj"], lcls * self.gains["cls"]
         parts = {"kd_box": lbox.detach(), "kd_obj": lobj.detach(), "kd_cls": lcls.detach()}
         return lbox + lobj + lcls, parts
@@ -178,9 +203,9 @@ class OutputBCEKD(_OutputKD):
     zero_at_optimum = False
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 obj_term: str | None = None, subtract_entropy: bool = False):
+                 obj_term: str | None = None, subtract_entropy: bool = False, normalize: str = "weight"):
         self.bce = centred_bce if subtract_entropy else soft_bce
-        super().__init__(hyp, temperature, weight_by_cls, obj_term)
+        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize)
         self.zero_at_optimum = bool(subtract_entropy)
 
     def obj_term(self, s, t):
@@ -201,8 +226,8 @@ class OutputKLKD(_OutputKD):
     """
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 kl_softmax: bool = False, obj_term: str | None = None):
-        super().__init__(hyp, temperature, weight_by_cls, obj_term)
+                 kl_softmax: bool = False, obj_term: str | None = None, normalize: str = "weight"):
+        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize)
         self.kl_softmax = kl_softmax
 
     def obj_term(self, s, t):
@@ -217,6 +242,8 @@ class OutputKLKD(_OutputKD):
             kl = binary_kl(s / tau, t / tau)
         return kl * tau * tau
 
+
+NORMALIZE = ("weight", "cells")  # YoloKDLoss normalize: per level by the teacher's weight mass / per-cell means
 
 VARIANTS = {"l2": OutputL2KD, "kl": OutputKLKD, "bce": OutputBCEKD}
 
@@ -237,10 +264,12 @@ def detect_anchors(model: nn.Module | None, what: str) -> torch.Tensor:
     return head.anchors.detach()
 
 
-# Default weights by variant: each puts output KD at about a third of the detection loss at the start (yolov5n
-# student from scratch, yolov5s teacher, shapes data at 160 px, hyp.short gains: detection items ~0.20, raw
-# l2 ~0.008, kl ~0.04; bce = kl + the teacher's constant entropy). A variant missing here weighs 1.
-OUTPUT_DEFAULT_ALPHA = {"l2": 10.0, "kl": 2.0, "bce": 2.0}
+# Default weights by variant: 1, i.e. each KD term at its detection counterpart's own gain (the teacher's soft
+# targets weighted like the labels). At the start of training (yolov5n from scratch <- the shapes yolov5s teacher,
+# 16 images at 192 px, hyp.short gains) kl at T 20 is then box 0.65x, objectness 1.9x and classes 1.1x their
+# detection terms, at any image size (tests/test_kd_scale.py). The per-cell form of the card (normalize: cells)
+# weighed 2 for kl and bce, 10 for l2: its box and class terms were ~0.04x their counterparts at 192 px.
+OUTPUT_DEFAULT_ALPHA = {"l2": 1.0, "kl": 1.0, "bce": 1.0}
 
 
 def _default_alpha(params) -> float:
@@ -264,16 +293,19 @@ class YoloKDLoss(nn.Module):
     T: temperature of the kl/bce class terms (x T^2); weight_by_cls; kl_softmax (kl only);
     obj_term='bce': objectness by BCE(sigma_s, sigma_t) in its KL form (for l2, whose (sigma_s - sigma_t)^2
     has a vanishing gradient where the student is confidently wrong); subtract_entropy (bce only): log the
-    value without the teacher's entropy (gradient unchanged, 0 at student == teacher).
+    value without the teacher's entropy (gradient unchanged, 0 at student == teacher). normalize: 'weight'
+    (box and class terms per level by the teacher's weight mass: the same strength at every image size) or
+    'cells' (the card's per-cell means; see _OutputKD).
     """
 
     kind = "output"
     needs = ("student",)
+    part_names = ("kd_box", "kd_obj", "kd_cls")  # the keys of `parts`
 
     def __init__(self, nc: int | None = None, giou: float = 0.05, obj: float = 1.0, cls: float = 0.5,
                  dist: float = 1.0, variant: str = "l2", T: float = 1.0, weight_by_cls: bool = False,
                  kl_softmax: bool = False, hyp: dict | None = None, obj_term: str | None = None,
-                 subtract_entropy: bool = False):
+                 subtract_entropy: bool = False, normalize: str = "weight"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"YoloKDLoss variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
@@ -284,7 +316,7 @@ class YoloKDLoss(nn.Module):
         if hyp is None:
             hyp = {"giou": giou, "obj": obj, "cls": cls, "kd": dist}
         kw = {"kl_softmax": kl_softmax} if variant == "kl" else {}
-        kw.update({"obj_term": obj_term}, **({"subtract_entropy": True} if subtract_entropy else {}))
+        kw.update({"obj_term": obj_term, "normalize": normalize}, **({"subtract_entropy": True} if subtract_entropy else {}))
         self.core = VARIANTS[variant](hyp=hyp, temperature=T, weight_by_cls=weight_by_cls, **kw)
         self.nc, self.variant = nc, variant
         self.zero_at_optimum = self.core.zero_at_optimum
@@ -304,4 +336,5 @@ class YoloKDLoss(nn.Module):
         return loss
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant}, T={self.core.temperature:g}, gains={self.core.gains}"
+        return (f"variant={self.variant}, T={self.core.temperature:g}, normalize={self.core.normalize}, "
+                f"gains={self.core.gains}")

@@ -132,6 +132,13 @@ def kd_parser() -> argparse.ArgumentParser:
                         "l2's squared difference has a vanishing gradient where the student is confidently wrong)")
     g.add_argument("--bce_subtract_entropy", action="store_true",
                    help="bce: log the KD value without the teacher's entropy (gradient unchanged; 0 at student == teacher)")
+    g.add_argument("--kd_normalize", "--kd-normalize", type=str, default=None, choices=["weight", "cells"],
+                   help="output KD's box and class terms: weight = per level by the teacher's weight mass, the same "
+                        "strength at any image size (default); cells = the card's per-cell means, 11x weaker at 640 "
+                        "than at 192 px (data/kd/card_exact.yaml)")
+    g.add_argument("--kd_stop_epochs", "--kd-stop-epochs", type=int, default=None, metavar="N",
+                   help="distillation off for the last N epochs, the student then trains on the labels alone (RTMDet's "
+                        "recipe; e.g. the epochs after mosaic closes). Recipe key kd_stop_epochs; default 0")
     g.add_argument("--kd", action="store_true", default=True,
                    help="accepted and unused (the seed fork's switch; train_kd.py always distils)")
     g.add_argument("--kd_layer", "--kd-layer", type=int, nargs="+", default=None, metavar="I",

@@ -68,6 +68,7 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
     log = RunningMeans(sync_every_step=not cuda)  # on CPU reading the sums costs nothing
     accumulate = nominal_accumulate(cfg.batch_size, cfg.nbs)
     optimizer.zero_grad()
+    on_step = getattr(objective, "optimizer_step", None)
     last_opt_step = -1
     for i, (imgs, targets, paths, _) in pbar:
         ni = i + cfg.nb * epoch
@@ -96,6 +97,8 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
             optimizer.zero_grad()
             if ema:
                 ema.update(model)
+            if on_step is not None:
+                on_step()  # the objective's step counter (KD warm-ups count optimizer steps)
             last_opt_step = ni
         last = i == cfg.nb - 1
         if cfg.main:

@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.cli import kd_parser
 from engine.kd_flags import objective_options, seed_aliases, seed_layers
 from engine.run import train_run
-from models.checkpoint import weights_hint
+from models.checkpoint import folder_message, weights_hint
 from utils.distributed import ddp_env
 from utils.general import LOGGER, ROOT, UserError, colorstr
 
@@ -36,6 +36,8 @@ def distils(opt: argparse.Namespace) -> bool:
 
 def check_teacher_path(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(folder_message(path, "--teacher_weight"))
     if not path.is_file():
         raise UserError(f"--teacher_weight '{path}' not found. Train a teacher on your data first "
                         f"(python train.py --cfg models/yolov5m.yaml ...), or for COCO-class data: {weights_hint(path)}")
@@ -98,11 +100,11 @@ def load_checked_teacher(ctx, path: Path):
 def read_recipe(opt, kd_file: Path):
     """(recipe, resumed): a resumed run's own kd.yaml (resolved, the flags already in it), else the
     --kd_config file, else None (the default recipe)."""
-    from distill.yolo_config import load_kd_config
+    from distill.yolo_config import load_kd_config, resumed_reductions
 
     resumed = bool(opt.resume) and kd_file.is_file()
     if resumed:
-        return load_kd_config(kd_file), True
+        return resumed_reductions(load_kd_config(kd_file), str(kd_file)), True
     return (load_kd_config(opt.kd_config) if opt.kd_config else None), False
 
 

@@ -4,7 +4,10 @@ An objective is called as ``objective(model, imgs, targets)`` and returns a dict
 ``"loss"`` is the tensor to back-propagate (scaled by batch size, as YOLOv5 v6.0's ComputeLoss does);
 every other entry is a detached scalar for logging, in the order box, obj, cls, then extras.
 The loop logs every entry except "loss" and never looks at the names, so a distillation objective
-(distill.objective.DistillObjective) adds its own terms without the loop knowing.
+(distill.objective.DistillObjective) adds its own terms without the loop knowing. Two optional methods the
+loop calls when an objective has them: ``start_epoch(epoch, epochs)`` before each epoch (schedules such as
+switching distillation off for the last epochs) and ``optimizer_step()`` after each optimizer step (step
+counters of warm-ups: with gradient accumulation several batches make one step).
 
 engine.trainer.train builds the objective with a factory, ``make_objective(ctx: ObjectiveContext)``.
 """

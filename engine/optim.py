@@ -1,9 +1,11 @@
 """Optimizer, LR schedule and warmup of YOLOv5 v6.0 train.py.
 
 Parameter groups keep the v6.0 order, which warmup relies on:
-  0: normalisation-layer weights (no weight decay)
-  1: all other weights (weight decay = hyp['weight_decay'])
+  0: normalisation-layer weights (no weight decay), and 0-d/1-d parameters named other than weight/bias
+  1: all other weights (weight decay = hyp['weight_decay']), and >= 2-d parameters named otherwise
   2: biases (no weight decay; warmup starts them at hyp['warmup_bias_lr'])
+Every trainable parameter of the model and of the extra modules (a KD objective: adapters, projectors, VID's
+variances) is in one group; build_optimizer checks this and names any parameter left out.
 """
 
 from __future__ import annotations
@@ -51,23 +53,31 @@ def scale_weight_decay(weight_decay: float, batch_size: int, accumulate: int, nb
     return scaled
 
 
+def _group_of(module: nn.Module, name: str, p: nn.Parameter) -> int:
+    """The group (0, 1 or 2, see the module docstring) of parameter `name` held directly by `module`.
+
+    v6.0 only knows `.weight` and `.bias`. Any other parameter (VID's log_scales, a learnt temperature or
+    scale, a bare nn.Parameter of an adapter) is placed by its shape: a matrix or kernel (>= 2-d) is a
+    weight and is decayed; a scalar or vector (0-d/1-d) is a scale, a variance or an offset and joins the
+    norm weights in group 0. Decay would pull such a value towards 0, which is no regularisation for it
+    (VID's log_scales: sigma^2 towards softplus(0) = 0.69, a bias on the learnt variance); group 0 rather
+    than the biases' group 2 because warmup starts group 2 at warmup_bias_lr (10x lr0 by default), meant
+    for biases only.
+    """
+    if name == "bias":
+        return 2
+    if name == "weight":
+        return 0 if isinstance(module, _NORM_TYPES) else 1
+    return 1 if p.ndim >= 2 else 0
+
+
 def _split_params(modules: Iterable[nn.Module], groups: tuple[list, list, list], seen: set[int]) -> None:
-    """Walk modules in order, appending to groups (norm weights, other weights, biases)."""
-    g0, g1, g2 = groups
-
-    def add(group: list, p: nn.Parameter) -> None:
-        if id(p) not in seen:  # a shared parameter may appear in only one group
-            seen.add(id(p))
-            group.append(p)
-
+    """Walk modules in order, appending each one's own parameters to groups (see _group_of)."""
     for v in modules:
-        if isinstance(getattr(v, "bias", None), nn.Parameter):
-            add(g2, v.bias)
-        if isinstance(v, _NORM_TYPES):
-            if isinstance(getattr(v, "weight", None), nn.Parameter):
-                add(g0, v.weight)
-        elif isinstance(getattr(v, "weight", None), nn.Parameter):
-            add(g1, v.weight)
+        for name, p in v.named_parameters(recurse=False):
+            if id(p) not in seen:  # a shared parameter may appear in only one group
+                seen.add(id(p))
+                groups[_group_of(v, name, p)].append(p)
 
 
 def _walk_extra(extra_params) -> list[nn.Module]:
@@ -79,13 +89,42 @@ def _walk_extra(extra_params) -> list[nn.Module]:
         if isinstance(item, nn.Module):
             modules.extend(item.modules())
         elif isinstance(item, nn.Parameter):
-            # a bare parameter: matrices/kernels are decayed like weights, vectors/scalars like biases
+            # a bare parameter has no name: placed by its shape like any parameter not named weight/bias
             holder = nn.Module()
-            setattr(holder, "weight" if item.ndim > 1 else "bias", item)
+            holder.register_parameter("param", item)
             modules.append(holder)
         else:
             raise TypeError(f"extra_params must hold nn.Module or nn.Parameter objects, got {type(item).__name__}")
     return modules
+
+
+def _named_params(model: nn.Module, extra_params) -> list[tuple[str, nn.Parameter]]:
+    """(qualified name, parameter) of the model and the extra modules, each parameter once: the model's as
+    model.named_parameters() names them, an extra module's by its own named_parameters() (a KD objective:
+    'kd.losses.vid.log_scales.0'), a bare parameter as 'extra_params[i]'."""
+    items = [extra_params] if isinstance(extra_params, nn.Module) else list(extra_params)
+    named = list(model.named_parameters())
+    for i, item in enumerate(items):
+        named += list(item.named_parameters()) if isinstance(item, nn.Module) else [(f"extra_params[{i}]", item)]
+    out, seen = [], set()
+    for name, p in named:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
+def check_param_groups(named: Iterable[tuple[str, nn.Parameter]], groups: Iterable) -> None:
+    """RuntimeError naming every trainable parameter (requires_grad) of `named` that no group holds.
+
+    groups: an optimizer's param_groups (dicts with 'params') or lists of parameters. A parameter left out
+    would get gradients every step and never change (the optimizer does not know it), yet be saved with
+    the run as if trained."""
+    held = {id(p) for g in groups for p in (g["params"] if isinstance(g, Mapping) else g)}
+    missing = [name for name, p in named if p.requires_grad and id(p) not in held]
+    if missing:
+        raise RuntimeError(f"{len(missing)} trainable parameter(s) are in no optimizer group and would never be "
+                           f"trained: {', '.join(missing)} (engine/optim.py _split_params places parameters)")
 
 
 def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], adam: bool = False,
@@ -96,8 +135,11 @@ def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], adam: bool = False
     hyp needs lr0 and momentum. weight_decay (group 1) defaults to hyp['weight_decay']; a training run
     passes its value scaled to the nominal batch (as scale_weight_decay does), leaving hyp as loaded.
     Parameters with requires_grad=False (frozen layers) are kept in the groups, as in v6.0: they get
-    no gradient, so the optimizer skips them.
+    no gradient, so the optimizer skips them. Every trainable parameter must land in a group: the built
+    optimizer is checked (check_param_groups), a RuntimeError names any that did not.
     """
+    if not isinstance(extra_params, nn.Module):
+        extra_params = list(extra_params)  # walked twice: groups, then the completeness check
     groups: tuple[list, list, list] = ([], [], [])
     seen: set[int] = set()
     _split_params(model.modules(), groups, seen)
@@ -112,6 +154,7 @@ def build_optimizer(model: nn.Module, hyp: Mapping[str, Any], adam: bool = False
     decay = hyp["weight_decay"] if weight_decay is None else weight_decay
     optimizer.add_param_group({"params": g1, "weight_decay": decay})
     optimizer.add_param_group({"params": g2})
+    check_param_groups(_named_params(model, extra_params), optimizer.param_groups)
     extra = [len(g) - n for g, n in zip(groups, n_model)]
     extra_txt = f" (extra modules: {extra[0]}/{extra[1]}/{extra[2]})" if any(extra) else ""
     # v6.0 prints the first two labels swapped ("57 weight, 60 weight (no decay)"); these are correct.

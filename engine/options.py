@@ -88,9 +88,9 @@ def check_pt_file(flag: str, path, hint: str = "") -> Path:
     """An existing file; a folder gets the hint of which file inside it is meant."""
     p = Path(path)
     if p.is_dir():
-        inside = next((q for q in (p / "weights" / "best.pt", p / "best.pt") if q.is_file()), None)
-        tip = f", e.g. {inside}" if inside else ""
-        raise UserError(f"{flag} {p} is a folder; pass a checkpoint file inside it{tip}")
+        from models.checkpoint import folder_message
+
+        raise UserError(folder_message(p, flag))
     if not p.is_file():
         raise UserError(f"{flag} {p} not found{'; ' + hint if hint else ''}")
     return p
@@ -266,6 +266,9 @@ def check_train_opt(opt: argparse.Namespace) -> argparse.Namespace:
     check_range("--freeze", opt.freeze, 0, integer=True, hint="number of leading layers; backbone = 10")
     check_range("--save-period", opt.save_period, integer=True, hint="< 1 = off")
     check_range("--seed", opt.seed, 0, 2**32 - 1, integer=True)
+    from engine.kd_flags import check_weight_flags
+
+    check_weight_flags(opt)  # --alpha / --distill_ratio, --beta, --<type>_weight: finite and >= 0
     if opt.cache is not None and str(opt.cache).lower() not in CACHE_MODES:
         raise UserError(f"--cache {opt.cache}: choose 'ram' or 'disk' (or --cache alone for ram)")
     if opt.quad and opt.batch_size % 4:

@@ -25,7 +25,7 @@ def restore_run(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]
         return 0, 0.0
     best_fitness = 0.0
     if ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_optimizer(optimizer, ckpt["optimizer"], opt.weights)
         best_fitness = float(np.asarray(ckpt["best_fitness"]).reshape(-1)[0])
     if ema and ckpt.get("ema") is not None:
         ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
@@ -40,6 +40,20 @@ def restore_run(ckpt: dict, opt, optimizer, ema, objective) -> tuple[int, float]
         raise UserError(f"{opt.weights} already finished all {opt.epochs} epochs: nothing to resume")
     LOGGER.info(f"Resuming training from epoch {start_epoch} to {opt.epochs} total epochs")
     return start_epoch, best_fitness
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict, path) -> None:
+    """optimizer.load_state_dict, or UserError when the saved groups hold other parameter counts: a run saved
+    before every trainable parameter of the objective went to the optimizer (VID's log_scales, which it
+    never trained), whose optimizer state cannot be matched to this run's."""
+    saved = [len(g["params"]) for g in state.get("param_groups", [])]
+    now = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != now:
+        raise UserError(f"{path}: its optimizer state has {'/'.join(map(str, saved))} parameters per group, this run's "
+                        f"optimizer {'/'.join(map(str, now))}, so it cannot be resumed (runs saved before every "
+                        "trainable parameter of the objective was optimized lack VID's log_scales); start a new run, "
+                        f"or one from its weights with --weights {path}")
+    optimizer.load_state_dict(state)
 
 
 def save_run(epoch: int, best_fitness: float, fi: float, opt, wdir: Path, *, model: nn.Module, ema: ModelEMA,

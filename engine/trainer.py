@@ -243,6 +243,8 @@ def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
         if opt.image_weights:
             reweight_images(run.dataset, run.model, maps, run.nc)
         plot_dir = None if opt.resume or epoch > start_epoch else run.save_dir  # the first batches of a new run
+        if hasattr(run.objective, "start_epoch"):  # schedules of the objective (KD off for the last epochs)
+            run.objective.start_epoch(epoch, opt.epochs)
         mloss = train_one_epoch(run.model, run.objective, run.train_loader, run.optimizer, scaler, run.ema, epoch,
                                 settings, plot_dir=plot_dir)
         lrs = [x["lr"] for x in run.optimizer.param_groups][:3]

@@ -54,8 +54,34 @@ _ULTRALYTICS.update({f"ultralytics.nn.modules.{k.rsplit('.', 1)[1]}": v for k, v
 WEIGHTS_HINT = "official YOLOv5 v6.0 weights can be fetched with: python weights/download_weights.py yolov5s"
 
 
+def checkpoints_in(folder: str | Path) -> list[Path]:
+    """The checkpoint files a folder holds, as paths under `folder` as given: a run folder's weights/best.pt
+    and weights/last.pt first, then every *.pt directly in it (best.pt, last.pt, then by name)."""
+    folder = Path(folder)
+    found = [p for p in (folder / "weights" / "best.pt", folder / "weights" / "last.pt") if p.is_file()]
+    first = {"best.pt": 0, "last.pt": 1}
+    found += sorted((p for p in folder.glob("*.pt") if p.is_file()), key=lambda p: (first.get(p.name, 2), p.name))
+    return found
+
+
+def folder_message(path: str | Path, flag: str | None = None, shown: int = 6) -> str:
+    """What to say when a checkpoint is expected but `path` is a folder, naming the checkpoints inside it:
+    '--teacher_weight runs/train/exp is a folder; give a checkpoint file inside it: runs/train/exp/weights/
+    best.pt, runs/train/exp/weights/last.pt'. flag (the option given, if any) leads the message."""
+    lead = f"{flag} {path}" if flag else str(path)
+    found = checkpoints_in(path)
+    if not found:
+        return (f"{lead} is a folder with no checkpoint in it (looked for weights/best.pt, weights/last.pt and "
+                "*.pt); give a checkpoint file")
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return f"{lead} is a folder; give a checkpoint file inside it: {', '.join(map(str, found[:shown]))}{more}"
+
+
 def weights_hint(path: str | Path) -> str:
-    """The download command for a missing official checkpoint (weights/yolov5m.pt -> '... yolov5m')."""
+    """The download command for a missing official checkpoint (weights/yolov5m.pt -> '... yolov5m'); for a
+    folder, that it is one and the checkpoints inside it (folder_message)."""
+    if Path(path).is_dir():
+        return folder_message(path)
     m = re.fullmatch(r"(yolov5[nsmlx])\.pt", Path(path).name)
     if m:
         return f"official YOLOv5 v6.0 {m.group(1)} weights can be fetched with: python weights/download_weights.py {m.group(1)}"

@@ -212,16 +212,53 @@ def test_bce_temperature_scaling_of_kl_part():
     assert (bce_s - bce_t).item() == pytest.approx(kl_s.item(), rel=1e-4)
 
 
-def test_objectness_weighting_and_unweighted_obj():
-    """A cell with teacher objectness ~0 contributes to obj but not to box/cls."""
+def _one_cell_disagreement(confident_cell: bool):
+    """Teacher objectness -30 everywhere (sigma ~ 9e-14), all other logits 0; the student equal to it except
+    on one P3 cell, where every channel is 3.0. confident_cell: the teacher also sees an object (objectness
+    +30, sigma = 1) on another P3 cell, where the student agrees with it. Returns (student, teacher) and the
+    hand-worked errors of the disagreeing cell (float64; equal anchors, so the wh error is that of
+    (2 sigma)^2): e_box = mean of [dxy^2, dxy^2, dwh^2, dwh^2], e_obj, e_cls = mean over classes (l2)."""
     teacher = [torch.zeros(s) for s in SHAPES]
     for t in teacher:
-        t[..., 4] = -30.0  # sigma ~ 1e-13: no weight anywhere
+        t[..., 4] = -30.0
+    if confident_cell:
+        teacher[0][0, 0, 1, 1, 4] = 30.0
     student = [t.clone() for t in teacher]
     student[0][0, 0, 0, 0, :] = 3.0  # disagree on one cell, every channel (objectness ~0.95)
-    _, parts = _build("l2")(student, teacher, ANCHORS, ANCHORS)
+    sig3 = 1 / (1 + math.exp(-3.0))
+    dxy, dwh = (2 * sig3 - 0.5) - 0.5, (2 * sig3) ** 2 - 1.0
+    errors = {"box": (dxy ** 2 + dwh ** 2) / 2, "obj": (sig3 - 1 / (1 + math.exp(30.0))) ** 2, "cls": (sig3 - 0.5) ** 2}
+    return student, teacher, errors
+
+
+def test_objectness_weighting_and_unweighted_obj():
+    """A cell with teacher objectness ~0 contributes to obj but not to box/cls (normalize='cells', the
+    card's per-cell means). Objectness is an unweighted mean over the cells x the level balance (both forms)."""
+    student, teacher, e = _one_cell_disagreement(confident_cell=False)
+    n_p3 = SHAPES[0][0] * NA * SHAPES[0][2] * SHAPES[0][3]  # (image, anchor, cell) elements of P3: 384
+    _, parts = _build("l2", normalize="cells")(student, teacher, ANCHORS, ANCHORS)
     assert parts["kd_box"].item() < 1e-10 and parts["kd_cls"].item() < 1e-10
     assert parts["kd_obj"].item() > 1e-4
+    assert parts["kd_obj"].item() == pytest.approx(1.0 * level_balance(3)[0] * e["obj"] / n_p3, rel=1e-5)
+
+
+def test_objectness_weighting_in_the_weight_form():
+    """normalize='weight' (the default, issue 27): per level sum(w^2 e) / sum(w^2), no level balance on box
+    and cls. The teacher's weights only compare cells with each other: where it sees an object the ~0-weight
+    cell contributes nothing to box/cls (as in the per-cell form); where it sees nothing at all on a level, every
+    cell weighs the same and the level's terms are the plain mean over its cells. Objectness as in 'cells'."""
+    n_p3 = SHAPES[0][0] * NA * SHAPES[0][2] * SHAPES[0][3]
+    gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # the default gains (hyp.scratch)
+    assert _build("l2").normalize == "weight"  # the default
+    student, teacher, e = _one_cell_disagreement(confident_cell=True)
+    _, parts = _build("l2", normalize="weight")(student, teacher, ANCHORS, ANCHORS)
+    assert parts["kd_box"].item() < 1e-10 and parts["kd_cls"].item() < 1e-10
+    assert parts["kd_obj"].item() == pytest.approx(gains["obj"] * level_balance(3)[0] * e["obj"] / n_p3, rel=1e-5)
+    student, teacher, e = _one_cell_disagreement(confident_cell=False)
+    _, parts = _build("l2")(student, teacher, ANCHORS, ANCHORS)
+    assert parts["kd_box"].item() == pytest.approx(gains["box"] * e["box"] / n_p3, rel=1e-5)  # no balance 4.0
+    assert parts["kd_cls"].item() == pytest.approx(gains["cls"] * e["cls"] / n_p3, rel=1e-5)
+    assert parts["kd_obj"].item() == pytest.approx(gains["obj"] * level_balance(3)[0] * e["obj"] / n_p3, rel=1e-5)
 
 
 def test_box_term_decoded_with_different_anchors():
@@ -345,16 +382,90 @@ def test_level_balance():
 
 
 def test_weight_by_cls_scales_box_and_cls_not_obj():
-    """w = sigma(t_obj) * max_c sigma(t_cls): a teacher unsure of every class down-weights box/cls only."""
+    """w = sigma(t_obj) * max_c sigma(t_cls): a teacher unsure of every class down-weights box/cls only
+    (normalize='cells', the card's per-cell means)."""
     student, teacher = _outputs(seed=13), _outputs(seed=14)
     for t in teacher:
         t[..., 5:] = -4.0  # max class probability sigma(-4) ~ 0.018
-    _, plain = _build("l2")(student, teacher, ANCHORS, ANCHORS)
-    _, by_cls = _build("l2", weight_by_cls=True)(student, teacher, ANCHORS, ANCHORS)
+    _, plain = _build("l2", normalize="cells")(student, teacher, ANCHORS, ANCHORS)
+    _, by_cls = _build("l2", weight_by_cls=True, normalize="cells")(student, teacher, ANCHORS, ANCHORS)
     ratio = torch.sigmoid(torch.tensor(-4.0)).item()
     assert by_cls["kd_box"].item() == pytest.approx(plain["kd_box"].item() * ratio, rel=1e-5)
     assert by_cls["kd_cls"].item() == pytest.approx(plain["kd_cls"].item() * ratio, rel=1e-5)
     assert by_cls["kd_obj"].item() == pytest.approx(plain["kd_obj"].item(), rel=1e-6)
+
+
+def test_weight_by_cls_in_the_weight_form():
+    """normalize='weight': the class factor moves weight between cells, not the terms' scale. The same factor
+    on every cell (every class logit -4) cancels in sum(w^2 e) / sum(w^2): box and cls are unchanged, where the
+    per-cell form scales them by it; a factor that varies gives the formula's value (float64, worked here)."""
+    student, teacher = _outputs(seed=13), _outputs(seed=14)
+    for t in teacher:
+        t[..., 5:] = -4.0
+    _, plain = _build("l2", normalize="weight")(student, teacher, ANCHORS, ANCHORS)
+    _, by_cls = _build("l2", weight_by_cls=True, normalize="weight")(student, teacher, ANCHORS, ANCHORS)
+    for k in ("kd_box", "kd_cls", "kd_obj"):
+        assert by_cls[k].item() == pytest.approx(plain[k].item(), rel=1e-5), k
+    teacher = _outputs(seed=14)  # class logits ~ N(0, 2): the factor max_c sigma(t_cls) varies from cell to cell
+    _, by_cls = _build("l2", weight_by_cls=True)(student, teacher, ANCHORS, ANCHORS)
+    expected = _l2_by_the_formula(student, teacher, "weight", weight_by_cls=True)
+    _, plain = _build("l2")(student, teacher, ANCHORS, ANCHORS)
+    for k in ("kd_box", "kd_cls", "kd_obj"):
+        assert by_cls[k].item() == pytest.approx(expected[k], rel=1e-5), k
+    assert abs(by_cls["kd_box"].item() / plain["kd_box"].item() - 1) > 1e-2  # the factor is really applied
+
+
+def _l2_by_the_formula(student, teacher, normalize, weight_by_cls=False, gains=(0.05, 1.0, 0.5)):
+    """l2 output KD's parts by _OutputKD's formula, in float64, with equal anchors (ANCHORS) for both models:
+    w = sigma(t_obj) (x max_c sigma(t_cls) with weight_by_cls); e_box = mean over the 4 coords of
+    [(xy_S - xy_T)^2, ((wh_S - wh_T) / a)^2], xy = 2 sigma - 0.5, wh = (2 sigma)^2 a; e_obj = (sigma_S -
+    sigma_T)^2 of objectness; e_cls = mean over classes of (sigma_S - sigma_T)^2. Per level i (balance b_i):
+    obj += b_i mean(e_obj) in both forms; 'cells': box += b_i mean(w e_box), cls += b_i mean(w e_cls);
+    'weight': box += sum(w^2 e_box) / sum(w^2), cls += sum(w^2 e_cls) / sum(w^2) (issue 27: the teacher's
+    squared weight, no balance). Times the gains box, obj, cls."""
+    box = obj = cls = 0.0
+    for i, (s, t) in enumerate(zip(student, teacher)):
+        s, t, a = s.double(), t.double(), ANCHORS[i].double().view(1, NA, 1, 1, 2)
+        w = t[..., 4].sigmoid()
+        if weight_by_cls:
+            w = w * t[..., 5:].sigmoid().amax(-1)
+        dxy = (2 * s[..., :2].sigmoid() - 0.5) - (2 * t[..., :2].sigmoid() - 0.5)
+        dwh = ((2 * s[..., 2:4].sigmoid()) ** 2 * a - (2 * t[..., 2:4].sigmoid()) ** 2 * a) / a
+        e_box = torch.cat((dxy ** 2, dwh ** 2), -1).mean(-1)
+        e_cls = ((s[..., 5:].sigmoid() - t[..., 5:].sigmoid()) ** 2).mean(-1)
+        b = level_balance(len(student))[i]
+        obj += b * ((s[..., 4].sigmoid() - t[..., 4].sigmoid()) ** 2).mean().item()
+        if normalize == "cells":
+            box += b * (w * e_box).mean().item()
+            cls += b * (w * e_cls).mean().item()
+        else:
+            w2 = w * w
+            box += ((w2 * e_box).sum() / w2.sum()).item()
+            cls += ((w2 * e_cls).sum() / w2.sum()).item()
+    return {"kd_box": gains[0] * box, "kd_obj": gains[1] * obj, "kd_cls": gains[2] * cls}
+
+
+@pytest.mark.parametrize("normalize", ["cells", "weight"])
+@pytest.mark.parametrize("weight_by_cls", [False, True])
+def test_l2_parts_equal_the_formula(normalize, weight_by_cls):
+    """Each part of l2 output KD against _l2_by_the_formula (float64): the float32 computation over ~1300
+    elements agrees to rel 1e-5. The two forms' box and class terms differ by more than 1000x that on these
+    outputs (checked), so a mix-up of the forms fails here; so would a dropped square of w or the level
+    balance left on box/cls in the weight form."""
+    student, teacher = _outputs(seed=15), _outputs(seed=16)
+    total, parts = _build("l2", normalize=normalize, weight_by_cls=weight_by_cls)(student, teacher, ANCHORS, ANCHORS)
+    expected = _l2_by_the_formula(student, teacher, normalize, weight_by_cls)
+    for k in ("kd_box", "kd_obj", "kd_cls"):
+        assert parts[k].item() == pytest.approx(expected[k], rel=1e-5), k
+    assert total.item() == pytest.approx(sum(expected.values()), rel=1e-5)
+    other = _l2_by_the_formula(student, teacher, {"cells": "weight", "weight": "cells"}[normalize], weight_by_cls)
+    for k in ("kd_box", "kd_cls"):
+        assert abs(other[k] / expected[k] - 1) > 1e-2, k  # >= 1000x the tolerance
+
+
+def test_normalize_must_be_a_known_form():
+    with pytest.raises(ValueError, match="normalize 'mean' is unknown; choose one of: weight, cells"):
+        _build("kl", normalize="mean")
 
 
 def test_yolo_kd_loss_checks_the_class_count():

@@ -118,8 +118,8 @@ def test_state_dict_and_parameters_exclude_teacher():
 
 
 def _direct_kd_terms(student, teacher, imgs, kd_loss, at_layers):
-    """The output-KD and AT values computed here from the two models' own forwards, without the
-    Distiller: YoloKDLoss's math on the raw Detect outputs, AT on hooked features (FeatureHooks)."""
+    """The output-KD value, its parts and AT computed here from the two models' own forwards, without the
+    Distiller: YoloKDLoss's math (its default reduction) on the raw Detect outputs, AT on hooked features."""
     from distill.hooks import FeatureHooks
     from distill.losses import AttentionTransfer
     from distill.yolo_config import DEFAULT_TEMPERATURE
@@ -130,10 +130,10 @@ def _direct_kd_terms(student, teacher, imgs, kd_loss, at_layers):
     with FeatureHooks(student, at_layers) as sh:
         s_out = student(imgs)
     hyp = {"box": HYP["box"], "obj": HYP["obj"], "cls": HYP["cls"], "kd": HYP["kd"]}
-    kd, _ = VARIANTS[kd_loss](hyp=hyp, temperature=DEFAULT_TEMPERATURE)(raw_outputs(s_out), raw_outputs(t_out),
-                                                         student.model[-1].anchors,
-                                                         teacher.model[-1].anchors)
-    return s_out, kd, AttentionTransfer()(sh.outputs, th.outputs)
+    kd, parts = VARIANTS[kd_loss](hyp=hyp, temperature=DEFAULT_TEMPERATURE)(raw_outputs(s_out), raw_outputs(t_out),
+                                                             student.model[-1].anchors,
+                                                             teacher.model[-1].anchors)
+    return s_out, kd, parts, AttentionTransfer()(sh.outputs, th.outputs)
 
 
 def test_loss_dict_and_scaling():
@@ -148,17 +148,22 @@ def test_loss_dict_and_scaling():
     student.train()
     imgs, targets = _batch()
     out = objective(student, imgs, targets)
-    assert list(out) == ["loss", "box", "obj", "cls", "kd", "at"]
+    # issue 27: output KD's weighted parts are logged by default, after the terms
+    assert list(out) == ["loss", "box", "obj", "cls", "kd", "at", "kd_box", "kd_obj", "kd_cls"]
     assert all(not v.requires_grad for k, v in out.items() if k != "loss")
-    s_out, kd, at = _direct_kd_terms(student, teacher, imgs, "l2", P5_LAYERS)
+    s_out, kd, parts, at = _direct_kd_terms(student, teacher, imgs, "l2", P5_LAYERS)
     det, items = ComputeLoss.from_model(student, HYP)(s_out, targets)
     alpha = objective.distiller.weights[0]
-    assert alpha == OUTPUT_DEFAULT_ALPHA["l2"]  # the default weight of l2
+    assert alpha == OUTPUT_DEFAULT_ALPHA["l2"] == 1.0  # the default weight of l2 (issue 27: 1, was 10)
+    assert objective.distiller.losses["kd"].core.normalize == "weight"  # issue 27's default reduction
     expected = det + imgs.shape[0] * (alpha * kd + 10.0 * at)
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert float(out["kd"]) == pytest.approx(alpha * kd.item(), rel=1e-5) and float(out["kd"]) > 0
     assert float(out["at"]) == pytest.approx(10.0 * at.item(), rel=1e-5) and float(out["at"]) > 0
     assert torch.allclose(torch.stack([out["box"], out["obj"], out["cls"]]), items, rtol=1e-5)
+    for k in ("kd_box", "kd_obj", "kd_cls"):  # each part = alpha x the part computed here, and they add up to kd
+        assert float(out[k]) == pytest.approx(alpha * parts[k].item(), rel=1e-5) and float(out[k]) > 0, k
+    assert float(out["kd_box"] + out["kd_obj"] + out["kd_cls"]) == pytest.approx(float(out["kd"]), rel=1e-5)
 
 
 def _grad_norms(student, objective, imgs, targets):
@@ -209,7 +214,7 @@ def test_self_distillation_is_zero_and_kd_uses_the_teacher():
     imgs, targets = _batch()
     objective = _objective(student, teacher, kd_loss="kl", alpha=1.0, beta=1.0)
     out = objective(student, imgs, targets)
-    _, kd, at = _direct_kd_terms(student, teacher, imgs, "kl", P5_LAYERS)
+    _, kd, _, at = _direct_kd_terms(student, teacher, imgs, "kl", P5_LAYERS)
     assert float(out["kd"]) == pytest.approx(kd.item(), rel=1e-5) and kd.item() > 0
     assert float(out["at"]) == pytest.approx(at.item(), rel=1e-5) and at.item() > 0
 

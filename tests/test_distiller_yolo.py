@@ -82,33 +82,55 @@ def _first_batch(flags: dict, kd_config=None) -> dict:
     return values
 
 
+PRE_ENGINE_ALPHA = {"l2": 10.0, "kl": 2.0, "bce": 2.0}  # output KD's default weight by variant before issue 27
+PARTS = ["kd_box", "kd_obj", "kd_cls"]  # output KD's weighted parts, logged after the terms since issue 27
+
+
 def pre_engine_flags(flags: dict) -> dict:
     """A golden case's flags with the pre-engine defaults written out: the cases were recorded when an
     unset output loss meant l2 and an unset feature loss meant AT; train_kd.py's defaults are now kl +
-    scorel2 (issue 13), so the old meaning is given explicitly."""
+    scorel2 (issue 13), so the old meaning is given explicitly. Likewise output KD's reduction and weight
+    (issue 27): the cases ran the per-cell means (now --kd_normalize cells) at the then default weight of
+    their variant (PRE_ENGINE_ALPHA) when no --alpha was given; the default is now the weight-mass form at 1."""
     flags = dict(flags)
     if flags.get("kd_loss") is None and flags.get("kd_loss_selected") is None:
         flags["kd_loss_selected"] = "l2"
     flags.setdefault("feature_loss", "at")
+    flags["kd_normalize"] = "cells"
+    if flags.get("alpha") is None:
+        flags["alpha"] = PRE_ENGINE_ALPHA[flags.get("kd_loss_selected") or flags["kd_loss"]]
     return flags
+
+
+def _logged_order(golden: dict) -> list[str]:
+    """The golden file's keys in the order the objective now logs them: output KD's parts (issue 27's
+    default log_parts) follow the terms, before the two gradient norms."""
+    keys = [k for k in golden if "grad" not in k]
+    return [*keys, *PARTS, *[k for k in golden if "grad" in k]]
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_first_batch_equals_pre_engine_code(case):
     golden = {k: v for k, v in GOLDEN[case].items() if k != "flags"}
     got = _first_batch(pre_engine_flags(CASES[case]))
-    assert list(got) == list(golden)  # same logged terms, same order
+    assert list(got) == _logged_order(golden)  # same logged terms, same order (+ output KD's parts)
     for k, v in golden.items():
         assert got[k] == pytest.approx(v, rel=REL_GRAD if "grad" in k else REL, abs=1e-12), k
+    # the parts are output KD's weighted terms: they add up to it (three float32 additions: rel 1e-6)
+    assert sum(got[k] for k in PARTS) == pytest.approx(got["kd"], rel=1e-6)
+    assert all(got[k] >= 0 for k in PARTS) and got["kd_obj"] > 0
 
 
 def test_tolerance_catches_real_mistakes():
     card = GOLDEN["card_kl_at"]
-    wrong_alpha = _first_batch({"kd_loss_selected": "kl", "feature_loss": "at", "alpha": 2.02})
-    wrong_t = _first_batch({"kd_loss_selected": "kl", "feature_loss": "at", "temperature": 4.0})
+    # each mistake made on the golden case's own math (per-cell means at weight 2, issue 27), so only it differs
+    exact = {"kd_loss_selected": "kl", "feature_loss": "at", "alpha": 2.0, "kd_normalize": "cells"}
+    assert _first_batch(exact)["kd"] == pytest.approx(card["kd"], rel=REL)  # without the mistake: within REL
+    wrong_alpha = _first_batch({**exact, "alpha": 2.02})
+    wrong_t = _first_batch({**exact, "temperature": 4.0})
     for got in (wrong_alpha, wrong_t):
         assert abs(got["kd"] / card["kd"] - 1) > 10 * REL
-    objective, student = _objective({"kd_loss_selected": "kl", "feature_loss": "at"}, compute_loss=zero_loss)
+    objective, student = _objective(exact, compute_loss=zero_loss)
     at = objective.distiller.losses["at"]
     forward = at.forward
     at.forward = lambda s, t, ctx: forward([x.detach() for x in s], t, ctx)  # AT's gradient cut
@@ -125,6 +147,7 @@ def _parse(*argv) -> dict:
 
 RECIPE_FLAGS = {  # each shipped recipe and the flags that describe the same run
     "card": ["--kd_loss_selected", "kl", "--feature_loss", "at"],
+    "card_exact": ["--kd_loss_selected", "kl", "--feature_loss", "at", "--alpha", "2", "--kd_normalize", "cells"],
     "l2_at": ["--kd_loss_selected", "l2", "--feature_loss", "at"],
     "kl_only": ["--kd_loss_selected", "kl", "--feature_loss", "none"],
     "bce_at": ["--kd_loss_selected", "bce", "--feature_loss", "at"],
@@ -180,15 +203,25 @@ def test_default_run_is_the_scorel2_recipe():
         objective, _ = _objective(_parse(*argv))
         assert objective.resolved == recipe.resolved, argv
         kd, feature = objective.resolved.to_dict()["losses"]
-        assert (kd["variant"], kd["T"], kd["weight"], feature["type"]) == ("kl", 20.0, 2.0, "scorel2")
+        # issue 27: output KD weighs 1 (was 2) in its weight-mass form, scorel2 (per level now) 0.3 (was 1)
+        assert (kd["variant"], kd["T"], kd["weight"], feature["type"]) == ("kl", 20.0, 1.0, "scorel2")
+        assert feature["weight"] == 0.3 and kd.get("normalize", "weight") == "weight"
+        assert objective.distiller.losses["kd"].core.normalize == "weight"
 
 
 def test_card_recipe_equals_card_command_golden():
-    """The must-show: --kd_config data/kd/card.yaml gives the first-batch values of the card's flags."""
-    got = _first_batch({}, kd_config=load_kd_config("card"))
+    """The must-show: --kd_config data/kd/card_exact.yaml gives the first-batch values of the card's flags
+    as recorded (issue 27: the fork's per-cell output KD at weight 2 moved there from card.yaml). card.yaml
+    (the weight-mass form at weight 1) changes output KD only: the detection items and AT are the same."""
+    got = _first_batch({}, kd_config=load_kd_config("card_exact"))
     for k, v in GOLDEN["card_kl_at"].items():
         if k != "flags":
             assert got[k] == pytest.approx(v, rel=REL_GRAD if "grad" in k else REL, abs=1e-12), k
+    new = _first_batch({}, kd_config=load_kd_config("card"))
+    for k in ("box", "obj", "cls", "at"):
+        assert new[k] == got[k], k
+    assert abs(new["kd"] / got["kd"] - 1) > 10 * REL  # another output KD (the form, not rounding)
+    assert sum(new[k] for k in PARTS) == pytest.approx(new["kd"], rel=1e-6)
 
 
 def test_flags_override_the_file():
@@ -220,15 +253,20 @@ def test_bad_recipes_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     for text, match in [("losses:\n  - {type: cwdd}\n", r"unknown loss type 'cwdd' \(closest: cwd\)"),
                         ("losses:\n  - {type: at, layers: neck}\n", "layers: 'neck' must be one of"),
-                        ("loss: []\n", "one key, 'losses'"),
+                        # issue 27: a recipe may also carry kd_stop_epochs, the message names both keys
+                        ("loss: []\n", "a mapping with the key 'losses'.*optionally 'kd_stop_epochs'"),
+                        ("losses:\n  - {type: at}\nkd_stop: 3\n", "a mapping with the key 'losses'"),
                         ("losses:\n  - {type: at}\n  - {type: at}\n", "used twice")]:
         bad.write_text(text)
         with pytest.raises(UserError, match=match):
             load_kd_config(bad)
-    with pytest.raises(UserError, match="shipped recipes in data/kd/: bce_at, card"):
+    with pytest.raises(UserError, match="shipped recipes in data/kd/: bce_at, card, card_exact, cwd"):
         load_kd_config("nope")
     bad.write_text("losses:\n  - {type: at, layers: auto, gamma: 2}\n")
     with pytest.raises(UserError, match=r"unknown parameter\(s\) \['gamma'\]"):
+        _objective({}, kd_config=load_kd_config(bad))
+    bad.write_text("losses:\n  - {type: YoloKDLoss, layers: detect, variant: kl, normalize: cell}\n")  # issue 27
+    with pytest.raises(UserError, match="normalize 'cell' is unknown; choose one of: weight, cells"):
         _objective({}, kd_config=load_kd_config(bad))
     r = subprocess.run([sys.executable, str(ROOT / "train_kd.py"), "--kd_config", "nope", "--teacher_weight",
                         str(ROOT / "train_kd.py")], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)

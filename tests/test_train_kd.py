@@ -52,8 +52,12 @@ def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
         assert (run / f).exists(), f
     names, rows = read_results_csv(run / "results.csv")
     assert names[:14] == V6_COLUMNS
-    assert names[14:] == ["train/kd_loss", "train/scorel2_loss"]
+    # the terms, then output KD's parts (logged by default since issue 27)
+    assert names[14:] == ["train/kd_loss", "train/scorel2_loss", "train/kd_box", "train/kd_obj", "train/kd_cls"]
     assert rows[0][names.index("train/kd_loss")] > 0 and rows[0][names.index("train/scorel2_loss")] > 0
+    parts = [rows[0][names.index(f"train/kd_{k}")] for k in ("box", "obj", "cls")]
+    assert all(v > 0 for v in parts)  # epoch means of the weighted parts: they add up to kd's (csv: 5 digits)
+    assert sum(parts) == pytest.approx(rows[0][names.index("train/kd_loss")], rel=1e-3)
     assert "teacher: mAP@0.5" in r.stdout  # sanity check of the teacher before epoch 0
     assert _md5(teacher) == before  # the teacher file is never written
 

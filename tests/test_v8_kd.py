@@ -170,9 +170,12 @@ def test_v8_default_is_ver2_plus_ver1_with_v8_loss_items():
     assert entries["kd"]["type"] == "v8_output_kd" and entries["kd"]["student_layers"] == ["model.22"]
     assert entries["mse"]["student_layers"] == entries["mse"]["teacher_layers"] == ["model.15", "model.18", "model.21"]
     out = _step(objective, student)
-    assert list(out) == ["loss", "box", "cls", "dfl", "kd", "mse"]  # the student's own loss items
+    # the student's own loss items, the terms, then output KD's weighted parts (logged by default, issue 27)
+    assert list(out) == ["loss", "box", "cls", "dfl", "kd", "mse", "kd_box", "kd_cls"]
     assert all(torch.isfinite(v) and v > 0 for v in out.values())
-    assert out["loss"].item() == pytest.approx(2 * sum(out[k].item() for k in list(out)[1:]), rel=1e-5)
+    items = ["box", "cls", "dfl", "kd", "mse"]  # the parts are inside kd: not added again
+    assert out["loss"].item() == pytest.approx(2 * sum(out[k].item() for k in items), rel=1e-5)
+    assert (out["kd_box"] + out["kd_cls"]).item() == pytest.approx(out["kd"].item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["mse", "cwd", "pkd", "at", "fitnet"])

@@ -16,9 +16,14 @@ V6_COLUMNS = [
 _V6_TRAIN_KEYS = ("box", "obj", "cls")
 
 
+PART_SUFFIXES = ("_box", "_obj", "_cls")  # a logged sub-term of a loss: 'kd_box' is output KD's box part
+
+
 def extra_columns(loss_names: list[str]) -> list[str]:
-    """Objective terms beyond box/obj/cls become appended columns: 'kd' -> 'train/kd_loss'."""
-    return [f"train/{k}_loss" for k in loss_names if k not in _V6_TRAIN_KEYS]
+    """Objective terms beyond box/obj/cls become appended columns: 'kd' -> 'train/kd_loss'; a loss's parts
+    keep their name: 'kd_box' -> 'train/kd_box' (next to train/kd_loss)."""
+    return [f"train/{k}" if k.endswith(PART_SUFFIXES) else f"train/{k}_loss"
+            for k in loss_names if k not in _V6_TRAIN_KEYS]
 
 
 def is_number(s: str) -> bool:
@@ -115,6 +120,18 @@ class ResultsLogger:
         if len(kept) != len(rows) or skipped or unfinished:  # rewritten without damaged lines: appending is safe
             self._rewrite(names, kept)
 
+    def _match_columns(self, columns: list[str]) -> None:
+        """A resumed run that logs other terms than the rows before it (e.g. a run started before output KD
+        logged its parts): the file is rewritten with this run's columns, nan where a row has no value."""
+        names, rows, _ = parse_results_csv(self.file)
+        if not names or names == columns:
+            return
+        LOGGER.warning(f"WARNING: {self.file}: the columns change from this epoch on (added: "
+                       f"{', '.join(c for c in columns if c not in names) or 'none'}; dropped: "
+                       f"{', '.join(c for c in names if c not in columns) or 'none'}); earlier rows get nan there")
+        index = {n: i for i, n in enumerate(names)}
+        self._rewrite(columns, [[r[index[c]] if c in index else float("nan") for c in columns] for r in rows])
+
     def _rewrite(self, names: list[str], rows: list[list[float]]) -> None:
         tmp = self.file.with_suffix(".csv.tmp")
         with open(tmp, "w") as f:
@@ -134,6 +151,8 @@ class ResultsLogger:
         values = [epoch, *train, *[float(x) for x in results], *[float(x) for x in lrs], *extras]
         columns = V6_COLUMNS + extra_columns(extra_names)
         new = not self.file.exists()
+        if not new:
+            self._match_columns(columns)
         with open(self.file, "a") as f:
             if new:
                 f.write(",".join(f"{c:>20s}" for c in columns) + "\n")

@@ -18,11 +18,25 @@ class AttentionTransfer(nn.Module):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017, arXiv:1612.03928).
 
     Tensor contract: per pair (B, C_S, H, W) and (B, C_T, H', W'); channel counts may differ.
-    Q = mean_c |A_c|^p (p = 2) per sample, (B, H, W); the student map is resized (bilinear) to the
-    teacher's H x W if they differ; flattened and L2-normalised per sample. Loss = sum over pairs of
-    the squared L2 distance ||Q_S - Q_T||^2 (summed over positions, as in the paper), averaged over the
-    batch. Summing rather than averaging over positions (the authors' code) keeps the loss independent
-    of the image size: each pair lies in [0, 4]. Exactly 0 at student == teacher.
+    What it computes, per pair:
+        Q = mean over channels of |A_c|^p, (B, H, W); p (default 2) is this exponent of the activations,
+            the paper's F^p_mean; it is not the norm of the distance below;
+        the student's Q is resized (bilinear, align_corners=False) to the teacher's H' x W' when they
+            differ; each Q is flattened to (B, H'*W') and L2-normalised per sample (F.normalize);
+        term = ||Q_S/||Q_S|| - Q_T/||Q_T|| ||_2^2: the SQUARED L2 distance, summed over the H'*W' positions,
+            then averaged over the batch.
+    Loss = the sum of the terms over pairs. Exactly 0 at student == teacher.
+
+    This is neither the paper's formula nor the authors' code. The paper writes the distance as the
+    p-norm ||.||_p with p = 2 (a square root of the sum, not squared); the authors' code averages the
+    squared differences over the positions (and the batch), i.e. divides this sum by H'*W'. Why it
+    matters: the normalised maps are unit vectors with no negative entries (|A|^p >= 0, and a bilinear
+    resize mixes them with non-negative weights), so the sum over positions of their squared difference
+    is 2 - 2 cos(Q_S, Q_T) (1 against an all-zero map, which normalises to zeros): in [0, 2] for every
+    pair at any image size. The positional mean would shrink as 1 / (H'*W') (4x smaller when the image
+    side doubles), so a weight chosen at one --img would be wrong at another. Squared rather than the
+    norm: the gradient vanishes at the optimum instead of keeping unit length, and the bound is 2, not
+    sqrt(2).
     """
 
     kind = "feature"

@@ -46,15 +46,24 @@ class IRGLoss(nn.Module):
     """Instance relationship graph (Liu et al., CVPR 2019, "Knowledge Distillation via IRG"), KD-Zoo's form.
 
     Tensor contract: all the pairs mapped to it, in network order, each (B, ...) per instance (maps or
-    vectors; student and teacher widths may differ except for the last pair). With n pairs:
-        vert = MSE(S_n, T_n)                                   the last pair (logits): equal shapes
-        edge = mean_k MSE(E(S_k), E(T_k)),  E = the (B, B) squared-distance matrix / its max
-        tran = mean_k MSE(D(S_k, S_{k+1}), D(T_k, T_{k+1})),  k < n; D = the per-instance squared
-               distance between two layers brought to one shape parameter-free (_common_shape),
-               divided by its max over the batch like E; 0 when n = 1. (KD-Zoo leaves D raw: it then
-               grows with the feature size, and diverged at lr 0.05 on 32x8x8 maps.)
+    vectors; student and teacher widths may differ except for the last pair). With n pairs, computed in
+    float32:
+        vert = MSE(S_n, T_n)                                   the last pair (logits): equal shapes;
+               not computed (0) when vert = 0
+        edge = mean_k MSE(E(S_k), E(T_k)) over all n pairs. E(X) is the (B, B) matrix of squared Euclidean
+               distances between the flattened instances of X (clamped at 0, the diagonal exactly 0),
+               divided by its largest entry (the max over the whole matrix, floored at the smallest
+               positive float so an all-equal batch gives zeros, not NaN)
+        tran = mean_k MSE(D(S_k, S_{k+1}), D(T_k, T_{k+1})) over the n - 1 consecutive pairs; 0 when n = 1.
+               D(a, b) is the (B,) squared Euclidean distance, per instance, between two layers of one
+               model brought to one shape parameter-free (_common_shape: the larger H x W average-pooled
+               to the smaller, the wider channel axis averaged down to the narrower, a vector taken as a
+               1 x 1 map), divided by its largest entry over the batch (floored the same way)
         loss = vert * vert_loss + edge * edge_loss + tran * tran_loss   (KD-Zoo: 0.1, 5.0, 5.0)
-    Exactly 0 at student == teacher. A relation over the batch: weak with very small batches.
+    Both E and D are divided by their max, as KD-Zoo does (its euclidean_dist_feat / euclidean_dist_fm and
+    euclidean_dist_fms with squared=True): relations, not magnitudes, are compared, and every entry lies
+    in [0, 1] whatever the feature size (undivided, D grows with it). Exactly 0 at student == teacher. A
+    relation over the batch: weak with very small batches (with B = 1, E is 0 and the edge term is 0).
     """
 
     kind = "relation"
