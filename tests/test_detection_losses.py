@@ -255,10 +255,16 @@ def test_scorel2_weights_by_teacher_confidence():
     ctx.teacher_out[1][0, 0, 2, 2, 4:] = torch.tensor([30.0, 1.0, -30.0, -30.0])  # image 0, cell (2, 2):
     w_b = torch.sigmoid(torch.tensor(1.0)).item()  # obj 1 x the best class sigma(1); best anchor, no means
     student = [t.clone() for t in teacher]
-    student[0][0, 0, 1, 1] += 10.0  # unweighted cell: weight ~1e-26, invisible
+    student[1][0, 0, 0, 0] += 10.0  # a level-1 cell of weight ~1e-26 beside the confident ones: invisible
     student[1][1, 5, 3, 0] += 2.0  # the weight-1 cell: loss = 1 x 2^2 / (C (1 + w_b)), C = 16
     # weights 1 - 1e-13 and w_b, ~1e-26 elsewhere: the ratio is exact to float32 rounding (~1e-7)
     assert loss_fn(student, teacher, ctx).item() == pytest.approx(4.0 / (16 * (1 + w_b)), rel=1e-5)
+    # each level is normalised by its own score mass (ultralytics' loss_sl2, issue 27): on level 0, where the
+    # teacher is equally unsure everywhere, the weights are equal and the term is the plain mean of err / C
+    student[0][0, 0, 1, 1] += 10.0
+    c0, cells0 = teacher[0].shape[1], teacher[0].shape[0] * teacher[0].shape[2] * teacher[0].shape[3]
+    assert loss_fn(student, teacher, ctx).item() == pytest.approx(4.0 / (16 * (1 + w_b)) + 100.0 / (c0 * cells0),
+                                                                  rel=1e-5)
     single = torch.zeros(1, 1, 1, 1, 6)
     single[..., 4], single[..., 5] = 2.0, -50.0  # nc == 1: the untrained class logit is ignored
     assert teacher_score(single).item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())

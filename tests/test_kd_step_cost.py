@@ -117,6 +117,8 @@ def test_iteration_counter_has_a_host_copy_that_follows_loads():
     student, teacher = _pair()
     _, obj = _terms(student, teacher, {"kd_loss": "l2", "feature_loss": "at", "teacher_dtype": "fp32"})
     kd = obj.distiller.kd
+    assert kd.count() == int(kd.iteration) == 0  # the training loop steps it after each optimizer step (issue 27)
+    obj.optimizer_step()
     assert kd.count() == int(kd.iteration) == 1
     state = deepcopy(kd.state_dict())
     state["iteration"] = torch.tensor(41)
