@@ -10,6 +10,7 @@ from torch import nn
 from distill.hooks import model_head
 from distill.recipe import Recipe
 from distill.v8_output import LD_TEMPERATURE
+from distill.yolo_config import V8_FORM
 from utils.general import LOGGER, UserError
 
 OUTPUT_FAMILY = {"YoloKDLoss": "v5", "v8_output_kd": "v8"}  # the head family each output loss reads
@@ -71,6 +72,8 @@ def _fit_output(i: int, e, fs: str, ft: str, student: nn.Module, teacher: nn.Mod
                         "distil features only")
     if needs != fs and fs == "v8":
         e = e.replace(type="v8_output_kd")
+        if e.get("normalize") in V8_FORM:
+            e = e.replace(normalize=V8_FORM[e.get("normalize")])
         return e.without("variant") if e.params.get("variant") == "kl" else e
     if needs != fs:
         raise UserError(f"losses[{i}] '{e.log_name}': {e.type} reads v8 heads but student and "

@@ -180,12 +180,17 @@ def _apply_output(losses: list[LossEntry], out: dict) -> list[LossEntry]:
 
 
 def _apply_yolo_output(losses: list[LossEntry], values: dict) -> list[LossEntry]:
-    """obj_term / subtract_entropy on the YoloKDLoss entries (not given: the file's or the loss's defaults)."""
-    if values and not any(e.type == "YoloKDLoss" for e in losses):
+    """obj_term / subtract_entropy / normalize on the YoloKDLoss entries, normalize also on v8_output_kd ones
+    ('cells' is its 'points': the per-point form before issue 27); not given: the file's or the loss's."""
+    v8 = {"normalize": V8_FORM.get(values["normalize"], values["normalize"])} if "normalize" in values else {}
+    needed = values if not any(e.type == "v8_output_kd" for e in losses) else {k: v for k, v in values.items()
+                                                                               if k not in v8}
+    if needed and not any(e.type == "YoloKDLoss" for e in losses):
         flags = {"obj_term": "kd_obj", "subtract_entropy": "bce_subtract_entropy", "normalize": "kd_normalize"}
-        raise UserError(f"{', '.join('--' + flags[k] for k in values)} sets output distillation (YoloKDLoss), "
+        raise UserError(f"{', '.join('--' + flags[k] for k in needed)} sets output distillation (YoloKDLoss), "
                         "but the kd config has none")
-    return [e.replace(**values) if e.type == "YoloKDLoss" else e for e in losses]
+    return [e.replace(**values) if e.type == "YoloKDLoss" else e.replace(**v8) if e.type == "v8_output_kd" and v8
+            else e for e in losses]
 
 
 def _replace_features(losses: list[LossEntry], kinds: list[str]) -> list[LossEntry]:
@@ -288,7 +293,9 @@ def distiller_config(resolved: Recipe, student: nn.Module, teacher: nn.Module, h
 REDUCTIONS = {
     "YoloKDLoss": ("normalize", "weight", "cells", "output KD's box and class terms per cell"),
     "scorel2": ("reduce", "level", "all", "scorel2 normalised over all levels at once"),
+    "v8_output_kd": ("normalize", "weight", "points", "v8 output KD's class term a mean over the points"),
 }
+V8_FORM = {"cells": "points"}  # YoloKDLoss normalize -> v8_output_kd's (a v5 recipe or flag on a v8 pair)
 
 
 def explicit_reductions(recipe: Recipe) -> Recipe:

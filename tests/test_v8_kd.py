@@ -60,7 +60,8 @@ def test_v8_output_kd_by_hand():
     """One level of 1 x 2 cells, reg_max 2, nc 1, T = tau = 3 (not 2, where T**2 == 2 * T: the mutation
     tau**2 -> tau*2 of the class term survived that choice, tools/mutation_sample.py). Cell 0: teacher confident (w = sigma(1.5));
     cell 1: teacher class logit -30 (w ~ 1e-13), so its very different box hardly counts, and both class
-    logits are equal there (class KL 0). Expected: box = KL of cell 0 (weighted mean), cls = (KL_0 + 0) / 2."""
+    logits are equal there (class KL 0). Expected: box = KL of cell 0 and cls = KL_0 (means weighted by w^2,
+    normalize 'weight'); the form before issue 27 (normalize 'points'): the same box, cls = (KL_0 + 0) / 2."""
     R, T = 2, 3.0
     t_edges = [[2.0, 0.0], [0.0, 0.0], [1.0, -1.0], [0.0, 3.0]]  # teacher logits per edge; student's are 0
     t = torch.zeros(1, 4 * R + 1, 1, 2)
@@ -81,12 +82,12 @@ def test_v8_output_kd_by_hand():
 
     q, p = sig(1.5 / T), sig(-0.5 / T)
     box = T**2 * sum(kl_edge(r) for r in t_edges) / 4
-    cls = T**2 * (q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))) / 2
-    loss = V8OutputKD(T=T)
-    got = loss.terms([s], [t], reg_max=R)[1]
-    # float32 sums of a few O(1) terms: relative error ~1e-6; the cell-1 box leak is ~1e-13 x KL
-    assert got["kd_box"].item() == pytest.approx(box, rel=1e-5)
-    assert got["kd_cls"].item() == pytest.approx(cls, rel=1e-5)
+    cls = T**2 * (q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p)))
+    # float32 sums of a few O(1) terms: relative error ~1e-6; the cell-1 leak is ~1e-13 x KL (w), 1e-26 (w^2)
+    for normalize, cls_expected in (("weight", cls), ("points", cls / 2)):
+        got = V8OutputKD(T=T, normalize=normalize).terms([s], [t], reg_max=R)[1]
+        assert got["kd_box"].item() == pytest.approx(box, rel=1e-5), normalize
+        assert got["kd_cls"].item() == pytest.approx(cls_expected, rel=1e-5), normalize
     assert V8OutputKD(T=T, box=0.8, cls=0.2).terms([s], [t], reg_max=R)[0].item() == pytest.approx(
         0.8 * box + 0.2 * cls, rel=1e-5)  # the seed's 0.8 / 0.2 mix is two gains
 
@@ -276,6 +277,16 @@ def test_output_flags_map_to_the_v8_loss():
     # a YOLOv5 recipe on two v8 models: its output entry becomes v8_output_kd (kl, T, weight kept)
     objective, _ = _objective("yolov8n", "yolov8n", kd_config=load_kd_config("kl_only"))
     assert isinstance(objective.distiller.losses["kd"], V8OutputKD) and objective.distiller.losses["kd"].T == 20.0
+    assert objective.resolved.losses[0].get("normalize") == "weight"  # kd.yaml names the form
+    # --kd_normalize cells (the per-cell form before issue 27) is the v8 loss's per-point form, from the flag
+    # or from a v5 recipe that names it; an old v8 kd.yaml without the key resumes in that form
+    objective, _ = _objective("yolov8n", "yolov8n", {"kd_normalize": "cells"})
+    assert objective.distiller.losses["kd"].normalize == "points"
+    objective, _ = _objective("yolov8n", "yolov8n", kd_config=load_kd_config("card_exact"))
+    assert objective.distiller.losses["kd"].normalize == "points"
+    from distill.yolo_config import resumed_reductions
+    old = resumed_reductions(load_kd_config("v8_ver2"), "runs/train/exp/kd.yaml")
+    assert old.losses[0].get("normalize") == "points"
 
 
 @pytest.mark.parametrize("recipe,argv", [("v8_ver2", ["--feature_loss", "none"]), ("v8_both", []),
