@@ -29,33 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.loggers import read_results_csv  # noqa: E402
-
-M50, M5095 = "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"
-DETECTION_TERMS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "train/dfl_loss")
-
-
-def best_row(csv: Path) -> tuple[float, float, int] | None:
-    """(mAP@0.5, mAP@0.5:0.95, epochs done) of the best-fitness epoch, None without rows."""
-    names, rows = read_results_csv(csv)
-    if not rows:
-        return None
-    i50, i95 = names.index(M50), names.index(M5095)
-    best = max(rows, key=lambda r: 0.1 * r[i50] + 0.9 * r[i95])
-    return best[i50], best[i95], len(rows)
-
-
-def term_ratios(csv: Path) -> dict[str, tuple[float, float]]:
-    """{KD term: (its value / the detection loss at the first epoch, the same at the last epoch)}."""
-    names, rows = read_results_csv(csv)
-    det = [names.index(k) for k in DETECTION_TERMS if k in names]
-    terms = [k for k in names if k.startswith("train/") and k.endswith("_loss") and k not in DETECTION_TERMS]
-    out = {}
-    for k in terms:
-        i = names.index(k)
-        first, last = ((r[i] / d if (d := sum(r[j] for j in det)) > 0 else float("nan")) for r in (rows[0], rows[-1]))
-        out[k[len("train/"):-len("_loss")]] = (first, last)
-    return out if rows and det else {}
+from engine.compare import best_row, term_ratios
 
 
 def main(argv=None) -> None:

@@ -329,9 +329,12 @@ OPTION_FLAGS = {"data": "--data", "cfg": "--cfg", "weights": "--weights", "teach
 def first_difference(a: dict, b: dict) -> str | None:
     for k in OPTION_FLAGS:
         if a.get(k) != b.get(k):
-            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-            return f"{OPTION_FLAGS[k]}: the folder was made with '{show(a.get(k))}', now '{show(b.get(k))}'"
+            return f"{OPTION_FLAGS[k]}: the folder was made with '{_show(a.get(k))}', now '{_show(b.get(k))}'"
     return None
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def comparison_folder(project: str, name: str, exist_ok: bool, options: dict) -> tuple[Path, bool]:
@@ -371,7 +374,7 @@ def make_plan(opt, extra: list[str]) -> tuple[Plan, list[str]]:
     if opt.nproc_per_node > 1 and opt.jobs > 1:
         raise UserError("compare_kd.py: --jobs runs several students at once on a CPU; with --nproc_per_node "
                         "each run is distributed over the GPUs, one run after another: drop --jobs")
-    data, warnings = check_inputs(opt)
+    _, warnings = check_inputs(opt)
     options = options_of(opt, common, kd_only)
     folder, reused = comparison_folder(opt.project, opt.name, opt.exist_ok, options)
     folder.mkdir(parents=True, exist_ok=True)
@@ -443,8 +446,14 @@ def execute(plan: Plan) -> list[str]:
                 + (f", {plan.jobs} at once" if plan.jobs > 1 and todo else ""))
     failed: list[str] = []
     active: list[tuple[Run, subprocess.Popen, float, int, object]] = []
+    shown, last_shown = "", 0.0
     try:
         while todo or active:
+            if plan.jobs > 1 and active and time.time() - last_shown > PROGRESS_EVERY:
+                line = progress(plan, [a[0] for a in active])
+                if line != shown:
+                    LOGGER.info(line)
+                shown, last_shown = line, time.time()
             while todo and len(active) < plan.jobs:
                 run, state = todo.pop(0)
                 cmd = command(plan, run, state)
@@ -483,6 +492,20 @@ def execute(plan: Plan) -> list[str]:
                 proc.kill()
         raise
     return failed
+
+
+PROGRESS_EVERY = 20  # seconds between the progress lines of runs trained at once (their bars go to logs)
+
+
+def progress(plan: Plan, runs: list[Run]) -> str:
+    """'plain-s0: epoch 6/20, mAP@0.5 0.081 | default-s0: epoch 4/20, mAP@0.5 0.214' from the runs' results.csv."""
+    parts = []
+    for run in runs:
+        f = plan.folder / run.name / "results.csv"
+        names, rows = read_results_csv(f) if f.is_file() else ([], [])
+        m = f", mAP@0.5 {rows[-1][names.index(M50)]:.3f}" if rows and M50 in names else ""
+        parts.append(f"{run.name}: epoch {len(rows)}/{plan.options['epochs']}{m}")
+    return " | ".join(parts)
 
 
 def _rows(run_dir: Path) -> int:
@@ -596,14 +619,14 @@ def _mean(values: list[float]) -> float:
 
 
 def _pictures(plan: Plan, res: dict, diffs: dict[str, Difference]) -> list[Path]:
-    """curves.png (every run, plot_curves.py's panels) and differences.png (per recipe: each seed's
+    """curves.png (every run, plot_curves.py's panels: utils/plots.py) and differences.png (per recipe: each seed's
     difference to plain and the mean with its 95% interval)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # pictures are optional; the tables are the answer
         LOGGER.info("matplotlib is not installed: no pictures")
         return []
-    from plot_curves import load_runs, plot_runs
+    from utils.plots import load_runs, plot_runs
 
     out = []
     csvs = [plan.folder / run.name / "results.csv" for run in plan.runs]
@@ -660,7 +683,8 @@ def compare(opt, extra: list[str]) -> Path:
         return plan.folder
     failed = execute(plan)
     f_csv, f_md, verdicts = write_summary(plan, warnings)
-    LOGGER.info(f"\n{verdicts}\n\nSummary: {f_md} (table: {f_csv})")
+    table = [line for line in f_md.read_text().splitlines() if line.startswith("|")][:2 + len(plan.options["recipes"]) + 1]
+    LOGGER.info("\n" + "\n".join(table) + f"\n\n{verdicts}\n\nSummary: {f_md} (table: {f_csv})")
     if failed:
         raise UserError(f"compare_kd.py: {len(failed)} run(s) failed: {', '.join(failed)}; their output is above"
                         + (f" and in {plan.folder}/<run>.log" if plan.jobs > 1 else "")
