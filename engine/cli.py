@@ -133,9 +133,9 @@ def kd_parser() -> argparse.ArgumentParser:
     g.add_argument("--bce_subtract_entropy", action="store_true",
                    help="bce: log the KD value without the teacher's entropy (gradient unchanged; 0 at student == teacher)")
     g.add_argument("--kd_normalize", "--kd-normalize", type=str, default=None, choices=["weight", "cells"],
-                   help="output KD's box and class terms: weight = per level by the teacher's weight mass, the same "
+                   help="output KD's box and class terms: weight = by the teacher's weight mass, the same "
                         "strength at any image size (default); cells = the card's per-cell means, 11x weaker at 640 "
-                        "than at 192 px (data/kd/card_exact.yaml)")
+                        "than at 192 px (data/kd/card_exact.yaml); on YOLOv8 heads, the per-point form before issue 27")
     g.add_argument("--kd_stop_epochs", "--kd-stop-epochs", type=int, default=None, metavar="N",
                    help="distillation off for the last N epochs, the student then trains on the labels alone (RTMDet's "
                         "recipe; e.g. the epochs after mosaic closes). Recipe key kd_stop_epochs; default 0")
