@@ -109,8 +109,11 @@ class Difference:
         sign = (lambda x: x < 0) if word == "hurts" else (lambda x: x > 0)
         agree = sum(sign(x) for x in self.d95)
         where = "below" if word == "hurts" else "above"
+        hint = ""
+        if word == "no measurable effect" and self.n == 2 and agree in (0, 2):
+            hint = f" (two seeds agree, but with 2 the interval is {t_quantile(0.975, 1):.1f} standard errors wide: add a seed)"
         return (f"{word}: {100 * mean:+.1f} ± {100 * half:.1f} mAP@0.5:0.95, {agree} of {self.n} seeds "
-                f"{where} plain")
+                f"{where} plain{hint}")
 
 
 def paired(plain: dict[int, tuple[float, float]], other: dict[int, tuple[float, float]]) -> Difference:
@@ -275,15 +278,17 @@ def check_inputs(opt) -> tuple[dict, list[str]]:
 
     if not opt.cfg and not opt.weights:
         raise UserError("compare_kd.py: give the student with --cfg (e.g. models/yolov5n.yaml) and/or --weights")
-    for flag, value in (("--data", opt.data), ("--cfg", opt.cfg), ("--weights", opt.weights),
-                        ("--teacher_weight", opt.teacher_weight)):
+    for flag, value in (("--data", opt.data), ("--cfg", opt.cfg), ("--weights", opt.weights)):
         if value and not Path(value).exists() and not (flag == "--cfg" and (ROOT / "models" / value).is_file()):
             raise UserError(f"compare_kd.py: {flag} {value} not found")
     if not opt.teacher_weight:
         raise UserError("compare_kd.py: --teacher_weight is required (the trained teacher checkpoint)")
-    if Path(opt.teacher_weight).is_dir():
-        raise UserError(f"compare_kd.py: --teacher_weight {opt.teacher_weight} is a folder; give its "
-                        "weights/best.pt")
+    from engine.kd import check_teacher_path  # train_kd.py's check: a folder names its checkpoints
+
+    try:
+        check_teacher_path(opt.teacher_weight)
+    except UserError as e:
+        raise UserError(f"compare_kd.py: {e}") from None
     if len(set(opt.seeds)) != len(opt.seeds):
         raise UserError(f"compare_kd.py: --seeds {' '.join(map(str, opt.seeds))} repeats a seed; give each once")
     if len(set(opt.recipes)) != len(opt.recipes):

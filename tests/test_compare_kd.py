@@ -36,7 +36,8 @@ def test_interval_and_verdicts_by_hand():
     assert d.verdict() == "helps: +4.0 ± 2.5 mAP@0.5:0.95, 3 of 3 seeds above plain"
     # 2 seeds: -0.02, -0.03 -> mean -0.025, sd 0.00707, half 12.7062 * 0.00707 / sqrt(2) = 0.0635: contains 0
     d = Difference([0, 1], [0, 0], [-0.02, -0.03])
-    assert d.verdict() == "no measurable effect: -2.5 ± 6.4 mAP@0.5:0.95, 0 of 2 seeds above plain"
+    assert d.verdict() == ("no measurable effect: -2.5 ± 6.4 mAP@0.5:0.95, 0 of 2 seeds above plain (two seeds "
+                           "agree, but with 2 the interval is 12.7 standard errors wide: add a seed)")
     # 2 seeds that agree closely: -0.030, -0.031 -> half 12.7062 * 0.000707 / sqrt(2) = 0.00635 < 0.0305
     assert Difference([0, 1], [0, 0], [-0.030, -0.031]).verdict().startswith("hurts: -3.0 ± 0.6 mAP@0.5:0.95, 2 of 2 seeds below")
     # 1 seed: the sign, no interval, said; under 1 point: no measurable effect
@@ -87,7 +88,7 @@ def _opt(data_yaml, tmp_path, **kw):
 @pytest.mark.parametrize("kw,extra,message", [
     ({"recipes": ["nope"]}, [], "--recipes nope: not a recipe; known: default, "),
     ({"seeds": [0, 0]}, [], "--seeds 0 0 repeats a seed"),
-    ({"teacher_weight": "missing.pt"}, [], "--teacher_weight missing.pt not found"),
+    ({"teacher_weight": "missing.pt"}, [], "--teacher_weight 'missing.pt' not found"),
     ({"data": "missing.yaml"}, [], "--data missing.yaml not found"),
     ({}, ["--name", "x"], "--name is set by compare_kd.py"),
     ({}, ["--t_weights", "t.pt"], "--t_weights is set by compare_kd.py"),
@@ -171,3 +172,19 @@ def test_killed_comparison_finishes_without_redoing_finished_runs(tiny_data, tmp
     argv[argv.index("--epochs") + 1] = "3"
     r = subprocess.run(argv + ["--exist-ok"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "--epochs: the folder was made with '2', now '3'" in r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_trains_each_run_distributed(tiny_data, tmp_path):
+    """--nproc_per_node 2: every run is launched by torchrun (two CPU processes, gloo), one after another."""
+    argv = _argv(tiny_data, tmp_path / "cmp")
+    argv[argv.index("--seeds") + 1: argv.index("--recipes")] = ["0"]
+    argv[argv.index("--recipes") + 1: argv.index("--project")] = ["kl_only"]
+    argv[argv.index("--epochs") + 1] = "1"
+    r = subprocess.run([*argv, "--nproc_per_node", "2"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=900, check=False)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert log.count("-m torch.distributed.run --standalone --nproc_per_node=2") == 2  # plain-s0, kl_only-s0
+    rows = (tmp_path / "cmp" / "exp" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(row.endswith(",True") for row in rows[1:])
