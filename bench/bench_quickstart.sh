@@ -31,7 +31,7 @@ python - "$OUT" $SEEDS <<'PY'
 import statistics, sys
 from pathlib import Path
 sys.path.insert(0, ".")
-from engine.compare import best_row
+from engine.compare_report import best_row
 
 out, seeds = Path(sys.argv[1]), sys.argv[2:]
 print("| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |\n|---|" + "---|" * (len(seeds) + 2))

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from engine.compare import best_row, term_ratios
+from engine.compare_report import best_row, term_ratios
 
 
 def main(argv=None) -> None:

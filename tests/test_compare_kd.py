@@ -13,7 +13,8 @@ import time
 import pytest
 from conftest import ROOT
 
-from engine.compare import Difference, first_difference, paired, split_flags, t_quantile
+from engine.compare import first_difference, split_flags
+from engine.compare_report import Difference, paired, t_quantile
 from utils.general import UserError
 
 TEACHER = str(ROOT / "weights" / "teacher-shapes-yolov5s.pt")
