@@ -37,7 +37,7 @@ from engine.compare_report import (
     write_summary,
 )
 from utils.general import LOGGER, ROOT, UserError, yaml_load
-from utils.loggers import read_results_csv
+from utils.loggers import is_number, read_results_csv
 
 KD_DIR = ROOT / "data" / "kd"
 # flags compare_kd.py sets for every run itself: refused among the pass-through flags
@@ -92,7 +92,7 @@ def split_flags(tokens: list[str]) -> list[list[str]]:
     is a value, not a flag)."""
     groups: list[list[str]] = []
     for tok in tokens:
-        is_flag = tok.startswith("-") and len(tok) > 1 and not _is_number(tok)
+        is_flag = tok.startswith("-") and len(tok) > 1 and not is_number(tok)
         if is_flag:
             groups.append([tok])
         elif groups:
@@ -100,14 +100,6 @@ def split_flags(tokens: list[str]) -> list[list[str]]:
         else:
             raise UserError(f"compare_kd.py: unexpected argument {tok!r}; flags start with --")
     return groups
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def route_flags(extra: list[str]) -> tuple[list[str], list[str]]:
