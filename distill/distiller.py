@@ -36,6 +36,7 @@ get_learnable_params(). `state_dict()` holds the student and the losses' own par
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -56,6 +57,14 @@ from distill.hooks import (
     unwrap_parallel,
 )
 from distill.yolo_output import raw_outputs
+
+class TeacherPass(NamedTuple):
+    """What the teacher's forward of one batch gives the losses: its output (None after an early exit) and
+    the outputs of the distilled teacher layers, in the order of teacher_layers."""
+
+    out: Any
+    feats: list
+
 
 CTX_FIELDS = ("imgs", "targets", "student", "teacher", "student_out", "teacher_out", "iteration")
 
@@ -176,9 +185,10 @@ class Distiller(nn.Module):
         return self.kd.load_state_dict(state, strict=strict)
 
     # ----------------------------------------------------------------------------------------------
-    def forward(self, data, targets=None, student: nn.Module | None = None):
-        """Return (output, kd_loss). `targets` go to ctx for the losses that need them; `student` runs
-        the forward instead of the registered student (its DDP wrapper; the hooks see the same layers)."""
+    def teacher_forward(self, data) -> TeacherPass:
+        """The teacher's part of a call: its forward (frozen, eval, no_grad, its own precision) and the
+        distilled layers' outputs. Thread-safe towards the student's step: it touches no state the student
+        reads, so a training loop may run it for the next batch on another thread (engine.prefetch)."""
         teacher = self.teacher
         teacher.eval()  # re-asserted: a caller flipping the teacher to train mode must not move its BN
         t_out = None
@@ -188,16 +198,22 @@ class Distiller(nn.Module):
                 t_out = teacher(data)  # the single teacher forward of this call
             except StopForward:  # every distilled teacher layer has run; its later layers are not needed
                 pass
+        return TeacherPass(t_out, t_hooks.outputs)
+
+    def forward(self, data, targets=None, student: nn.Module | None = None, teacher: TeacherPass | None = None):
+        """Return (output, kd_loss). `targets` go to ctx for the losses that need them; `student` runs
+        the forward instead of the registered student (its DDP wrapper; the hooks see the same layers);
+        `teacher`: this data's teacher_forward, computed beforehand (else it runs here)."""
+        t_out, t_feats = self.teacher_forward(data) if teacher is None else teacher
         run = self.student if student is None else student
         with FeatureHooks(self.student, self.student_layers + self.out_layers) as s_hooks:
             s_out = run(data)
         captured = s_hooks.outputs
         s_feats, out_feats = captured[:len(self.student_layers)], captured[len(self.student_layers):]
-        t_feats = t_hooks.outputs
         if not self._shapes_checked:
             self._check_shapes(_shapes(s_feats), _shapes(t_feats))
         ctx = KDContext(imgs=data if torch.is_tensor(data) else None, targets=targets, student=self.student,
-                        teacher=teacher, student_out=raw_outputs(s_out),
+                        teacher=self.teacher, student_out=raw_outputs(s_out),
                         teacher_out=None if t_out is None else raw_outputs(t_out), iteration=self.kd.count())
         kd_loss = self._losses(s_feats, t_feats, ctx)
         if self.training and not self.kd.external_steps:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.distiller import Distiller
+from distill.distiller import Distiller, TeacherPass
 from distill.families import default_config, for_family
 from distill.hooks import model_head, unwrap_parallel
 from distill.pairing import check_is_large_flag, parse_layer_list
@@ -125,11 +125,18 @@ class DistillObjective(nn.Module):
         """Called by the training loop after each optimizer step: the counter of warm-ups (ctx.iteration)."""
         self.kd.step()
 
-    def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """model: the student as the loop holds it (maybe DDP-wrapped); the Distiller hooks its layers."""
+    def teacher_forward(self, imgs: torch.Tensor) -> TeacherPass | None:
+        """The teacher's part of a training step on imgs, for a loop that runs it ahead (engine.prefetch);
+        None while distillation is off (kd_stop_epochs), when the step needs no teacher."""
+        return self.distiller.teacher_forward(imgs) if self.active else None
+
+    def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
+                teacher: TeacherPass | None = None) -> dict[str, torch.Tensor]:
+        """model: the student as the loop holds it (maybe DDP-wrapped); the Distiller hooks its layers.
+        teacher: teacher_forward(imgs) when the loop ran it ahead, else the teacher runs here."""
         if self.training and not self.active:
             return self._labels_only(model, imgs, targets)
-        pred, kd_loss = self.distiller(imgs, targets, student=model)
+        pred, kd_loss = self.distiller(imgs, targets, student=model, teacher=teacher)
         loss, items = self.compute_loss(raw_outputs(pred), targets)
         names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
         out = {**{k: items[i] for i, k in enumerate(names)}, **self.distiller.terms}

@@ -100,6 +100,10 @@ def kd_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher_dtype", "--teacher-dtype", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision of the teacher's forward: auto = fp16 on CUDA, bf16 on CPUs with native bf16 "
                         "(avx512_bf16/AMX), else fp32; the losses are computed in fp32 either way")
+    g.add_argument("--teacher_overlap", "--teacher-overlap", type=str, default="auto", choices=["auto", "on", "off"],
+                   help="CPU: run the teacher's forward of the next batch on a second thread during the student's "
+                        "step (same results; auto = on when 2 x torch threads fit the cores, e.g. OMP_NUM_THREADS=1 "
+                        "on 2 cores)")
     g.add_argument("--isL", type=str2bool, default=None,
                    help="the seed's: teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred "
                         "from the models, a value given that contradicts the teacher is reported")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.optim import nominal_accumulate, warmup
+from engine.prefetch import teacher_ahead
 from engine.setup import log_header
 from engine.train_utils import (
     RunningMeans,
@@ -49,6 +50,7 @@ class EpochSettings:
     world_size: int = 1  # processes: the loss is scaled by it and the objective's gradients all-reduced
     main: bool = True  # this process shows the progress line and draws train_batch*.jpg
     last: Path = Path("last.pt")  # the run's last.pt, named when a non-finite loss stops the run
+    overlap_teacher: bool = False  # the objective's teacher forward one batch ahead on a thread (engine.prefetch)
 
 
 def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -62,7 +64,10 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
         loader.sampler.set_epoch(epoch)
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    pbar = enumerate(loader)
+    batches = _prepared(loader, device, cfg)
+    ahead = getattr(objective, "teacher_forward", None) if cfg.overlap_teacher else None
+    batches = teacher_ahead(batches, ahead) if ahead is not None else ((*b, None) for b in batches)
+    pbar = enumerate(batches)
     if cfg.main:
         pbar = tqdm(pbar, total=cfg.nb, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
     log = RunningMeans(sync_every_step=not cuda)  # on CPU reading the sums costs nothing
@@ -70,16 +75,13 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
     optimizer.zero_grad()
     on_step = getattr(objective, "optimizer_step", None)
     last_opt_step = -1
-    for i, (imgs, targets, paths, _) in pbar:
+    for i, (imgs, targets, paths, teacher) in pbar:
         ni = i + cfg.nb * epoch
-        imgs = imgs.to(device, non_blocking=True).float() / 255  # uint8 -> [0, 1]
-        targets = targets.to(imgs.device)
         if ni <= cfg.nw:
             accumulate = warmup(optimizer, ni, cfg.nw, epoch, cfg.lf, cfg.hyp, cfg.batch_size, nbs=cfg.nbs)
-        if cfg.multi_scale:
-            imgs = multi_scale(imgs, cfg.imgsz, cfg.gs)
         with train_autocast(cuda, cfg.bf16):
-            out = objective(model, imgs, targets)
+            # teacher: its forward of these images, run one batch ahead on a second thread (engine.prefetch)
+            out = objective(model, imgs, targets) if teacher is None else objective(model, imgs, targets, teacher)
         loss = out["loss"]
         if cfg.world_size > 1:
             loss = loss * cfg.world_size  # gradients are averaged between DDP processes
@@ -116,6 +118,16 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
         if log.synced and not log.finite:  # CUDA: AMP's GradScaler skipped the non-finite steps
             _raise_non_finite(epoch, i, log, cfg.last)
     return log.means()
+
+
+def _prepared(loader: Iterable, device: torch.device, cfg: EpochSettings) -> Iterator[tuple]:
+    """The loader's batches as the step takes them: (imgs float [0, 1] on device, targets, paths), resized
+    by --multi-scale (one draw per batch, in batch order, also when the teacher runs a batch ahead)."""
+    for imgs, targets, paths, _ in loader:
+        imgs = imgs.to(device, non_blocking=True).float() / 255  # uint8 -> [0, 1]
+        if cfg.multi_scale:
+            imgs = multi_scale(imgs, cfg.imgsz, cfg.gs)
+        yield imgs, targets.to(imgs.device), paths
 
 
 def _raise_non_finite(epoch: int, i: int, log: RunningMeans, last: Path) -> None:

@@ -8,6 +8,7 @@ whether it distils. One epoch is engine.epoch.train_one_epoch.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from engine.optim import (
     nominal_accumulate,
     warmup_iterations,
 )
+from engine.prefetch import resolve_overlap, usable_cores
 from engine.run_checkpoint import restore_run, save_run
 from engine.setup import (
     build_model,
@@ -213,6 +215,18 @@ def _optimizer(opt, run: TrainRun, model: nn.Module, objective: nn.Module):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf), lf
 
 
+def _overlap(opt, run: TrainRun) -> bool:
+    """--teacher_overlap resolved for this run (engine.prefetch), said once when on."""
+    on = resolve_overlap(getattr(opt, "teacher_overlap", None) or "auto", run.device,
+                         has_teacher=hasattr(run.objective, "teacher_forward"),
+                         local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if on and run.main:
+        LOGGER.info(f"Teacher forward overlapped with the student's step: one batch ahead on a second thread "
+                    f"({torch.get_num_threads()} torch thread(s) each, {usable_cores()} usable cores; "
+                    "--teacher_overlap off runs them one after the other)")
+    return on
+
+
 def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
     """The epochs: train, validate the EMA, log, checkpoint, early stop."""
     from engine import validate
@@ -227,7 +241,8 @@ def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
     settings = EpochSettings(epochs=opt.epochs, nb=run.nb, nw=run.nw, lf=run.lf, hyp=run.hyp,
                              batch_size=opt.batch_size, nbs=run.nbs, imgsz=run.imgsz, gs=run.gs,
                              multi_scale=opt.multi_scale, quad=opt.quad, bf16=bool(getattr(opt, "bf16", False)),
-                             world_size=run.world_size, main=run.main, last=run.last)
+                             world_size=run.world_size, main=run.main, last=run.last,
+                             overlap_teacher=_overlap(opt, run))
     results, maps = (0, 0, 0, 0, 0, 0, 0), np.zeros(run.nc)
     describe_start(opt, run.save_dir)
     t0, epoch = time.time(), start_epoch - 1

@@ -163,3 +163,31 @@ def test_seed_command_distils_from_train_py(coco_like, fixtures_dir, tmp_path):
     kd_cmd = [cmd[0], str(ROOT / "train_kd.py"), *cmd[2:], "--alpha", "2"]  # both spellings, different values
     r = subprocess.run(kd_cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, check=False)
     assert r.returncode == 2 and "--distill_ratio 0.5 and --alpha 2.0" in r.stderr, r.stderr[-2000:]
+
+
+def test_teacher_overlap_gives_the_same_run(coco_like, fixtures_dir, tmp_path):
+    """--teacher_overlap on (the teacher's forward of the next batch on a second thread, engine/prefetch.py)
+    trains the same student as off, to the bit: the same kernels run on the same inputs in the same order, only
+    on another thread, and the batches are drawn in the same order (--multi-scale's draws too). Equality, not
+    a tolerance: any difference means a batch met the wrong teacher output or the draws moved.
+    Mutation seen failing: teacher_ahead yielding the next batch's teacher output with this batch."""
+    import torch
+
+    from models.checkpoint import safe_torch_load
+
+    teacher = fixtures_dir / "yolov5s_v6.0.pt"
+    runs = {}
+    for mode in ("off", "on"):
+        cwd = tmp_path / mode
+        cwd.mkdir()
+        r = _kd(cwd, coco_like, teacher, "--cfg", str(ROOT / "models/yolov5n.yaml"), "--weights", "",
+                "--teacher_overlap", mode, "--multi-scale", "--noval")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert ("Teacher forward overlapped" in r.stdout + r.stderr) == (mode == "on")
+        runs[mode] = cwd / "runs/kd"
+    names, off = read_results_csv(runs["off"] / "results.csv")
+    _, on = read_results_csv(runs["on"] / "results.csv")
+    assert on == off
+    a = safe_torch_load(runs["off"] / "weights/last.pt")["model"].state_dict()
+    b = safe_torch_load(runs["on"] / "weights/last.pt")["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
