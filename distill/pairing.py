@@ -19,9 +19,9 @@ from torch import nn
 from distill.hooks import FeatureHooks, resolve_layer_names, unwrap_parallel
 from utils.general import LOGGER, UserError
 
-CSP_BLOCKS = ("C3", "BottleneckCSP", "C3TR", "C3SPP", "C3Ghost", "C2f")  # C2f: the v8 family
+CSP_BLOCKS = ("C3", "BottleneckCSP", "C3TR", "C3SPP", "C3Ghost", "C2f", "C3k2")  # C2f: v8, C3k2: YOLO11
 POOL_BLOCKS = ("SPPF", "SPP")
-ATTENTION_BLOCKS = ("SELayer", "ASCBAM", "CABlock")
+ATTENTION_BLOCKS = ("SELayer", "ASCBAM", "CABlock", "C2PSA")  # C2PSA: YOLO11's attention after SPPF
 
 
 @dataclass

@@ -5,8 +5,8 @@ plain `weights_only=True` load refuses them and `weights_only=False` would run a
 code. `safe_torch_load` uses torch's weights-only unpickler with an explicit allow-list of the
 classes such files legitimately contain; anything else is refused *before* it runs.
 
-Checkpoints of the ultralytics package (YOLOv8 family) pickle `ultralytics.nn.*` classes; the
-allow-list maps each of those names onto the class of this repository with the same attributes
+Checkpoints of the ultralytics package (YOLOv8 and YOLO11 families) pickle `ultralytics.nn.*` classes;
+the allow-list maps each of those names onto the class of this repository with the same attributes
 (`_ULTRALYTICS`), so they load without ultralytics installed and without trusted unpickling.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import common
+from models import blocks_v11, common
 from models.head_v8 import DetectV8
 from models.yolo import Detect, Model
 from utils.general import LOGGER, UserError, colorstr
@@ -35,6 +35,7 @@ _COMMON = (common.Conv, common.DWConv, common.Bottleneck, common.BottleneckCSP, 
            common.Focus, common.Concat, common.Conv1_1, common.SELayer, common.ChannelAttention,
            common.SpatialAttention, common.ASCBAM, common.CABlock, common.h_sigmoid, common.h_swish, common.C2f,
            common.DFL)
+_V11 = (blocks_v11.C3k2, blocks_v11.C3k, blocks_v11.C2PSA, blocks_v11.PSABlock, blocks_v11.Attention)
 # ultralytics 8.x global -> our class with the same pickled attribute names (see models/head_v8.py)
 _ULTRALYTICS = {
     "ultralytics.nn.tasks.DetectionModel": Model,
@@ -44,7 +45,14 @@ _ULTRALYTICS = {
     "ultralytics.nn.modules.block.Bottleneck": common.Bottleneck,
     "ultralytics.nn.modules.block.SPPF": common.SPPF,
     "ultralytics.nn.modules.block.DFL": common.DFL,
-    "ultralytics.nn.modules.head.Detect": DetectV8,
+    "ultralytics.nn.modules.head.Detect": DetectV8,  # legacy (v8) or YOLO11 class branch: read from its layers
+    # YOLO11 (ultralytics >= 8.3)
+    "ultralytics.nn.modules.conv.DWConv": common.DWConv,
+    "ultralytics.nn.modules.block.C3k2": blocks_v11.C3k2,
+    "ultralytics.nn.modules.block.C3k": blocks_v11.C3k,
+    "ultralytics.nn.modules.block.C2PSA": blocks_v11.C2PSA,
+    "ultralytics.nn.modules.block.PSABlock": blocks_v11.PSABlock,
+    "ultralytics.nn.modules.block.Attention": blocks_v11.Attention,
 }
 # ultralytics 8.0.0-8.0.9x kept every module in one file, ultralytics/nn/modules.py: the same classes
 _ULTRALYTICS.update({f"ultralytics.nn.modules.{k.rsplit('.', 1)[1]}": v for k, v in list(_ULTRALYTICS.items())
@@ -104,7 +112,8 @@ def allowed_globals() -> list:
     import _codecs
     import collections
 
-    return [Model, (Model, "models.yolo.DetectionModel"), Detect, DetectV8, *_COMMON, *_TORCH_NN, *_numpy_globals(),
+    return [Model, (Model, "models.yolo.DetectionModel"), Detect, DetectV8, *_COMMON, *_V11, *_TORCH_NN,
+            *_numpy_globals(),
             *((cls, name) for name, cls in _ULTRALYTICS.items()),
             set, frozenset, collections.OrderedDict, _codecs.encode,
             PosixPath, WindowsPath, PurePosixPath, PureWindowsPath]

@@ -9,6 +9,10 @@ box-edge logits (left, top, right, bottom; reg_max bins each) followed by nc cla
 The head decides what differs from the YOLOv5 family: `family`, `build_loss`, `nms` (see below), so
 scripts ask the model instead of testing file names. Attribute names (nc, nl, reg_max, no, stride, cv2,
 cv3, dfl, anchors, strides) follow ultralytics so its pickled `Detect` maps onto this class.
+
+Two class branches exist, as in ultralytics: the "legacy" one of YOLOv8 (Conv3x3, Conv3x3, Conv2d1x1)
+and YOLO11's lighter one (DWConv3x3, Conv1x1, DWConv3x3, Conv1x1, Conv2d1x1). Everything else (box branch,
+DFL, decoding, loss, NMS) is the same, so YOLO11 models are family "v8" too.
 """
 
 from __future__ import annotations
@@ -19,20 +23,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.common import DFL, Conv
+from models.common import DFL, Conv, DWConv
 from utils.boxes import dist2bbox, make_anchors
 
 
 class DetectV8(nn.Module):
     """Anchor-free head: per level a box branch (Conv3x3, Conv3x3, Conv2d1x1 -> 4*reg_max) and a class
-    branch (Conv3x3, Conv3x3, Conv2d1x1 -> nc), boxes decoded through DFL. This is the "legacy" v8 head."""
+    branch, boxes decoded through DFL. legacy=True (YOLOv8, the default): class branch Conv3x3, Conv3x3,
+    Conv2d1x1 -> nc; legacy=False (YOLO11): DWConv3x3 -> Conv1x1, DWConv3x3 -> Conv1x1, Conv2d1x1 -> nc."""
 
     family = "v8"
     stride = None  # tensor (nl,) of pixels per grid cell, set by Model after the dry run
     dynamic = False  # rebuild anchor points every call (ONNX export with dynamic axes)
     inplace = True
 
-    def __init__(self, nc: int = 80, ch: Sequence[int] = (), reg_max: int = 16):
+    def __init__(self, nc: int = 80, ch: Sequence[int] = (), reg_max: int = 16, legacy: bool = True):
         super().__init__()
         if not ch:
             raise ValueError("DetectV8 needs the input channels of each level (ch)")
@@ -46,10 +51,21 @@ class DetectV8(nn.Module):
         c2, c3 = max(16, ch[0] // 4, 4 * reg_max), max(ch[0], min(nc, 100))  # box / class branch widths
         self.cv2 = nn.ModuleList(
             nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1)) for x in ch)
-        self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        if legacy:
+            self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        else:
+            self.cv3 = nn.ModuleList(nn.Sequential(nn.Sequential(DWConv(x, x, 3), Conv(x, c3, 1)),
+                                                   nn.Sequential(DWConv(c3, c3, 3), Conv(c3, c3, 1)),
+                                                   nn.Conv2d(c3, nc, 1)) for x in ch)
         self.dfl = DFL(reg_max)
         self.anchors = torch.empty(0)  # cached (2, N) anchor points and (1, N) strides
         self.strides = torch.empty(0)
+
+    @property
+    def legacy(self) -> bool:
+        """True for the YOLOv8 class branch, False for YOLO11's. Read from the layers (a YOLO11 branch starts
+        with a DWConv -> Conv pair), because ultralytics does not pickle the flag with its Detect."""
+        return not isinstance(self.cv3[0][0], nn.Sequential)
 
     def forward(self, xs: list[torch.Tensor]):
         """Train: list of nl raw maps (B, 4*reg_max + nc, ny, nx). Eval: (decoded (B, 4 + nc, N), raw list)."""

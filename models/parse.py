@@ -11,6 +11,7 @@ import math
 
 from torch import nn
 
+from models.blocks_v11 import C2PSA, C3k2
 from models.common import (
     ASCBAM,
     C3,
@@ -34,10 +35,13 @@ MODULES = {
     "Conv": Conv, "DWConv": DWConv, "Bottleneck": Bottleneck, "BottleneckCSP": BottleneckCSP, "C3": C3,
     "SPP": SPP, "SPPF": SPPF, "Focus": Focus, "Concat": Concat, "Conv1_1": Conv1_1,
     "SELayer": SELayer, "ASCBAM": ASCBAM, "CABlock": CABlock, "C2f": C2f, "DetectV8": DetectV8,
+    "C3k2": C3k2, "C2PSA": C2PSA,
     "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity,
 }  # + "Detect" (YOLOv5 head, defined in models/yolo.py), registered there with register_module
-_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, C2f, SPP, SPPF, Focus, Conv1_1)  # args[0] = out channels
-_REPEAT_INSIDE = (BottleneckCSP, C3, C2f)  # n goes in as an argument
+_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, C2f, SPP, SPPF, Focus, Conv1_1, C3k2,
+           C2PSA)  # args[0] = out channels
+_REPEAT_INSIDE = (BottleneckCSP, C3, C2f, C3k2, C2PSA)  # n goes in as an argument
+_LARGE_SCALES = ("m", "l", "x")  # ultralytics-form yamls: C3k2 uses C3k blocks at these scales (see parse_model)
 _ATTENTION = (SELayer, ASCBAM, CABlock)  # args = [channels, ratio, c2, need11, reverse]
 
 
@@ -78,17 +82,18 @@ def _attention_args(args, c1, width, no, i, name):
     return [c1, *rest]
 
 
-def _scaling(d: dict) -> tuple[float, float, float]:
-    """(depth, width, max_channels) of a model dict: depth_multiple/width_multiple[/max_channels], or the
-    ultralytics form `scales: {n: [depth, width, max_channels], ...}` with `scale` naming the entry."""
+def _scaling(d: dict) -> tuple[float, float, float, str | None]:
+    """(depth, width, max_channels, scale) of a model dict: depth_multiple/width_multiple[/max_channels]
+    (scale None), or the ultralytics form `scales: {n: [depth, width, max_channels], ...}` with `scale`
+    naming the entry (default: the first)."""
     if "scales" in d and "depth_multiple" not in d:
         scales = d["scales"]
         scale = d.get("scale") or next(iter(scales))
         if scale not in scales:
             raise UserError(f"model yaml scale '{scale}' is not one of its scales {list(scales)}")
         gd, gw, mc = scales[scale]
-        return gd, gw, mc
-    return d["depth_multiple"], d["width_multiple"], d.get("max_channels", math.inf)
+        return gd, gw, mc, scale
+    return d["depth_multiple"], d["width_multiple"], d.get("max_channels", math.inf), None
 
 
 def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
@@ -98,11 +103,15 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     width_multiple / 8) * 8 for the channel-changing modules (not for a Detect output width);
     max_channels (YOLOv8 yamls) is unlimited when absent. `anchors` is needed only by the YOLOv5 Detect
     head. Each layer gets i, f, type, np.
+
+    One rule of ultralytics' own parser is kept for yamls in its `scales` form (e.g. the yaml an ultralytics
+    YOLO11 checkpoint carries): at scale m, l or x every C3k2 is built with C3k blocks (c3k True) whatever
+    the yaml says. This repo's per-scale yamls (depth_multiple form) write c3k explicitly instead.
     """
     LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     try:
         anchors, nc = d.get("anchors"), d["nc"]
-        gd, gw, mc = _scaling(d)
+        gd, gw, mc, scale = _scaling(d)
         rows = list(d["backbone"]) + list(d["head"])
     except (KeyError, TypeError) as e:
         raise UserError(f"model yaml is missing key {e}: needs nc, depth_multiple, width_multiple (or scales), "
@@ -129,6 +138,8 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
                             f"the yaml; for the anchor-free head use DetectV8")
         args = [_resolve(a, nc, anchors) for a in (args or [])]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
+        if m is C3k2 and scale in _LARGE_SCALES and len(args) > 1:
+            args = [args[0], True, *args[2:]]  # [c2, c3k, e, ...]: c3k forced at m/l/x (ultralytics' rule)
         try:
             m_, c2, args, n = _build_layer(m, name, f, n, args, ch, c2, width, no, i)
         except IndexError:

@@ -279,8 +279,10 @@ class Model(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         """Unpickling (any loader): an ultralytics DetectionModel becomes a plain Model of ours: its names
-        dict {0: 'a', ...} -> list, its yaml head 'Detect' -> 'DetectV8' (so Model(model.yaml) rebuilds the
-        same layers here) and its training arguments `args` dropped (the model carries nc, names, stride)."""
+        dict {0: 'a', ...} -> list, its yaml head 'Detect' -> 'DetectV8' (with args [nc, reg_max, False] for a
+        YOLO11 head, whose class branch ultralytics picks from the blocks above it; so Model(model.yaml)
+        rebuilds the same layers here) and its training arguments `args` dropped (the model carries nc,
+        names, stride)."""
         super().__setstate__(state)
         if isinstance(self.__dict__.get("names"), dict):
             self.names = [str(self.names[k]) for k in sorted(self.names)]
@@ -290,6 +292,8 @@ class Model(nn.Module):
             row = yaml["head"][-1]
             if isinstance(row, list) and len(row) == 4 and row[2] == "Detect":
                 row[2] = "DetectV8"
+                if not head.legacy:
+                    row[3] = [row[3][0] if row[3] else "nc", head.reg_max, False]
             self.__dict__.pop("args", None)
 
     @property

@@ -384,3 +384,13 @@ def test_seed_ver1_command_resumes_with_its_adapters(kd_setup):
     assert [int(x[0]) for x in rows] == [0, 1] and "train/dfl_loss" in names
     for c in ("train/kd_loss", "train/mse_loss"):
         assert c in names and all(row[names.index(c)] > 0 for row in rows), c
+
+
+@pytest.mark.parametrize("student, teacher, layers", [("yolov8n", "yolov8s", [15, 18, 21]),
+                                                      ("yolo11n", "yolov8s", [16, 19, 22])])
+def test_ver1_distils_the_maps_entering_the_head(student, teacher, layers):
+    """v8_ver1 names the head's inputs, not layer numbers: the seed's 15, 18, 21 on v8 students, 16, 19, 22 on
+    YOLO11 ones (numbered 15, 18, 21 there, it would distil a C3k2's inner maps of other strides)."""
+    objective, _ = _objective(student, teacher, kd_config=load_kd_config("v8_ver1"))
+    entry = objective.resolved.to_dict()["losses"][0]
+    assert [int(str(x).split(".")[-1]) for x in entry["student_layers"]] == layers
