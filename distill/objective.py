@@ -9,6 +9,11 @@ so (box + obj + cls + sum of the KD entries) * bs == loss. train_kd.py's default
 DEFAULT_CONFIG): "kd" (YoloKDLoss, per-class binary KL on the Detect heads) and "scorel2" (the teacher-score-
 weighted L2 on the maps entering Detect).
 
+A teacher of other classes than the data: output KD pairs the classes by name (distill.recipe.match_classes,
+the recipe's teacher_classes / --teacher_classes for the rest); build_kd_objective prints the map, keeps it as
+objective.class_map and, unless it is the identity, in the resolved recipe (kd.yaml). Feature KD takes any
+class counts.
+
 What to distil comes as a recipe (distill/recipe.py) and the values the user gave over it (`Overrides`);
 build_kd_objective resolves them for the model pair (family defaults, layer names, default weights).
 
@@ -20,6 +25,7 @@ itself is the training loop's model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +35,7 @@ from distill.distiller import Distiller, TeacherPass
 from distill.families import default_config, for_family
 from distill.hooks import model_head, unwrap_parallel
 from distill.pairing import check_is_large_flag, parse_layer_list
-from distill.recipe import Overrides, Recipe
+from distill.recipe import ClassMap, Overrides, Recipe, generic_names, match_classes
 from distill.registry import feature_types, flag_name
 from distill.yolo_config import (
     DEFAULT_CONFIG,
@@ -61,12 +67,22 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def check_compatible(student: nn.Module, teacher: nn.Module, what: str = "teacher") -> None:
-    """UserError unless both heads have the same nc, number of levels, anchors per level and strides."""
+def class_names(model: nn.Module) -> list[str]:
+    """The class names a Model carries (model.names, a list or an ultralytics {index: name} dict), one per class
+    of its head; ['0', '1', ...] (generic) when it has none or not one per class."""
+    nc = detect_layer(model).nc
+    names = getattr(unwrap_parallel(model), "names", None) or []
+    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    return [str(n) for n in names] if len(names) == nc else [str(i) for i in range(nc)]
+
+
+def check_compatible(student: nn.Module, teacher: nn.Module, what: str = "teacher", classes: bool = True) -> None:
+    """UserError unless both heads have the same number of levels, anchors per level and strides, and (classes)
+    their classes can be paired: the same count, or names that match (distill.recipe.match_classes on the
+    models' names, no pairs given). classes=False: the caller pairs the classes (build_kd_objective)."""
     s, t = detect_layer(student), detect_layer(teacher)
-    if s.nc != t.nc:
-        raise UserError(f"{what} predicts {t.nc} classes but the student {s.nc}: distillation needs the same "
-                        "classes; train or fine-tune the teacher on this dataset first")
+    if classes and s.nc != t.nc:
+        match_classes(class_names(student), class_names(teacher))
     if (s.nl, getattr(s, "na", None)) != (t.nl, getattr(t, "na", None)) and not _cross_family(s, t):
         raise UserError(f"{what} has {t.nl} output levels x {t.na} anchors, the student {s.nl} x {s.na}; "
                         "use a teacher of the same family (P5 with P5, P6 with P6)")
@@ -104,6 +120,7 @@ class DistillObjective(nn.Module):
         self.compute_loss = compute_loss
         self.log_parts = log_parts
         self.resolved: Recipe | None = None  # the resolved recipe it was built from (train_kd.py writes kd.yaml)
+        self.class_map: ClassMap | None = None  # output KD's data -> teacher classes (None: no output KD)
         self._balance_checked: set[str] = set()  # terms already compared with the detection loss
         self._balance_calls = 0  # training calls seen by the check (it reads values on the host: rarely)
 
@@ -203,20 +220,22 @@ def _one_digit(x: float) -> str:
 def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp: dict,
                        overrides: Overrides | None = None, kd_config: Recipe | dict | None = None, *,
                        teacher_dtype: str = "fp32", is_large: bool | None = None, log_parts: bool = True,
-                       stop_epochs: int = 0) -> DistillObjective:
+                       stop_epochs: int = 0, data_names: Sequence[str] | None = None) -> DistillObjective:
     """The DistillObjective of train_kd.py: recipe (the family's default when None) + overrides -> Distiller.
 
     overrides: what the user gave over the recipe (None: nothing; a resumed run's kd.yaml is used as is).
     teacher_dtype: precision of the teacher's forward ('auto' is fp16 on CUDA, bf16 on CPUs with native
     bf16, else fp32). is_large: the fork's --isL as given (None: not given), checked against the teacher
-    (a warning only). The resolved recipe is kept as objective.resolved.
+    (a warning only). The resolved recipe is kept as objective.resolved. data_names: the data's class names
+    (the data yaml's; None: the student's model.names), matched to the teacher's when output KD reads classes
+    (objective.class_map, None for feature KD alone, which takes any class counts).
     """
-    check_compatible(student, teacher)
+    check_compatible(student, teacher, classes=False)  # classes: paired below, where output KD needs them
     check_is_large_flag(teacher, is_large)
-    nc = getattr(compute_loss, "nc", None)
-    if nc is not None and detect_layer(teacher).nc != nc:
-        raise UserError(f"teacher predicts {detect_layer(teacher).nc} classes but the student's loss "
-                        f"expects {nc}; train or fine-tune the teacher on this dataset first")
+    nc = getattr(compute_loss, "nc", None) or detect_layer(student).nc
+    data_names = class_names(student) if data_names is None else [str(n) for n in data_names]
+    if len(data_names) != nc:
+        raise UserError(f"the data has {len(data_names)} class names but the student predicts {nc} classes")
     device = next(unwrap_parallel(student).parameters()).device
     freeze_teacher(teacher).to(device)
     if device.type == "cuda" or _channels_last(student):
@@ -228,16 +247,48 @@ def build_kd_objective(student: nn.Module, teacher: nn.Module, compute_loss, hyp
     resolved = resolve_layers(_fused_names(for_family(recipe, student, teacher), teacher), student, teacher)
     resolved = explicit_reductions(resolved)  # kd.yaml names the loss's form: a resume keeps it
     resolved.stop_epochs = stop_epochs or recipe.stop_epochs  # the schedule, written to kd.yaml with the losses
+    class_map = None
     if any(is_output(e.type) for e in resolved.losses):
         align_anchors(student, teacher, compute_loss)
+        class_map = match_classes(data_names, class_names(teacher), recipe.teacher_classes, CLASSES_WHERE)
+        log_class_map(class_map, resolved)
+        resolved.teacher_classes = None if class_map.identity else class_map.to_dict()  # kd.yaml: the whole map
+    elif recipe.teacher_classes:
+        LOGGER.warning("WARNING: teacher_classes (--teacher_classes) pairs the classes of output KD, but this recipe "
+                       "has none: unused (feature losses take any classes)")
     try:
         dtype = resolve_teacher_dtype(teacher_dtype or "fp32", device)
-        distiller = Distiller({**distiller_config(resolved, student, teacher, hyp), "teacher_dtype": dtype})
+        config = distiller_config(resolved, student, teacher, hyp, class_map)
+        distiller = Distiller({**config, "teacher_dtype": dtype})
     except ValueError as e:
         raise UserError(f"distillation config: {e}") from e
     objective = DistillObjective(distiller, compute_loss, log_parts=log_parts, stop_epochs=resolved.stop_epochs)
     objective.resolved = resolved
+    objective.class_map = class_map
     return objective
+
+
+CLASSES_WHERE = "--teacher_classes (recipe key teacher_classes)"  # where the pairs come from, in their errors
+
+
+def log_class_map(class_map: ClassMap, recipe: Recipe) -> None:
+    """The class map at the start of a run: one line when the classes are the teacher's, else the table."""
+    n = len(class_map.data_names)
+    if class_map.identity:
+        names = "generic names, not compared" if generic_names(class_map.data_names) or generic_names(
+            class_map.teacher_names) else "the same names"
+        LOGGER.info(f"distillation: output KD pairs data class i with the teacher's class i ({n} classes, {names})")
+        return
+    LOGGER.info(f"distillation: the teacher's {len(class_map.teacher_names)} classes matched to the data's {n} by "
+                "name (output KD; data class <- teacher class, - = no class KD for it; recorded in kd.yaml):\n"
+                + "\n".join(class_map.table()))
+    if class_map.teacher_only:
+        LOGGER.info("distillation: teacher-only classes are left out of the class term and count as background in "
+                    "the objectness (distill/yolo_output.py, option B)")
+    if any(e.type == "scorel2" for e in recipe.losses):
+        LOGGER.info("distillation: scorel2 weights its feature imitation by the teacher's score over all its classes, "
+                    "teacher-only ones included: it imitates the teacher's maps wherever the teacher sees an object "
+                    "(a weight on where to imitate, not a target of the student's outputs)")
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -310,8 +361,10 @@ def fused_layer_names(teacher: nn.Module, names: list[str]) -> list[str]:
     return out
 
 
-def load_teacher(path: str | Path, device: torch.device | str, nc: int, trust: bool = False) -> nn.Module:
-    """Load a teacher checkpoint (Conv+BN fused, float32, eval, frozen); check it predicts nc classes.
+def load_teacher(path: str | Path, device: torch.device | str, nc: int, trust: bool = False,
+                 any_classes: bool = False) -> nn.Module:
+    """Load a teacher checkpoint (Conv+BN fused, float32, eval, frozen); check it predicts nc classes, unless
+    any_classes (train_kd.py: build_kd_objective pairs the classes by name where output KD needs them).
 
     Fusion folds each BatchNorm into its conv: the teacher only runs in eval mode, where the two are
     the same function, and its forward (most of the distillation overhead) gets cheaper. Hooks on a
@@ -323,7 +376,8 @@ def load_teacher(path: str | Path, device: torch.device | str, nc: int, trust: b
         raise UserError(f"--teacher_weight {path}: give one teacher checkpoint, not an ensemble")
     freeze_teacher(teacher).to(device)
     t_nc = detect_layer(teacher).nc
-    if t_nc != nc:
+    if t_nc != nc and not any_classes:
         raise UserError(f"teacher {path} predicts {t_nc} classes but the dataset has nc={nc}; train or "
-                        "fine-tune the teacher on this dataset first")
+                        "fine-tune the teacher on this dataset first (train_kd.py matches the classes by name: "
+                        "--teacher_classes)")
     return teacher

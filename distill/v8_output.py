@@ -19,6 +19,13 @@ detection class loss at 160 px and 560x at 640 px (a perturbed copy of the shape
 the background's class scores are taught by the detection loss. normalize='points' is the form before
 2026-12-06 (box by sum(w), class a mean over every point); kept for runs started with it.
 
+A teacher of other classes (class_index, distill.recipe.ClassMap): the teacher's class logits are gathered into
+the student's order (distill.yolo_output.ClassColumns). A student class without a teacher class is left out of
+the class sum (no class KD for it; the sum over classes is not renormalised, so each matched class is taught as
+by a teacher of the data's classes). Teacher-only classes are left out of both the class sum and w: w is the max
+over the matched classes, so a teacher detection of a class the data lacks weighs like background (option B of
+distill/yolo_output.py's _OutputKD, which says why; the v8 head has no objectness to fold).
+
 Both KLs are taken between log-probabilities in float32 with autocast off, the teacher detached.
 The seed's version took both distributions from the student (always ~0) and fed probabilities where
 KLDivLoss expects log-probabilities; here the loss is exactly 0 only when the two outputs are equal.
@@ -35,7 +42,7 @@ from torch import nn
 from distill.common import fp32, no_autocast
 from distill.hooks import model_head
 from distill.registry import register
-from distill.yolo_output import binary_kl, raw_outputs
+from distill.yolo_output import ClassColumns, binary_kl, raw_outputs
 
 LD_TEMPERATURE = 10.0  # LD's T for the edge distributions (mmdet configs/ld)
 V8_NORMALIZE = ("weight", "points")  # V8OutputKD normalize: by the teacher's w^2 mass / the form before issue 27
@@ -67,6 +74,7 @@ class V8OutputKD(nn.Module):
     Args: T (edge distributions, x T^2), tau (class sigmoids, x tau^2; default T), box / cls (gains of the
     two terms), hyp (train_kd.py's: its 'kd' scales the whole loss), normalize ('weight' or 'points', above). variant / weight_by_cls / kl_softmax
     are train_kd.py's YOLOv5 output flags: only what this loss does is accepted (kl; class weighting on).
+    class_index: the teacher class of each student class (-1: none) for a teacher of other classes (above).
     """
 
     kind = "dfl_output"  # raw DetectV8 maps (the registry tests' input recipe)
@@ -76,8 +84,9 @@ class V8OutputKD(nn.Module):
 
     def __init__(self, T: float = LD_TEMPERATURE, tau: float | None = None, box: float = 1.0, cls: float = 1.0,
                  hyp: dict | None = None, nc: int | None = None, variant: str = "kl", weight_by_cls: bool = True,
-                 kl_softmax: bool = False, normalize: str = "weight"):
+                 kl_softmax: bool = False, normalize: str = "weight", class_index: Sequence[int] | None = None):
         super().__init__()
+        self.classes = ClassColumns(class_index) if class_index is not None else None
         tau = T if tau is None else tau
         if normalize not in V8_NORMALIZE:
             raise ValueError(f"v8_output_kd: normalize {normalize!r} is unknown; choose one of: "
@@ -101,7 +110,7 @@ class V8OutputKD(nn.Module):
         s, t = raw_outputs(student_feats[0]), raw_outputs(teacher_feats[0])
         head = model_head(getattr(ctx, "student", None))
         reg_max = int(getattr(head, "reg_max", 16))
-        _check_levels(s, t, reg_max, self.nc)
+        _check_levels(s, t, reg_max, self.nc, same_classes=self.classes is None)
         loss, self.parts = self.terms(s, t, reg_max)
         return loss
 
@@ -114,6 +123,8 @@ class V8OutputKD(nn.Module):
         with no_autocast(device):
             for ps, pt in zip(student, teacher):
                 (box_s, cls_s), (box_t, cls_t) = split_level(fp32(ps), reg_max), split_level(fp32(pt.detach()), reg_max)
+                if self.classes is not None:  # (B, nc_T, P) -> the matched classes in the student's order
+                    cls_s, cls_t = self.classes.select(cls_s, cls_t, dim=1)
                 log_s = F.log_softmax(box_s / self.T, dim=2)  # (B, 4, R, P) over the bins of each edge
                 log_t = F.log_softmax(box_t / self.T, dim=2)
                 kl_box = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, P): KL per edge, mean of 4 edges
@@ -133,7 +144,7 @@ class V8OutputKD(nn.Module):
         return f"T={self.T:g}, tau={self.tau:g}, normalize={self.normalize}, gains={self.gains}"
 
 
-def _check_levels(student, teacher, reg_max: int, nc: int | None) -> None:
+def _check_levels(student, teacher, reg_max: int, nc: int | None, same_classes: bool = True) -> None:
     ok = isinstance(student, (list, tuple)) and all(torch.is_tensor(p) and p.dim() == 4 for p in student)
     if not ok:
         raise ValueError("v8_output_kd: the student layer must be a DetectV8 head returning raw (B, 4*reg_max + nc, "
@@ -141,8 +152,11 @@ def _check_levels(student, teacher, reg_max: int, nc: int | None) -> None:
     if len(student) != len(teacher):
         raise ValueError(f"v8_output_kd: student has {len(student)} output levels, teacher {len(teacher)}")
     for i, (ps, pt) in enumerate(zip(student, teacher)):
-        if not torch.is_tensor(pt) or ps.shape != pt.shape:
+        same = torch.is_tensor(pt) and (ps.shape == pt.shape if same_classes else  # a class map: B, ny, nx equal
+                                        (ps.shape[0], *ps.shape[2:]) == (pt.shape[0], *pt.shape[2:]))
+        if not same or pt.shape[1] < 4 * reg_max:
             raise ValueError(f"v8_output_kd: level {i} student {tuple(ps.shape)} != teacher "
-                             f"{tuple(getattr(pt, 'shape', ()))} (same nc, reg_max and strides are required)")
+                             f"{tuple(getattr(pt, 'shape', ()))} (same reg_max and strides are required, and the same nc "
+                             "unless a class map pairs the classes)")
         if ps.shape[1] < 4 * reg_max or (nc is not None and ps.shape[1] - 4 * reg_max != nc):
             raise ValueError(f"v8_output_kd: level {i} has {ps.shape[1]} channels, not 4 x reg_max {reg_max} + nc")

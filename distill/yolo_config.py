@@ -15,6 +15,8 @@ default layers) or `student_layers` / `teacher_layers` (names or indices, paired
 key is a parameter of the loss.
 YoloKDLoss takes its box/obj/cls gains from the run's hyp (box or giou, obj, cls, kd) unless the entry sets
 giou/obj/cls/dist.
+Top-level keys next to `losses`: `kd_stop_epochs` (distillation off for the last that many epochs) and
+`teacher_classes` (DATA: TEACHER class pairs, null for none; the rest matched by name; distill.recipe).
 
 The resolved recipe (explicit layer names, every weight) is written into the run folder as kd.yaml and
 read back by --resume.
@@ -31,7 +33,16 @@ from torch import nn
 from distill.hooks import closest_names, model_head, unwrap_parallel
 from distill.losses import LOSSES, SPECS, spec
 from distill.pairing import pair_layers, parse_layer_list
-from distill.recipe import LAYER_KEYWORDS, LossEntry, Overrides, Recipe, check_weight
+from distill.recipe import (
+    LAYER_KEYWORDS,
+    ClassMap,
+    LossEntry,
+    Overrides,
+    Recipe,
+    check_weight,
+    class_key,
+    parse_teacher_classes,
+)
 from distill.registry import flag_name
 from utils.general import LOGGER, UserError
 
@@ -91,10 +102,12 @@ def load_kd_config(name: str | Path) -> Recipe:
 
 def check_kd_config(cfg) -> dict:
     """cfg itself when it is a recipe mapping {'losses': [entry, ...]} of registered types; else UserError."""
-    if not isinstance(cfg, dict) or "losses" not in cfg or set(cfg) - {"losses", "kd_stop_epochs"} \
+    if not isinstance(cfg, dict) or "losses" not in cfg or set(cfg) - {"losses", "kd_stop_epochs", "teacher_classes"} \
             or not isinstance(cfg["losses"], list) or not cfg["losses"]:
         raise UserError("a kd config is a mapping with the key 'losses' (a non-empty list of loss entries) and "
-                        "optionally 'kd_stop_epochs' (distillation off for the last that many epochs)")
+                        "optionally 'kd_stop_epochs' (distillation off for the last that many epochs) and "
+                        "'teacher_classes' (data class: teacher class pairs for output KD)")
+    parse_teacher_classes(cfg.get("teacher_classes"), "teacher_classes")  # a malformed pair fails here
     stop = cfg.get("kd_stop_epochs")
     if stop is not None and not (isinstance(stop, int) and not isinstance(stop, bool) and stop >= 0):
         raise UserError(f"kd_stop_epochs: {stop!r} must be a whole number of epochs >= 0 (0 = distil to the end)")
@@ -128,6 +141,8 @@ def write_kd_config(resolved: Recipe, path: Path, source: str) -> None:
     header = (f"# Resolved distillation config of this run ({source}).\n"
               "# Repeat it with: python train_kd.py --kd_config <this file> ...; --resume reads it back.\n"
               "# YoloKDLoss gains come from the run's hyp (hyp.yaml) unless giou/obj/cls/dist are set here.\n")
+    if resolved.teacher_classes:
+        header += "# teacher_classes: the teacher class teaching each data class in output KD (null: none).\n"
     path.write_text(header + yaml.safe_dump(resolved.to_dict(), sort_keys=False))
 
 
@@ -143,6 +158,7 @@ def apply_overrides(recipe: Recipe, given: Overrides | None) -> Recipe:
     weight, loss_params[type] the entries of that type, student_layers / teacher_layers every feature entry."""
     if given is None:
         return recipe.copy()
+    classes = _merge_classes(recipe.teacher_classes, given.teacher_classes)
     if not isinstance(given, Overrides):
         raise TypeError(f"overrides must be a distill.recipe.Overrides, got {type(given).__name__} "
                         "(engine/kd_flags.py maps train_kd.py's options onto one)")
@@ -169,7 +185,16 @@ def apply_overrides(recipe: Recipe, given: Overrides | None) -> Recipe:
         raise UserError("nothing to distil: the kd config and flags leave no loss")
     stop = recipe.stop_epochs if given.stop_epochs is None else given.stop_epochs
     check_kd_config(Recipe(losses, stop).to_dict())
-    return Recipe(_apply_yolo_output(losses, given.yolo_output_values()), stop)
+    return Recipe(_apply_yolo_output(losses, given.yolo_output_values()), stop, classes)
+
+
+def _merge_classes(recipe: dict | None, given) -> dict | None:
+    """The recipe's data -> teacher class pairs with the given ones over them (data names compared as
+    class_key compares them)."""
+    if not given:
+        return dict(recipe) if recipe else None
+    kept = {d: t for d, t in (recipe or {}).items() if class_key(d) not in {class_key(k) for k in given}}
+    return {**kept, **given}
 
 
 def _apply_output(losses: list[LossEntry], out: dict) -> list[LossEntry]:
@@ -269,14 +294,18 @@ def _resolve_entry(e: LossEntry, student: nn.Module, teacher: nn.Module, family:
                      teacher_layers=[f"model.{x}" if isinstance(x, int) else str(x) for x in t_layers])
 
 
-def distiller_config(resolved: Recipe, student: nn.Module, teacher: nn.Module, hyp: dict) -> dict:
+def distiller_config(resolved: Recipe, student: nn.Module, teacher: nn.Module, hyp: dict,
+                     class_map: ClassMap | None = None) -> dict:
     """The Distiller config (the seed's keys) of a resolved recipe: layer lists concatenated, each loss
-    mapped to its own slice by pairs=[...], output losses given the run's hyp gains."""
+    mapped to its own slice by pairs=[...], output losses given the run's hyp gains and, unless it is the
+    identity, the class map (class_index: the teacher class of each student class, -1 none)."""
     s_layers, t_layers, losses, weights = [], [], [], []
     for e in resolved.losses:
         params = dict(e.params)
         if is_output(e.type) and not {"giou", "obj", "cls", "dist"} & set(params):
             params["hyp"] = hyp
+        if is_output(e.type) and class_map is not None and not class_map.identity:
+            params["class_index"] = list(class_map.index)
         start = len(s_layers)
         s_layers += e.student_layers
         t_layers += e.teacher_layers

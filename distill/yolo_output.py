@@ -7,6 +7,9 @@ xy, 2:4 wh, 4 objectness, 5: classes). `YoloKDLoss` is the registry's form of it
 Everything is computed in float32 with autocast disabled (fp16 sigmoid/log terms lose precision).
 
 Notation: S = student, T = teacher, sigma = sigmoid, tau = temperature.
+
+A teacher of other classes than the data (class_index, from distill.recipe.ClassMap): `ClassColumns` puts the
+teacher's class logits in the student's class order; see _OutputKD for what happens to the classes on one side only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,57 @@ def level_balance(nl: int) -> list[float]:
         return [4.0, 1.0, 0.4]
     base = [4.0, 1.0, 0.25, 0.06, 0.02]  # ComputeLoss's list for other level counts
     return (base + [base[-1]] * nl)[:nl]
+
+
+class ClassColumns(nn.Module):
+    """The class columns output KD compares when the teacher's classes are not the student's.
+
+    index[c] = the teacher class teaching student class c, -1 for none (distill.recipe.ClassMap.index). select()
+    returns the student's class logits of the matched classes and the teacher's in the same order; a student
+    class without a teacher class is left out (no class KD for it), and so is every teacher-only class. The
+    column lists are non-persistent buffers: they follow .to(device) and stay out of the state_dict (kd_state).
+    """
+
+    def __init__(self, index: Sequence[int]):
+        super().__init__()
+        index = [int(j) for j in index]
+        matched = [j for j in index if j >= 0]
+        if not index or not matched or min(index) < -1 or len(set(matched)) != len(matched):
+            raise ValueError(f"class_index {index}: give one teacher class (>= 0, each at most once) or -1 per student "
+                             "class, at least one matched")
+        self.nc = len(index)  # student classes
+        self.full = len(matched) == self.nc  # every student class has a teacher class
+        self.min_teacher_nc = max(matched) + 1
+        self.in_order = index == list(range(self.nc))  # class c is the teacher's class c
+        self.register_buffer("student_cols", torch.tensor([c for c, j in enumerate(index) if j >= 0]), persistent=False)
+        self.register_buffer("teacher_cols", torch.tensor(matched), persistent=False)
+
+    def select(self, s_cls: torch.Tensor, t_cls: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student logits, teacher logits) of the matched classes along `dim`, in the student's order."""
+        if t_cls.shape[dim] < self.min_teacher_nc or s_cls.shape[dim] != self.nc:
+            raise ValueError(f"class_index maps {self.nc} student classes onto teacher classes up to "
+                             f"{self.min_teacher_nc - 1}, but the outputs have {s_cls.shape[dim]} student and "
+                             f"{t_cls.shape[dim]} teacher classes")
+        if self.in_order and t_cls.shape[dim] == self.nc:  # the identity: the views as they are, not a contiguous
+            return s_cls, t_cls  # copy (reductions over a copy may round differently: a full-class run keeps its bits)
+        s = s_cls if self.full else s_cls.index_select(dim, self.student_cols.to(s_cls.device))
+        return s, t_cls.index_select(dim, self.teacher_cols.to(t_cls.device))
+
+    def teacher_only(self, t_cls: torch.Tensor, dim: int = -1) -> bool:
+        """Whether the teacher has classes that teach no student class."""
+        return t_cls.shape[dim] > self.teacher_cols.numel()
+
+    def extra_repr(self) -> str:
+        return f"student_classes={self.nc}, matched={self.teacher_cols.numel()}"
+
+
+def matched_objectness(t_obj: torch.Tensor, t_cls: torch.Tensor) -> torch.Tensor:
+    """The logit of sigma(t_obj) * max_c sigma(t_cls[..., c]): the teacher's probability of an object of one of
+    the classes in t_cls (the matched ones), the score YOLOv5's NMS ranks by, restricted to them. float32
+    logits in, (...) out; log-sigmoid form: no 0 * inf. Never above t_obj (where q rounds to 1, log(1 - q) is
+    -inf and the logit inf: t_obj is then the exact answer to float32 precision)."""
+    log_q = F.logsigmoid(t_obj) + F.logsigmoid(t_cls).amax(-1)  # log q, q = sigma(obj) * max sigma(cls)
+    return torch.minimum(log_q - torch.log(-torch.expm1(log_q)), t_obj)  # log q - log(1 - q)
 
 
 def binary_kl(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
@@ -89,13 +143,31 @@ class _OutputKD(nn.Module):
     Gains: g_box = hyp['giou'] if present else hyp['box'], g_obj = hyp['obj'], g_cls = hyp['cls'], each
     x hyp.get('kd', 1.0); returned loss = box + obj + cls, per image like ComputeLoss's items (ComputeLoss's
     loss is that x bs). hyp['obj'] is the run's scaled gain (x (imgsz/640)^2, as train.py gives ComputeLoss).
+
+    A teacher of other classes (class_index, ClassColumns): the class term compares the matched classes, the
+    teacher's logits gathered into the student's order. A student class without a teacher class gets no class
+    KD: its column is left out of the sum, which is still divided by the student's nc (e_cls = sum over the
+    matched classes / nc), so each matched class gets the gradient it would get from a teacher of the data's
+    classes and the term shrinks by the unmatched share (the v8 loss, a sum over classes, does the same). With
+    kl_softmax the softmax runs over the matched classes. Teacher-only classes (option B): the teacher's
+    objectness counts only its objects of the matched classes, t_obj -> logit(sigma(t_obj) x max over the
+    matched classes of sigma(t_cls)) (matched_objectness), both as the objectness target and in w. Why not the
+    teacher's objectness as it is (option A): on data with a subset of the teacher's classes, the images hold
+    the other classes' objects unlabelled, the detection loss teaches objectness 0 on them, and a teacher box of
+    a class the data lacks ('person' on a dataset without persons) would pull the student's objectness up there
+    and weight the box and class terms on it: the two losses would fight and the student learn to fire on
+    objects it must ignore. Folded, such a box is background for both. The cost: on a matched object the target
+    drops from sigma(obj) to sigma(obj) x its class score (~0.9 on confident detections). Applied only when the
+    teacher has teacher-only classes; with none (a reordering, or student-only classes) t_obj is used as is.
+    A student-only class is background to the teacher: its objectness KD there pulls down (nothing to fold).
     """
 
     zero_at_optimum = True  # loss is exactly 0 when student outputs == teacher outputs
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 obj_term: str | None = None, normalize: str = "weight"):
+                 obj_term: str | None = None, normalize: str = "weight", class_index: Sequence[int] | None = None):
         super().__init__()
+        self.classes = ClassColumns(class_index) if class_index is not None else None
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize {normalize!r} is unknown; choose one of: {', '.join(NORMALIZE)}")
         self.normalize = normalize
@@ -128,7 +200,7 @@ class _OutputKD(nn.Module):
 
         student/teacher: nl raw tensors (bs, na, ny, nx, 5+nc) each; anchors: (nl, na, 2) grid units.
         """
-        _check_outputs(student, teacher, student_anchors, teacher_anchors)
+        _check_outputs(student, teacher, student_anchors, teacher_anchors, same_classes=self.classes is None)
         device = student[0].device
         balance = level_balance(len(student))
         per_cell = self.normalize == "cells"
@@ -137,12 +209,16 @@ class _OutputKD(nn.Module):
             for i, (ps, pt) in enumerate(zip(student, teacher)):
                 ps, pt = fp32(ps), fp32(pt.detach())
                 nc = ps.shape[-1] - 5
-                w = torch.sigmoid(pt[..., 4])  # (bs, na, ny, nx) teacher objectness
+                s_cls, t_cls, t_obj, full = self._classes(ps, pt)
+                w = torch.sigmoid(t_obj)  # (bs, na, ny, nx) teacher objectness
                 if self.weight_by_cls and nc > 1:
-                    w = w * torch.sigmoid(pt[..., 5:]).amax(-1)
+                    w = w * torch.sigmoid(t_cls).amax(-1)
                 e_box = self._box_error(ps, pt, student_anchors[i], teacher_anchors[i]).mean(-1)
-                e_cls = self.cls_term(ps[..., 5:], pt[..., 5:]).mean(-1) if nc > 1 else None  # ComputeLoss: no
-                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], pt[..., 4]).mean()  # class loss for nc 1
+                e_cls = None  # ComputeLoss: no class loss for nc 1
+                if nc > 1:  # unmatched classes: out of the sum, still in the nc it is divided by (class docstring)
+                    e_cls = self.cls_term(s_cls, t_cls)
+                    e_cls = e_cls.mean(-1) if full else e_cls.sum(-1) / nc
+                lobj = lobj + balance[i] * self.obj_term(ps[..., 4], t_obj).mean()
                 if per_cell:  # the card's: means over every element, the level balance on every term
                     lbox = lbox + balance[i] * (e_box * w).mean()
                     lcls = lcls + (balance[i] * (e_cls * w).mean() if e_cls is not None else 0.0)
@@ -154,6 +230,15 @@ class _OutputKD(nn.Module):
         lbox, lobj, lcls = lbox * self.gains["box"], lobj * self.gains["obj"], lcls * self.gains["cls"]
         parts = {"kd_box": lbox.detach(), "kd_obj": lobj.detach(), "kd_cls": lcls.detach()}
         return lbox + lobj + lcls, parts
+
+    def _classes(self, ps: torch.Tensor, pt: torch.Tensor):
+        """(student class logits, teacher class logits in the student's order, teacher objectness logit, whether
+        every student class is compared) of a level; the outputs as they are without a class map."""
+        if self.classes is None:
+            return ps[..., 5:], pt[..., 5:], pt[..., 4], True
+        s_cls, t_cls = self.classes.select(ps[..., 5:], pt[..., 5:])
+        t_obj = matched_objectness(pt[..., 4], t_cls) if self.classes.teacher_only(pt[..., 5:]) else pt[..., 4]
+        return s_cls, t_cls, t_obj, self.classes.full
 
     @staticmethod
     def _box_error(ps: torch.Tensor, pt: torch.Tensor, anchors_s: torch.Tensor, anchors_t: torch.Tensor):
@@ -167,11 +252,12 @@ class _OutputKD(nn.Module):
         return torch.cat(((xy_s - xy_t) ** 2, ((wh_s - wh_t) / a_t) ** 2), dim=-1)
 
 
-def _check_outputs(student, teacher, anchors_s, anchors_t) -> None:
+def _check_outputs(student, teacher, anchors_s, anchors_t, same_classes: bool = True) -> None:
+    """ValueError unless the levels pair up: equal shapes (but for the classes with a class map)."""
     if len(student) != len(teacher):
         raise ValueError(f"student has {len(student)} output levels, teacher {len(teacher)}")
     for i, (ps, pt) in enumerate(zip(student, teacher)):
-        if ps.shape != pt.shape:
+        if (ps.shape if same_classes else ps.shape[:-1]) != (pt.shape if same_classes else pt.shape[:-1]):
             raise ValueError(f"output level {i}: student shape {tuple(ps.shape)} != teacher {tuple(pt.shape)} "
                              "(same nc, anchors per level and strides are required)")
     na = student[0].shape[1]
@@ -203,9 +289,10 @@ class OutputBCEKD(_OutputKD):
     zero_at_optimum = False
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 obj_term: str | None = None, subtract_entropy: bool = False, normalize: str = "weight"):
+                 obj_term: str | None = None, subtract_entropy: bool = False, normalize: str = "weight",
+                 class_index: Sequence[int] | None = None):
         self.bce = centred_bce if subtract_entropy else soft_bce
-        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize)
+        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize, class_index)
         self.zero_at_optimum = bool(subtract_entropy)
 
     def obj_term(self, s, t):
@@ -226,8 +313,9 @@ class OutputKLKD(_OutputKD):
     """
 
     def __init__(self, hyp: dict | None = None, temperature: float = 1.0, weight_by_cls: bool = False,
-                 kl_softmax: bool = False, obj_term: str | None = None, normalize: str = "weight"):
-        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize)
+                 kl_softmax: bool = False, obj_term: str | None = None, normalize: str = "weight",
+                 class_index: Sequence[int] | None = None):
+        super().__init__(hyp, temperature, weight_by_cls, obj_term, normalize, class_index)
         self.kl_softmax = kl_softmax
 
     def obj_term(self, s, t):
@@ -295,7 +383,8 @@ class YoloKDLoss(nn.Module):
     has a vanishing gradient where the student is confidently wrong); subtract_entropy (bce only): log the
     value without the teacher's entropy (gradient unchanged, 0 at student == teacher). normalize: 'weight'
     (box and class terms per level by the teacher's weight mass: the same strength at every image size) or
-    'cells' (the card's per-cell means; see _OutputKD).
+    'cells' (the card's per-cell means; see _OutputKD). class_index: the teacher class of each student class
+    (-1: none) when the teacher's classes are not the student's (distill.recipe.ClassMap; see _OutputKD).
     """
 
     kind = "output"
@@ -305,7 +394,7 @@ class YoloKDLoss(nn.Module):
     def __init__(self, nc: int | None = None, giou: float = 0.05, obj: float = 1.0, cls: float = 0.5,
                  dist: float = 1.0, variant: str = "l2", T: float = 1.0, weight_by_cls: bool = False,
                  kl_softmax: bool = False, hyp: dict | None = None, obj_term: str | None = None,
-                 subtract_entropy: bool = False, normalize: str = "weight"):
+                 subtract_entropy: bool = False, normalize: str = "weight", class_index: Sequence[int] | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"YoloKDLoss variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
@@ -317,6 +406,8 @@ class YoloKDLoss(nn.Module):
             hyp = {"giou": giou, "obj": obj, "cls": cls, "kd": dist}
         kw = {"kl_softmax": kl_softmax} if variant == "kl" else {}
         kw.update({"obj_term": obj_term, "normalize": normalize}, **({"subtract_entropy": True} if subtract_entropy else {}))
+        if class_index is not None:
+            kw["class_index"] = class_index
         self.core = VARIANTS[variant](hyp=hyp, temperature=T, weight_by_cls=weight_by_cls, **kw)
         self.nc, self.variant = nc, variant
         self.zero_at_optimum = self.core.zero_at_optimum

@@ -92,8 +92,14 @@ def kd_parser() -> argparse.ArgumentParser:
     p.set_defaults(cfg=str(ROOT / "models/yolov5s.yaml"))
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher_weight", "--teacher-weight", "--teacher", type=str, default=None,
-                   help="trained teacher checkpoint (official v6.0/v7.0 or ours), same classes as --data "
-                        "(default: weights/yolov5m.pt); with --resume: use this file instead of the run's teacher")
+                   help="trained teacher checkpoint (official v6.0/v7.0 or ours); output KD pairs its classes with "
+                        "--data's by name (--teacher_classes) (default: weights/yolov5m.pt); with --resume: use this "
+                        "file instead of the run's teacher")
+    g.add_argument("--teacher_classes", "--teacher-classes", type=str, default=None, metavar="DATA:TEACHER,...",
+                   help="output KD with a teacher of other classes (e.g. the 80-class yolov5m.pt on data with some of "
+                        "COCO's): data classes are matched to the teacher's by name (case, spaces, underscores aside); "
+                        "these pairs name the others, e.g. 'motorbike:motorcycle,tram:-' (-: no class KD for it). "
+                        "Recipe key teacher_classes; the map is printed at the start and saved in kd.yaml")
     g.add_argument("--kd_config", "--kd-config", type=str, default=None,
                    help="distillation recipe: layers, losses, parameters, weights (data/kd/NAME.yaml or NAME, "
                         "e.g. card); the flags below override it; the resolved recipe is saved as kd.yaml in the run")

@@ -78,14 +78,19 @@ def _save_teacher_record(opt_file: Path, teacher_weight: str, record: dict) -> N
 
 
 def load_checked_teacher(ctx, path: Path):
-    """The teacher, loaded for this data; on a new run, its val mAP printed (a teacher trained on other data
-    shows as near 0)."""
-    from distill.objective import load_teacher
+    """The teacher, loaded for this data (any classes: build_kd_objective pairs them by name where output KD
+    needs them); on a new run whose classes line up with the teacher's, its val mAP printed (a teacher trained
+    on other data shows as near 0). Validation counts classes by index: with other classes it is skipped."""
+    from distill.objective import class_names, load_teacher
+    from distill.recipe import classes_line_up
     from engine import validate
 
     opt = ctx.opt
-    teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False))
-    if ctx.val_loader is not None and not opt.resume:
+    teacher = load_teacher(path, ctx.device, ctx.nc, trust=getattr(opt, "trust_checkpoint", False), any_classes=True)
+    if ctx.val_loader is not None and not opt.resume and not classes_line_up(ctx.names, class_names(teacher)):
+        LOGGER.info(f"{colorstr('teacher: ')}its classes are not the data's ({len(class_names(teacher))} against "
+                    f"{len(ctx.names)}): val mAP not measured (validation pairs classes by index)")
+    elif ctx.val_loader is not None and not opt.resume:
         LOGGER.info(f"{colorstr('teacher: ')}evaluating {path} on the val set (sanity check)...")
         (_, _, map50, map_, *_), _, _ = validate.run(ctx.data_dict, model=teacher, dataloader=ctx.val_loader,
                                                     imgsz=ctx.imgsz, plots=False, half=ctx.device.type == "cuda",
@@ -141,7 +146,8 @@ def make_kd_objective(ctx, teacher_override: str | None = None):
     options = objective_options(opt)
     if resumed:
         options["overrides"] = None  # kd.yaml is the run's resolved recipe: the flags are in it
-    objective = build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, kd_config=recipe, **options)
+    objective = build_kd_objective(ctx.model, teacher, ctx.compute_loss, ctx.hyp, kd_config=recipe,
+                                   data_names=ctx.names, **options)
     log_recipe(objective.distiller, kd_file, resumed)
     if main and not opt.resume:
         write_kd_config(objective.resolved, kd_file, f"--kd_config {opt.kd_config}" if opt.kd_config else "flags")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.pairing import parse_layer_list
-from distill.recipe import Overrides, check_weight
+from distill.recipe import Overrides, check_weight, parse_teacher_classes
 from utils.general import UserError
 
 SEED_ALIASES = (("t_weights", "teacher_weight"), ("dist_loss", "kd_loss_selected"), ("distill_ratio", "alpha"))
@@ -133,6 +133,7 @@ def kd_overrides(opt) -> Overrides:
         loss_params=_loss_params(opt),
         normalize=_given(opt, "kd_normalize"),
         stop_epochs=_stop_epochs(opt),
+        teacher_classes=parse_teacher_classes(_given(opt, "teacher_classes"), "--teacher_classes"),
     )
 
 
