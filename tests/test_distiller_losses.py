@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from distill.context import KDContext
-from distill.losses import LOSSES, VIDLoss, build_loss
+from distill.hooks import FeatureHooks
+from distill.losses import LOSSES, VIDLoss, build_loss, detect_input_layers
 from models.yolo import Model
 
 NC, IMG, BS = 3, 64, 2
@@ -61,6 +62,12 @@ def _inputs(kind: str, ctx: KDContext, same: bool, seed: int):
     if kind == "feature":  # the three maps entering Detect at 64 px: strides 8, 16, 32
         t = [rand(BS, c, IMG // st, IMG // st, nonneg=True) for c, st in ((16, 8), (32, 16), (64, 32))]
         s = [x.clone() for x in t] if same else [rand(BS, c // 2, *x.shape[-2:]) for c, x in zip((16, 32, 64), t)]
+        return s, t
+    if kind == "head_input":  # the maps entering the teacher's head (CrossKD runs them through a copy of it)
+        with torch.no_grad(), FeatureHooks(ctx.teacher, detect_input_layers(ctx.teacher)) as hooks:
+            ctx.teacher(ctx.imgs)
+        t = [x.clone() for x in hooks.outputs]
+        s = [x.clone() for x in t] if same else [rand(BS, x.shape[1] // 2, *x.shape[-2:]) for x in t]
         return s, t
     raise AssertionError(f"no input recipe for loss kind {kind!r}: add one to this test")
 

@@ -152,13 +152,15 @@ RECIPE_FLAGS = {  # each shipped recipe and the flags that describe the same run
     "kl_only": ["--kd_loss_selected", "kl", "--feature_loss", "none"],
     "bce_at": ["--kd_loss_selected", "bce", "--feature_loss", "at"],
     "fitnet": ["--kd_loss_selected", "kl", "--feature_loss", "fitnet"],
-    **{m: ["--kd_loss_selected", "kl", "--feature_loss", m] for m in ("imitation", "cwd", "mse", "pkd", "scorel2")},
+    **{m: ["--kd_loss_selected", "kl", "--feature_loss", m]
+       for m in ("imitation", "cwd", "mse", "pkd", "scorel2", "mgd", "crosskd")},
 }
+FILE_ONLY = {"bckd"}  # output KD terms next to YoloKDLoss have no flag: tests/test_kd_recent_methods.py
 
 
 def test_every_shipped_recipe_is_listed_here():
     """The YOLOv5 recipes; the v8_* ones (v8 models) are checked in tests/test_v8_kd.py."""
-    assert sorted(p.stem for p in KD_DIR.glob("*.yaml") if not p.stem.startswith("v8_")) == sorted(RECIPE_FLAGS)
+    assert sorted(p.stem for p in KD_DIR.glob("*.yaml") if not p.stem.startswith("v8_")) == sorted([*RECIPE_FLAGS, *FILE_ONLY])
 
 
 @pytest.mark.parametrize("recipe", list(RECIPE_FLAGS))
@@ -251,7 +253,7 @@ def test_resolved_config_round_trip(tmp_path):
 
 def test_bad_recipes_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    for text, match in [("losses:\n  - {type: cwdd}\n", r"unknown loss type 'cwdd' \(closest: cwd\)"),
+    for text, match in [("losses:\n  - {type: cwdd}\n", r"unknown loss type 'cwdd' \(closest: cwd[,)]"),
                         ("losses:\n  - {type: at, layers: neck}\n", "layers: 'neck' must be one of"),
                         # issue 27: a recipe may also carry kd_stop_epochs, the message names both keys
                         ("loss: []\n", "a mapping with the key 'losses'.*optionally 'kd_stop_epochs'"),
@@ -260,7 +262,7 @@ def test_bad_recipes_are_clear_errors(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=match):
             load_kd_config(bad)
-    with pytest.raises(UserError, match="shipped recipes in data/kd/: bce_at, card, card_exact, cwd"):
+    with pytest.raises(UserError, match="shipped recipes in data/kd/: bce_at, bckd, card, card_exact, crosskd, cwd"):
         load_kd_config("nope")
     bad.write_text("losses:\n  - {type: at, layers: auto, gamma: 2}\n")
     with pytest.raises(UserError, match=r"unknown parameter\(s\) \['gamma'\]"):

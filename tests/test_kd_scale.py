@@ -45,7 +45,7 @@ STUDENT = ROOT / "weights" / "teacher-shapes-yolov5s.pt"  # 60 epochs: the stude
 TEACHER = ROOT / "weights" / "teacher-shapes-yolov5s-120e.pt"
 SIZES = (160, 320, 640)
 ACROSS_SIZES, ACROSS_BATCHES = 1.5, 1.2
-OUTPUT_TYPES = {"YoloKDLoss", "v8_output_kd"}  # heads: checked on their own pairs below
+OUTPUT_TYPES = {t for t, s in SPECS.items() if s.output}  # heads (layers: detect): checked on their own pairs below; bckd in tests/test_kd_recent_methods.py
 V8_TEACHER = ROOT / "weights" / "teacher-shapes-yolov8s.pt"
 V8_NOISE = 0.1  # the v8 student: the teacher with N(0, (0.1 std)^2) added to every weight (no second v8 ships)
 

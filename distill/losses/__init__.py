@@ -7,7 +7,8 @@ Every loss has one call form:
 The lists hold the tensors captured at the layer pairs mapped to the loss (distill.distiller), in pair
 order; see distill/context.py for ctx. Every loss cites its paper in one docstring line and states its
 tensor contract. Optional class attributes the engine reads:
-    kind             'logits' | 'feature' | 'relation' | 'output' | 'dfl_output' (documentation and tests)
+    kind             'logits' | 'feature' | 'relation' | 'output' | 'dfl_output' | 'head_input' (the maps
+                     entering the teacher's head, which the loss runs through it: crosskd); documentation and tests
     needs            ctx fields the loss reads besides the features (checked by the engine)
     zero_at_optimum  True when the loss is exactly 0 at student == teacher (else: at its minimum there)
     check_shapes(student_shapes, teacher_shapes)  raises ValueError for shapes the loss cannot take;
@@ -32,10 +33,13 @@ from torch import nn
 
 from distill.losses._detection import ShapeError, detect_input_layers, teacher_score
 from distill.losses.attention import AttentionTransfer
+from distill.losses.bckd import BCKDLoss
+from distill.losses.crosskd import CrossHeadKD
 from distill.losses.cwd import ChannelWiseDivergence
 from distill.losses.fgfi import FineGrainedImitation
 from distill.losses.fitnet import FitNetHint
 from distill.losses.irg import IRGLoss
+from distill.losses.mgd import MaskedGenerativeDistillation
 from distill.losses.pkd import PearsonDistillation
 from distill.losses.score_l2 import ScoreWeightedL2
 from distill.losses.strided_mse import StridedFeatureMSE
@@ -64,7 +68,7 @@ __all__ = [
     "AttentionTransfer", "ChannelWiseDivergence", "FineGrainedImitation", "FitNetHint", "IRGLoss",
     "PearsonDistillation", "ScoreWeightedL2", "StridedFeatureMSE", "VanillaKD", "VIDLoss", "V8OutputKD",
     "YoloKDLoss", "OutputBCEKD", "OutputKLKD", "OutputL2KD", "level_balance", "ShapeError",
-    "detect_input_layers", "teacher_score",
+    "detect_input_layers", "teacher_score", "BCKDLoss", "CrossHeadKD", "MaskedGenerativeDistillation",
 ]
 
 
@@ -79,7 +83,7 @@ def _import_every_module() -> None:
 # output KD, the detection feature losses. Modules import alphabetically; a type not named here (a new module's,
 # a test's) follows in the order it registered.
 _SHIPPED_ORDER = ("vanilla_kd", "vid", "irg", "at", "fitnet", "YoloKDLoss", "imitation", "cwd", "mse", "pkd",
-                  "scorel2", "v8_output_kd")
+                  "scorel2", "v8_output_kd", "bckd", "mgd", "crosskd")
 
 
 def _list_in_shipped_order() -> None:
