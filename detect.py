@@ -156,11 +156,13 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
         save_crop: bool = False, nosave: bool = False, classes: list[int] | None = None,
         agnostic_nms: bool = False, augment: bool = False, project: str | Path = ROOT / "runs/detect",
         name: str = "exp", exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False,
-        hide_conf: bool = False, half: bool = False, trust_checkpoint: bool = False, cfg: str | None = None) -> Path:
+        hide_conf: bool = False, half: bool = False, trust_checkpoint: bool = False, cfg: str | None = None,
+        nms: bool = False) -> Path:
     """Detect objects in source with weights (.pt / *.torchscript.pt / .onnx); returns the run directory.
 
     Every option is checked before the model or the source is opened; cfg (a model yaml) builds the model
-    of a state_dict-only .pt file."""
+    of a state_dict-only .pt file. YOLO26 .pt models predict NMS-free (one-to-one top rows above conf_thres);
+    nms=True uses their one-to-many head with NMS instead."""
     check_detect_args(weights, source, imgsz, conf_thres, iou_thres, max_det, classes, line_thickness, cfg,
                       device, project)
     source = str(source)
@@ -169,6 +171,8 @@ def run(weights: str | Path | list = ROOT / "yolov5s.pt", source: str | Path = R
         LOGGER.warning("WARNING: --half is only supported on CUDA; running in FP32 on CPU")
         half = False
     model = DetectBackend(weights, device=device, half=half, trust=trust_checkpoint, cfg=cfg)
+    if not nms and getattr(getattr(model, "model", None), "supports_end2end", False):
+        model.model.set_end2end(True)  # YOLO26 .pt: NMS-free one-to-one rows; model.nms then only filters them
     if augment and model.fmt != "pt":
         LOGGER.warning(f"WARNING: --augment needs .pt weights; ignored for {model.fmt}")
         augment = False
@@ -253,6 +257,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full (unsafe) unpickling of a .pt checkpoint you trust")
     parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
+    parser.add_argument("--nms", action="store_true",
+                        help="YOLO26 (end2end) models: one-to-many head + NMS instead of the NMS-free one-to-one rows")
     opt = parser.parse_args(argv)
     if isinstance(opt.weights, list) and len(opt.weights) == 1:
         opt.weights = opt.weights[0]  # one path, not an ensemble

@@ -67,6 +67,8 @@ class ExportWrapper(nn.Module):
         y = self.model(x)
         if isinstance(y, tuple):  # eval: (decoded, raw list)
             return y[0]
+        if isinstance(y, dict):  # train, YOLO26: one-to-many maps, then one-to-one maps
+            return tuple(y["one2many"]) + tuple(y["one2one"])
         return tuple(y)  # train: raw maps
 
 
@@ -102,6 +104,8 @@ def metadata(model: nn.Module, im: torch.Tensor) -> dict:
     names = model.module.names if hasattr(model, "module") else model.names
     meta = {"shape": list(im.shape), "stride": int(max(model.stride)), "names": [str(n) for n in names]}
     family = getattr(model, "family", "v5")
+    if getattr(model, "end2end", False):  # YOLO26 NMS-free output (B, k, 6) [x1, y1, x2, y2, conf, cls]
+        meta["end2end"] = True
     return meta if family == "v5" else {**meta, "family": family}
 
 
@@ -154,6 +158,7 @@ def export_onnx(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, op
     if dynamic:
         axes = {"images": {0: "batch", 2: "height", 3: "width"}}
         box_axis = 2 if meta.get("family") == "v8" else 1  # v8: (B, 4 + nc, N), v5: (B, N, 5 + nc)
+        box_axis = 1 if meta.get("end2end") else box_axis  # end2end: (B, k, 6), k = min(300, N)
         axes.update({o: {0: "batch", box_axis: "anchors"} for o in outputs} if not train else
                     {o: {0: "batch", 2: "y", 3: "x"} for o in outputs})
     with warnings.catch_warnings():
@@ -167,7 +172,7 @@ def export_onnx(wrapper: nn.Module, im: torch.Tensor, file: Path, meta: dict, op
                           dynamic_axes=axes, **kwargs)
     model_onnx = onnx.load(str(f))
     onnx.checker.check_model(model_onnx)
-    for k in [k for k in ("stride", "names", "family") if k in meta]:  # str() like v6.x for other YOLOv5 tools
+    for k in [k for k in ("stride", "names", "family", "end2end") if k in meta]:  # str() like v6.x for other YOLOv5 tools
         prop = model_onnx.metadata_props.add()
         prop.key, prop.value = k, str(meta[k])
     if simplify:
@@ -257,7 +262,8 @@ def check_export(f: Path, wrapper: nn.Module, im: torch.Tensor) -> tuple[float, 
         except Exception as e:  # noqa: BLE001 (the file is written; report a runtime that cannot run it)
             LOGGER.warning(f"{prefix} WARNING: check run failed ({type(e).__name__}: {str(e).splitlines()[0]})")
             return None
-    if getattr(wrapper.model, "family", "v5") == "v8" and not wrapper.training:
+    end2end = getattr(wrapper.model, "end2end", False)  # (B, k, 6) rows already box-first
+    if getattr(wrapper.model, "family", "v5") == "v8" and not wrapper.training and not end2end:
         ref, out = ref.transpose(1, 2), torch.as_tensor(out).transpose(1, 2)  # (B, 4 + nc, N) -> (B, N, 4 + nc)
     box, score = max_diffs(ref, out)
     what = "raw box logits" if wrapper.training else "boxes"
@@ -266,21 +272,27 @@ def check_export(f: Path, wrapper: nn.Module, im: torch.Tensor) -> tuple[float, 
     return box, score
 
 
-def load_for_export(weights: str | Path, device: torch.device, trust: bool = False, cfg=None) -> nn.Module:
-    """attempt_load(fuse=True, inplace=True) as v6.0, after a clear check that the file exists."""
+def load_for_export(weights: str | Path, device: torch.device, trust: bool = False, cfg=None,
+                    end2end: bool = False) -> nn.Module:
+    """attempt_load(fuse=True, inplace=True) as v6.0, after a clear check that the file exists; end2end: a
+    YOLO26 model exports its NMS-free one-to-one rows (B, k, 6), its one-to-many head dropped."""
     from models.checkpoint import attempt_load
 
     (path,) = check_weights_exist(weights)
     if path.suffix != ".pt" or "torchscript" in path.name:
         raise UserError(f"--weights {path}: export.py needs a PyTorch .pt checkpoint")
-    return attempt_load(str(path), map_location=device, inplace=True, fuse=True, trust=trust, cfg=cfg)
+    return attempt_load(str(path), map_location=device, inplace=True, fuse=True, trust=trust, cfg=cfg,
+                        end2end=end2end)
 
 
 def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640, 640), batch_size: int = 1,
         device: str = "cpu", include: tuple[str, ...] = FORMATS, half: bool = False, inplace: bool = False,
         train: bool = False, optimize: bool = False, dynamic: bool = False, simplify: bool = False,
-        opset: int = 12, trust_checkpoint: bool = False, cfg: str | Path | None = None) -> list[Path]:
-    """Export weights to the formats in include; returns the written files (see module docstring)."""
+        opset: int = 12, trust_checkpoint: bool = False, cfg: str | Path | None = None,
+        nms: bool = False) -> list[Path]:
+    """Export weights to the formats in include; returns the written files (see module docstring). A YOLO26
+    model exports NMS-free (B, k, 6) rows [x1, y1, x2, y2, conf, cls] (metadata end2end); nms=True exports
+    its one-to-many (B, 4 + nc, N) output for NMS instead."""
     t = time.time()
     include = [x.lower() for x in include]
     bad = [x for x in include if x not in FORMATS]
@@ -296,7 +308,7 @@ def run(weights: str | Path = ROOT / "yolov5s.pt", imgsz: tuple[int, ...] = (640
         raise UserError("--half exports need a CUDA device (e.g. --device 0); CPU FP16 export is not supported")
     if half and dynamic:
         raise UserError("--half and --dynamic cannot be combined; drop one of them")
-    model = load_for_export(weights, device, trust_checkpoint, cfg)
+    model = load_for_export(weights, device, trust_checkpoint, cfg, end2end=not nms and not train)
     imgsz = list(imgsz) * (2 if len(imgsz) == 1 else 1)  # [h, w]
     gs = int(max(model.stride))
     imgsz = [check_img_size(x, gs) for x in imgsz]
@@ -336,6 +348,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=13, help="ONNX: opset version")
     parser.add_argument("--include", nargs="+", default=list(FORMATS), help=f"formats: {', '.join(FORMATS)}")
     parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
+    parser.add_argument("--nms", action="store_true",
+                        help="YOLO26 (end2end) models: export the one-to-many output for NMS, not the NMS-free rows")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full (unsafe) unpickling of a checkpoint you trust")
     opt = parser.parse_args(argv)

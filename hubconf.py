@@ -17,14 +17,15 @@ from pathlib import Path
 dependencies = ["torch", "yaml", "numpy", "cv2", "PIL"]  # checked by torch.hub before loading
 
 def custom(path: str | Path = "path/to/model.pt", autoshape: bool = True, verbose: bool = True, device=None,
-           trust: bool = False, cfg: str | Path | None = None):
+           trust: bool = False, cfg: str | Path | None = None, nms: bool = False):
     """A model from a local checkpoint: ours, official v5.x-v7.0 files, or a state_dict with cfg (model yaml).
 
-    trust=True allows the full (unsafe) unpickle of a file you trust, as --trust-checkpoint does.
+    trust=True allows the full (unsafe) unpickle of a file you trust, as --trust-checkpoint does. A YOLO26
+    model predicts NMS-free (its one-to-one rows); nms=True uses its one-to-many head with NMS instead.
     """
     from models.hub import custom as load
 
-    return load(path, autoshape=autoshape, verbose=verbose, device=device, trust=trust, cfg=cfg)
+    return load(path, autoshape=autoshape, verbose=verbose, device=device, trust=trust, cfg=cfg, nms=nms)
 
 
 def _official(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device, verbose: bool):

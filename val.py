@@ -60,6 +60,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow a full (unsafe) unpickle of checkpoints you trust")
     parser.add_argument("--cfg", type=str, default=None, help="model.yaml for a state_dict-only --weights file")
+    parser.add_argument("--nms", action="store_true",
+                        help="YOLO26 (end2end) models: one-to-many head + NMS instead of the NMS-free one-to-one top-300")
     opt = parser.parse_args(argv)
     opt.save_json |= opt.data.endswith("coco.yaml")
     opt.save_txt |= opt.save_hybrid

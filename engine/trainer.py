@@ -251,6 +251,9 @@ def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
         # data (EpochSampler): a resumed epoch repeats what an uninterrupted run does in it
         init_seeds(opt.seed + 1 + max(run.rank, 0) + 1000 * (epoch + 1))
         run.model.train()
+        loss_schedule = getattr(run.compute_loss, "set_epoch", None)  # YOLO26's E2ELoss: o2m/o2o weights decay
+        if loss_schedule is not None:
+            loss_schedule(epoch, opt.epochs)
         if (epoch > start_epoch and mosaic_closed(epoch, opt.epochs, run.hyp)
                 and not mosaic_closed(epoch - 1, opt.epochs, run.hyp)):
             LOGGER.info(f"Closing mosaic: epochs {epoch}-{opt.epochs - 1} train on single images (hyp close_mosaic)")

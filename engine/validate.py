@@ -101,7 +101,7 @@ def summarize(stats: list[tuple], nc: int) -> dict:
 
 
 def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, single_cls, half, project, name,
-                      exist_ok, save_txt, trust, cfg=None):
+                      exist_ok, save_txt, trust, cfg=None, nms=False):
     """Device, run folder, model and dataloader for a val.py run (not called from training)."""
     from models.experimental import attempt_load
     from utils.data.dataloaders import create_dataloader
@@ -109,7 +109,7 @@ def _setup_standalone(data, weights, batch_size, imgsz, task, device, workers, s
     device = select_device(device, batch_size=batch_size)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    model = attempt_load(weights, map_location=device, trust=trust, cfg=cfg)
+    model = attempt_load(weights, map_location=device, trust=trust, cfg=cfg, end2end=not nms)  # YOLO26: NMS-free
     gs = max(int(model.stride.max()), 32)
     imgsz = check_img_size(imgsz, s=gs)
     half &= device.type != "cpu"
@@ -146,12 +146,14 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         augment: bool = False, verbose: bool = False, save_txt: bool = False, save_hybrid: bool = False,
         save_conf: bool = False, save_json: bool = False, project=ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = True, model=None, dataloader=None, save_dir=Path(""),
-        plots: bool = True, compute_loss=None, trust: bool = False, cfg=None):
+        plots: bool = True, compute_loss=None, trust: bool = False, cfg=None, nms: bool = False):
     """Validate; returns ((mp, mr, map50, map, box_loss, obj_loss, cls_loss), maps (nc,), t (3,) ms/image).
 
     From training pass model= (it is not modified: FP16 runs on a copy) and dataloader=; otherwise
     weights are loaded with attempt_load (trust=True allows a full unpickle of trusted checkpoints; cfg,
     a model yaml, builds the model of a state_dict-only file). Standalone, every option is checked first.
+    A YOLO26 model (end2end head) is validated NMS-free on its one-to-one top-300 rows, as ultralytics does;
+    nms=True uses its one-to-many head with NMS instead (no effect on other models, which always use NMS).
     maps[c] is the mAP@.5:.95 of class c; classes without labels get the overall map.
     """
     training = model is not None
@@ -173,7 +175,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         save_txt |= save_hybrid
         device, save_dir, model, imgsz, half, dataloader = _setup_standalone(
             data, weights, batch_size, imgsz, task, device, workers, single_cls, half, project, name, exist_ok,
-            save_txt, trust, cfg)
+            save_txt, trust, cfg, nms)
         if task == "speed":
             conf_thres, iou_thres, plots = 0.25, 0.45, False
     save_dir = Path(save_dir)

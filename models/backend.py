@@ -98,6 +98,7 @@ class DetectBackend:
         self.fmt, self.device = fmts.pop(), device
         self.fp16 = half and device.type == "cuda"
         self.family = "v5"  # 'v8': output (B, 4 + nc, N), no objectness (from the model or the export metadata)
+        self.end2end = False  # NMS-free (B, k, 6) output of a YOLO26 export (metadata end2end)
         self.fixed_shape: tuple[int, int] | None = None
         self.stride, self.names = 32, []
         if self.fmt == "pt":
@@ -137,7 +138,8 @@ class DetectBackend:
             self.fixed_shape = tuple(int(x) for x in cfg["shape"][2:4])  # traced: grids baked in at this size
         self.names = parse_names(cfg.get("names"), None)
         self.family = cfg.get("family", "v5")
-        self._nc_from_output = not self.names
+        self.end2end = bool(cfg.get("end2end", False))  # YOLO26 exported NMS-free: (B, k, 6) rows
+        self._nc_from_output = not self.names and not self.end2end
 
     def _load_onnx(self, path: Path) -> None:
         try:
@@ -160,10 +162,13 @@ class DetectBackend:
             self.fixed_shape = (int(hw[0]), int(hw[1]))
         self.stride = int(meta.get("stride", 32))
         self.family = meta.get("family", "v5")
+        self.end2end = str(meta.get("end2end", "")).lower() == "true"  # metadata values are strings
         axis, extra = (1, 4) if self.family == "v8" else (-1, 5)  # v8 (B, 4 + nc, N), v5 (B, N, 5 + nc)
         no = out.shape[axis] if len(out.shape) == 3 and isinstance(out.shape[axis], int) else None
+        if self.end2end:  # (B, k, 6) rows [x1, y1, x2, y2, conf, cls]: the class count is not in the shape
+            no = None
         self.names = parse_names(meta.get("names"), no - extra if no else None)
-        self._nc_from_output = not self.names
+        self._nc_from_output = not self.names and not self.end2end
 
     def __call__(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """im (B, 3, H, W) float [0, 1] -> predictions (B, N, 5 + nc), xywh in pixels of im."""
@@ -184,9 +189,11 @@ class DetectBackend:
     def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
         """The NMS for this model's output (arguments of utils.nms.non_max_suppression): the model's own for
         .pt weights, else chosen by the exported family."""
-        from utils.nms import non_max_suppression, non_max_suppression_v8
+        from utils.nms import non_max_suppression, non_max_suppression_v8, select_end2end
 
         fn = getattr(self.model, "nms", None) if self.fmt == "pt" else None
+        if fn is None and self.end2end:  # an NMS-free export (YOLO26): its rows only need the conf filter
+            fn = select_end2end
         fn = fn or (non_max_suppression_v8 if self.family == "v8" else non_max_suppression)
         return fn(prediction, *args, **kwargs)
 

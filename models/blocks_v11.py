@@ -1,6 +1,7 @@
 """Building blocks of the YOLO11 family (ultralytics' default detector since 2024): C3k2, C3k, C2PSA,
-PSABlock and its Attention. Written from their definitions; the depth-wise conv they use is
-models.common.DWConv.
+PSABlock and its Attention, and what YOLO26 adds to them: C3k2's attention variant (4th yaml argument) and
+SPPFn, the SPPF with YOLO26's extra arguments. Written from their definitions; the depth-wise conv they use
+is models.common.DWConv.
 
 Compatibility: ultralytics checkpoints pickle these modules, and models/checkpoint.py maps each pickled
 `ultralytics.nn.modules.block.<Name>` onto the class of the same name here. Unpickling restores
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.common import C3, Bottleneck, C2f, Conv
+from models.common import C3, SPPF, Bottleneck, C2f, Conv
 
 
 class C3k(C3):
@@ -29,14 +30,42 @@ class C3k(C3):
 class C3k2(C2f):
     """C2f (split, extend, merge) whose inner blocks are either Bottlenecks with a halved middle width
     (c3k False: 3x3 c -> c/2 -> c) or C3k blocks of two 3x3 bottlenecks (c3k True, YOLO11 m/l/x and the
-    deeper n/s stages). n = the number of inner blocks."""
+    deeper n/s stages), or, with attn True (YOLO26's last neck stage), a Bottleneck followed by a PSABlock
+    (heads of 64 channels, at least one). n = the number of inner blocks. The argument order is ultralytics'
+    (c1, c2, n, c3k, e, attn, g, shortcut), so a yaml row [c2, c3k, e, attn] means the same here."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
-                 shortcut: bool = True):
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, attn: bool = False,
+                 g: int = 1, shortcut: bool = True):
         super().__init__(c1, c2, n, shortcut, g, e)
-        self.m = nn.ModuleList(
-            C3k(self.c, self.c, 2, shortcut, g) if c3k else Bottleneck(self.c, self.c, shortcut, g, e=0.5, k=(3, 3))
-            for _ in range(n))
+        c = self.c
+
+        def block() -> nn.Module:
+            if attn:
+                return nn.Sequential(Bottleneck(c, c, shortcut, g, e=0.5, k=(3, 3)),
+                                     PSABlock(c, attn_ratio=0.5, num_heads=max(c // 64, 1)))
+            if c3k:
+                return C3k(c, c, 2, shortcut, g)
+            return Bottleneck(c, c, shortcut, g, e=0.5, k=(3, 3))
+
+        self.m = nn.ModuleList(block() for _ in range(n))
+
+
+class SPPFn(SPPF):
+    """SPPF with YOLO26's arguments (c1, c2, k, n, shortcut): n chained k x k pools (n + 1 maps into cv2), a
+    residual add when shortcut and c1 == c2, and a linear cv1 (no activation), as ultralytics builds SPPF
+    whenever the yaml gives n and shortcut. With the short form [c2, k] (YOLOv5/v8/YOLO11 yamls) the parser
+    keeps models.common.SPPF, whose cv1 has the SiLU. Pickled attributes as SPPF: cv1, cv2, m, n, add."""
+
+    def __init__(self, c1: int, c2: int, k: int = 5, n: int = 3, shortcut: bool = False):
+        nn.Module.__init__(self)  # SPPF.__init__ would build a cv1 and cv2 of the short form first
+        if n < 1:
+            raise ValueError(f"SPPF n={n}: at least one pooling step is needed")
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1, act=False)
+        self.cv2 = Conv(c_ * (n + 1), c2, 1, 1)  # (B, (n+1)*c_, H, W) -> (B, c2, H, W)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+        self.n = n
+        self.add = bool(shortcut) and c1 == c2
 
 
 class Attention(nn.Module):

@@ -5,7 +5,7 @@ plain `weights_only=True` load refuses them and `weights_only=False` would run a
 code. `safe_torch_load` uses torch's weights-only unpickler with an explicit allow-list of the
 classes such files legitimately contain; anything else is refused *before* it runs.
 
-Checkpoints of the ultralytics package (YOLOv8 and YOLO11 families) pickle `ultralytics.nn.*` classes;
+Checkpoints of the ultralytics package (YOLOv8, YOLO11 and YOLO26 families) pickle `ultralytics.nn.*` classes;
 the allow-list maps each of those names onto the class of this repository with the same attributes
 (`_ULTRALYTICS`), so they load without ultralytics installed and without trusted unpickling.
 """
@@ -35,7 +35,8 @@ _COMMON = (common.Conv, common.DWConv, common.Bottleneck, common.BottleneckCSP, 
            common.Focus, common.Concat, common.Conv1_1, common.SELayer, common.ChannelAttention,
            common.SpatialAttention, common.ASCBAM, common.CABlock, common.h_sigmoid, common.h_swish, common.C2f,
            common.DFL)
-_V11 = (blocks_v11.C3k2, blocks_v11.C3k, blocks_v11.C2PSA, blocks_v11.PSABlock, blocks_v11.Attention)
+_V11 = (blocks_v11.C3k2, blocks_v11.C3k, blocks_v11.C2PSA, blocks_v11.PSABlock, blocks_v11.Attention,
+        blocks_v11.SPPFn)
 # ultralytics 8.x global -> our class with the same pickled attribute names (see models/head_v8.py)
 _ULTRALYTICS = {
     "ultralytics.nn.tasks.DetectionModel": Model,
@@ -43,9 +44,11 @@ _ULTRALYTICS = {
     "ultralytics.nn.modules.conv.Concat": common.Concat,
     "ultralytics.nn.modules.block.C2f": common.C2f,
     "ultralytics.nn.modules.block.Bottleneck": common.Bottleneck,
-    "ultralytics.nn.modules.block.SPPF": common.SPPF,
+    "ultralytics.nn.modules.block.SPPF": common.SPPF,  # reads the pickled n, add (and cv1's own act: YOLO26)
     "ultralytics.nn.modules.block.DFL": common.DFL,
-    "ultralytics.nn.modules.head.Detect": DetectV8,  # legacy (v8) or YOLO11 class branch: read from its layers
+    # legacy (v8) or YOLO11 class branch read from its layers; YOLO26: reg_max 1 (dfl an Identity) and the
+    # one-to-one branches one2one_cv2/one2one_cv3 (end2end, see models/head_v8.py)
+    "ultralytics.nn.modules.head.Detect": DetectV8,
     # YOLO11 (ultralytics >= 8.3)
     "ultralytics.nn.modules.conv.DWConv": common.DWConv,
     "ultralytics.nn.modules.block.C3k2": blocks_v11.C3k2,
@@ -244,16 +247,22 @@ class Ensemble(nn.ModuleList):
 
 
 def attempt_load(weights, map_location=None, inplace: bool = True, fuse: bool = True, cfg=None,
-                 trust: bool = False) -> nn.Module:
+                 trust: bool = False, end2end: bool = False) -> nn.Module:
     """Load one checkpoint (-> Model) or a list (-> Ensemble) for inference: FP32, optionally fused, eval.
 
-    Takes 'ema' when present, else 'model'; a state_dict-only file needs cfg (model yaml).
+    Takes 'ema' when present, else 'model'; a state_dict-only file needs cfg (model yaml). end2end: models
+    with a one-to-one head (YOLO26) answer with its NMS-free top-k rows (and fusing drops their one-to-many
+    head); False (the default, and always for other models) keeps the output NMS expects.
     """
     model = Ensemble()
-    for w in weights if isinstance(weights, (list, tuple)) else [weights]:
+    weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    end2end &= len(weights) == 1  # an ensemble concatenates one-to-many outputs for a joint NMS
+    for w in weights:
         ckpt = safe_torch_load(w, map_location or "cpu", trust=trust)
         m = model_from_checkpoint(ckpt, w, cfg).float()
         _compat(m, inplace)
+        if end2end and getattr(m, "supports_end2end", False):
+            m.set_end2end(True)
         if fuse and hasattr(m, "fuse"):
             m.fuse()
         model.append(m.eval())

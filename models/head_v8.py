@@ -13,10 +13,23 @@ cv3, dfl, anchors, strides) follow ultralytics so its pickled `Detect` maps onto
 Two class branches exist, as in ultralytics: the "legacy" one of YOLOv8 (Conv3x3, Conv3x3, Conv2d1x1)
 and YOLO11's lighter one (DWConv3x3, Conv1x1, DWConv3x3, Conv1x1, Conv2d1x1). Everything else (box branch,
 DFL, decoding, loss, NMS) is the same, so YOLO11 models are family "v8" too.
+
+YOLO26 (end2end=True, reg_max=1: no DFL, the 4 box logits are the edge distances in grid units) adds a
+second, one-to-one copy of both branches (one2one_cv2, one2one_cv3, deep copies at build time) that reads
+the same maps *detached*, so its loss never reaches the backbone. Train mode then returns
+{"one2many": [maps], "one2one": [maps]}. In eval mode the head answers according to `end2end`:
+  - False (a freshly built or loaded model): (one-to-many decoded (B, 4 + nc, N), its raw list), exactly as
+    a v8 head, for NMS (`nms` = non_max_suppression_v8);
+  - True (`Model.set_end2end(True)`, what the scripts ask for a YOLO26 model): (B, max_det, 6) rows
+    [x1, y1, x2, y2, conf, cls] in input pixels, the top max_det (300) class scores of the one-to-one head
+    over all anchors and classes, no NMS; `nms` then only applies conf_thres, classes and max_det.
+fuse() on a YOLO26 head drops the one-to-many branches (cv2 = cv3 = None, as ultralytics) and the
+one-to-one head answers alone: end2end True gives the top-k rows, False its decoded (B, 4 + nc, N).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -36,13 +49,17 @@ class DetectV8(nn.Module):
     stride = None  # tensor (nl,) of pixels per grid cell, set by Model after the dry run
     dynamic = False  # rebuild anchor points every call (ONNX export with dynamic axes)
     inplace = True
+    end2end = False  # eval output of a YOLO26 head: one-to-one top-k rows (True) or one-to-many decoded (False)
+    max_det = 300  # rows of the one-to-one (end2end) output per image
 
-    def __init__(self, nc: int = 80, ch: Sequence[int] = (), reg_max: int = 16, legacy: bool = True):
+    def __init__(self, nc: int = 80, ch: Sequence[int] = (), reg_max: int = 16, legacy: bool = True,
+                 end2end: bool = False):
         super().__init__()
         if not ch:
             raise ValueError("DetectV8 needs the input channels of each level (ch)")
-        if reg_max < 2:
-            raise ValueError(f"DetectV8 reg_max={reg_max}: the DFL head needs at least 2 bins per box edge")
+        if reg_max < 1 or (reg_max == 1 and not end2end):
+            raise ValueError(f"DetectV8 reg_max={reg_max}: the DFL head needs at least 2 bins per box edge "
+                             "(reg_max 1, direct edge distances, only with end2end True as in YOLO26)")
         self.nc = nc
         self.nl = len(ch)
         self.reg_max = reg_max
@@ -57,7 +74,10 @@ class DetectV8(nn.Module):
             self.cv3 = nn.ModuleList(nn.Sequential(nn.Sequential(DWConv(x, x, 3), Conv(x, c3, 1)),
                                                    nn.Sequential(DWConv(c3, c3, 3), Conv(c3, c3, 1)),
                                                    nn.Conv2d(c3, nc, 1)) for x in ch)
-        self.dfl = DFL(reg_max)
+        self.dfl = DFL(reg_max) if reg_max > 1 else nn.Identity()
+        if end2end:  # YOLO26: the one-to-one copy, trained on detached maps (see the module docstring)
+            self.one2one_cv2 = copy.deepcopy(self.cv2)
+            self.one2one_cv3 = copy.deepcopy(self.cv3)
         self.anchors = torch.empty(0)  # cached (2, N) anchor points and (1, N) strides
         self.strides = torch.empty(0)
 
@@ -65,17 +85,44 @@ class DetectV8(nn.Module):
     def legacy(self) -> bool:
         """True for the YOLOv8 class branch, False for YOLO11's. Read from the layers (a YOLO11 branch starts
         with a DWConv -> Conv pair), because ultralytics does not pickle the flag with its Detect."""
-        return not isinstance(self.cv3[0][0], nn.Sequential)
+        cls = self.cv3 if self.has_one2many else self._modules["one2one_cv3"]
+        return not isinstance(cls[0][0], nn.Sequential)
+
+    @property
+    def has_one2one(self) -> bool:
+        """True for a YOLO26 head (one-to-one branches present; ultralytics pickles them as one2one_cv2/cv3)."""
+        return self._modules.get("one2one_cv2") is not None
+
+    @property
+    def has_one2many(self) -> bool:
+        """False once fuse() dropped the one-to-many branches of a YOLO26 head."""
+        return self._modules.get("cv2") is not None
+
+    def _branches(self, xs: list[torch.Tensor], box: nn.ModuleList, cls: nn.ModuleList) -> list[torch.Tensor]:
+        return [torch.cat((box[i](xs[i]), cls[i](xs[i])), 1) for i in range(self.nl)]
 
     def forward(self, xs: list[torch.Tensor]):
-        """Train: list of nl raw maps (B, 4*reg_max + nc, ny, nx). Eval: (decoded (B, 4 + nc, N), raw list)."""
-        raw = [torch.cat((self.cv2[i](xs[i]), self.cv3[i](xs[i])), 1) for i in range(self.nl)]
+        """Train: list of nl raw maps (B, 4*reg_max + nc, ny, nx); a YOLO26 head {"one2many": list, "one2one":
+        list}. Eval: (decoded (B, 4 + nc, N), raw list), or with end2end (B, max_det, 6) top-k rows instead
+        of the decoded tensor (see the module docstring)."""
+        if not self.has_one2one:
+            raw = self._branches(xs, self.cv2, self.cv3)
+            return raw if self.training else (self.decode(raw), raw)
         if self.training:
-            return raw
+            if not self.has_one2many:
+                raise RuntimeError("DetectV8: this YOLO26 head was fused (one-to-many branches dropped); "
+                                   "it cannot be trained")
+            return {"one2many": self._branches(xs, self.cv2, self.cv3),
+                    "one2one": self._branches([x.detach() for x in xs], self.one2one_cv2, self.one2one_cv3)}
+        if self.end2end or not self.has_one2many:  # eval runs only the branch it answers with
+            raw = self._branches(xs, self.one2one_cv2, self.one2one_cv3)
+            return (self.topk(self.decode(raw, xyxy=True)) if self.end2end else self.decode(raw)), raw
+        raw = self._branches(xs, self.cv2, self.cv3)
         return self.decode(raw), raw
 
-    def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
-        """Per-level raw maps -> (B, 4 + nc, N): xywh pixels from the DFL expectation, class sigmoids."""
+    def decode(self, raw: list[torch.Tensor], xyxy: bool = False) -> torch.Tensor:
+        """Per-level raw maps -> (B, 4 + nc, N): xywh (xyxy when asked) pixels from the DFL expectation (or
+        the distances themselves when reg_max is 1), class sigmoids."""
         b = raw[0].shape[0]
         x = torch.cat([r.view(b, self.no, -1) for r in raw], 2)  # nl x (B, no, ny, nx) -> (B, no, N)
         box, cls = x.split((4 * self.reg_max, self.nc), 1)
@@ -84,15 +131,38 @@ class DetectV8(nn.Module):
         if self.dynamic or a.shape != (2, n) or a.dtype != x.dtype or a.device != x.device:
             points, strides = make_anchors(raw, self.stride, 0.5)
             self.anchors, self.strides = points.transpose(0, 1), strides.transpose(0, 1)  # (2, N), (1, N)
-        dbox = dist2bbox(self.dfl(box), self.anchors.unsqueeze(0), xywh=True, dim=1) * self.strides
+        dbox = dist2bbox(self.dfl(box), self.anchors.unsqueeze(0), xywh=not xyxy, dim=1) * self.strides
         return torch.cat((dbox, cls.sigmoid()), 1)
 
+    def topk(self, decoded: torch.Tensor) -> torch.Tensor:
+        """(B, 4 + nc, N) xyxy + class scores -> (B, k, 6) [x1, y1, x2, y2, conf, cls], k = min(max_det, N):
+        the k highest (anchor, class) scores, found among the k anchors with the highest best-class score
+        (ultralytics' order of operations, so ties resolve as there). NMS-free: one row per (anchor, class)."""
+        boxes, scores = decoded.transpose(1, 2).split((4, self.nc), 2)  # (B, N, 4), (B, N, nc)
+        b, n, nc = scores.shape
+        k = min(self.max_det, n)
+        anchor_idx = scores.amax(-1).topk(k, dim=1).indices  # (B, k) anchors with the best top class
+        scores = scores.gather(1, anchor_idx[..., None].expand(b, k, nc))  # (B, k, nc)
+        conf, flat = scores.flatten(1).topk(k, dim=1)  # (B, k) over the k*nc (anchor, class) pairs
+        idx = anchor_idx.gather(1, flat // nc)  # (B, k) anchor of each kept pair
+        boxes = boxes.gather(1, idx[..., None].expand(b, k, 4))
+        return torch.cat((boxes, conf[..., None], (flat % nc)[..., None].to(boxes.dtype)), 2)
+
     def bias_init(self) -> None:
-        """Priors: box logits 1.0; class logits log(5 / nc / (640 / s)^2) (about 5 objects per 640 image)."""
+        """Priors: box logits 1.0 (2.0 on a YOLO26 head, both branches, as ultralytics' YOLO26-era Detect);
+        class logits log(5 / nc / (640 / s)^2) (about 5 objects per 640 image)."""
+        pairs = [(self.cv2, self.cv3)] + ([(self.one2one_cv2, self.one2one_cv3)] if self.has_one2one else [])
+        box_prior = 2.0 if self.has_one2one else 1.0  # the v8/YOLO11 value stays as their tests pin it
         with torch.no_grad():
-            for a, b, s in zip(self.cv2, self.cv3, self.stride):
-                a[-1].bias.fill_(1.0)
-                b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / float(s)) ** 2)
+            for box, cls in pairs:
+                for a, b, s in zip(box, cls, self.stride):
+                    a[-1].bias.fill_(box_prior)
+                    b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / float(s)) ** 2)
+
+    def fuse(self) -> None:
+        """A YOLO26 head keeps only its one-to-one branches for inference (ultralytics' fuse); others: no-op."""
+        if self.has_one2one:
+            self.cv2 = self.cv3 = None
 
     def reset_cache(self) -> None:
         """Forget cached anchor points (after loading a checkpoint or changing the stride)."""
@@ -104,15 +174,23 @@ class DetectV8(nn.Module):
         return dict(hyp)
 
     def build_loss(self, model: nn.Module, hyp: dict):
-        """The training loss of this head: utils.losses.yolov8.V8DetectionLoss (box CIoU, BCE classes, DFL)."""
+        """The training loss of this head: utils.losses.yolov8.V8DetectionLoss (box CIoU, BCE classes, DFL), or
+        for a YOLO26 head utils.losses.e2e.E2ELoss (one-to-many + one-to-one, L1 box term instead of DFL)."""
+        if self.has_one2one:
+            from utils.losses.e2e import E2ELoss
+
+            return E2ELoss.from_model(model, hyp)
         from utils.losses.yolov8 import V8DetectionLoss
 
         return V8DetectionLoss.from_model(model, hyp)
 
-    @staticmethod
-    def nms(prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
-        """NMS for this head's eval output (B, 4 + nc, N): utils.nms.non_max_suppression_v8 (same arguments
-        as the YOLOv5 non_max_suppression)."""
-        from utils.nms import non_max_suppression_v8
+    def nms(self, prediction: torch.Tensor, *args, **kwargs) -> list[torch.Tensor]:
+        """The post-processing of this head's eval output, with the arguments of the YOLOv5 non_max_suppression
+        (conf_thres, iou_thres, classes, agnostic, multi_label, labels, max_det, ...): for (B, 4 + nc, N)
+        utils.nms.non_max_suppression_v8; for end2end top-k rows (B, k, 6) utils.nms.select_end2end (no NMS:
+        conf_thres, classes and max_det only)."""
+        from utils.nms import non_max_suppression_v8, select_end2end
 
+        if self.has_one2one and self.end2end:
+            return select_end2end(prediction, *args, **kwargs)
         return non_max_suppression_v8(prediction, *args, **kwargs)

@@ -25,10 +25,12 @@ def finish(model, autoshape: bool, device, verbose: bool):
 
 
 def custom(path: str | Path = "path/to/model.pt", autoshape: bool = True, verbose: bool = True, device=None,
-           trust: bool = False, cfg: str | Path | None = None):
+           trust: bool = False, cfg: str | Path | None = None, nms: bool = False):
     """A model from a local checkpoint: ours, official v5.x-v7.0 files, or a state_dict with cfg (model yaml).
 
-    trust=True allows the full (unsafe) unpickle of a file you trust, as --trust-checkpoint does.
+    trust=True allows the full (unsafe) unpickle of a file you trust, as --trust-checkpoint does. A YOLO26
+    model predicts NMS-free (its one-to-one rows, the model's own nms() then only filters them); nms=True
+    uses its one-to-many head with NMS instead.
     """
     p = Path(path)
     if str(path).lower().startswith(("http://", "https://")):
@@ -36,7 +38,7 @@ def custom(path: str | Path = "path/to/model.pt", autoshape: bool = True, verbos
     if not p.is_file():
         raise UserError(f"custom(path={path}): file not found (give the path of a .pt checkpoint, e.g. "
                         f"runs/train/exp/weights/best.pt)")
-    model = attempt_load(p, map_location="cpu", fuse=autoshape, trust=trust, cfg=cfg)
+    model = attempt_load(p, map_location="cpu", fuse=autoshape, trust=trust, cfg=cfg, end2end=not nms)
     return finish(model, autoshape, device, verbose)
 
 

@@ -11,7 +11,7 @@ import math
 
 from torch import nn
 
-from models.blocks_v11 import C2PSA, C3k2
+from models.blocks_v11 import C2PSA, C3k2, SPPFn
 from models.common import (
     ASCBAM,
     C3,
@@ -38,7 +38,7 @@ MODULES = {
     "C3k2": C3k2, "C2PSA": C2PSA,
     "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Identity": nn.Identity,
 }  # + "Detect" (YOLOv5 head, defined in models/yolo.py), registered there with register_module
-_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, C2f, SPP, SPPF, Focus, Conv1_1, C3k2,
+_SCALED = (Conv, DWConv, Bottleneck, BottleneckCSP, C3, C2f, SPP, SPPF, SPPFn, Focus, Conv1_1, C3k2,
            C2PSA)  # args[0] = out channels
 _REPEAT_INSIDE = (BottleneckCSP, C3, C2f, C3k2, C2PSA)  # n goes in as an argument
 _LARGE_SCALES = ("m", "l", "x")  # ultralytics-form yamls: C3k2 uses C3k blocks at these scales (see parse_model)
@@ -138,6 +138,8 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
                             f"the yaml; for the anchor-free head use DetectV8")
         args = [_resolve(a, nc, anchors) for a in (args or [])]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
+        if m is SPPF and len(args) > 2:
+            m = SPPFn  # [c2, k, n, shortcut] (YOLO26): the SPPF form with a linear cv1, see SPPFn
         if m is C3k2 and scale in _LARGE_SCALES and len(args) > 1:
             args = [args[0], True, *args[2:]]  # [c2, c3k, e, ...]: c3k forced at m/l/x (ultralytics' rule)
         try:
@@ -177,7 +179,8 @@ def _build_layer(m, name, f, n, args, ch, c2, width, no, i):
         if isinstance(args[1], int):  # anchors given as a count: placeholders for autoanchor
             args[1] = [list(range(args[1] * 2))] * len(f)
     elif m is DetectV8:
-        args = [args[0] if args else no, [ch[x] for x in f], *args[1:]]  # (nc, per-level channels, reg_max)
+        # (nc, per-level channels, reg_max, legacy, end2end)
+        args = [args[0] if args else no, [ch[x] for x in f], *args[1:]]
     else:
         c2 = _single_input(ch, f, i, name)
     try:

@@ -34,7 +34,7 @@ from models.common import (
 )
 from models.head_v8 import DetectV8
 from models.parse import MODULES, parse_model, register_module
-from utils.general import LOGGER, yaml_load
+from utils.general import LOGGER, UserError, yaml_load
 from utils.torch_utils import (
     fuse_conv_and_bn,
     initialize_weights,
@@ -158,7 +158,9 @@ class Model(nn.Module):
             s = 256  # dry run in train mode: stride = input size / feature size per level
             m.inplace = self.inplace
             with torch.no_grad():
-                m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
+                out = self.forward(torch.zeros(1, ch, s, s))
+                out = out["one2many"] if isinstance(out, dict) else out  # YOLO26: {one2many, one2one} maps
+                m.stride = torch.tensor([s / x.shape[-2] for x in out])
             self.stride = m.stride
             if isinstance(m, Detect):
                 m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> grid units
@@ -197,6 +199,9 @@ class Model(nn.Module):
         return x
 
     def _forward_augment(self, x):
+        if self.end2end:
+            raise UserError("augmented inference (--augment) merges one-to-many outputs for NMS; this YOLO26 model "
+                             "answers with NMS-free one-to-one rows: add --nms to use --augment")
         img_size = x.shape[-2:]  # (h, w)
         gs = int(self.stride.max())
         y = []
@@ -240,8 +245,13 @@ class Model(nn.Module):
                 b[:, 5:] += math.log(0.6 / (m.nc - 0.99)) if cf is None else torch.log(cf / cf.sum())
 
     def fuse(self) -> Model:
-        """Fold every Conv/DWConv BatchNorm into its conv (eval-time speed-up); returns self."""
+        """Fold every Conv/DWConv BatchNorm into its conv (eval-time speed-up); returns self. A YOLO26 head in
+        end2end mode also drops its one-to-many branches, which its output no longer uses (ultralytics' fuse);
+        with end2end off they stay, for the one-to-many + NMS output."""
         LOGGER.info("Fusing layers... ")
+        head = self.model[-1]
+        if isinstance(head, DetectV8) and head.has_one2one and head.end2end:
+            head.fuse()
         for m in self.model.modules():
             if isinstance(m, Conv) and "bn" in m._modules:
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
@@ -273,6 +283,34 @@ class Model(nn.Module):
         return self.model[-1]
 
     @property
+    def end2end(self) -> bool:
+        """True when the eval output is the NMS-free one-to-one top-k (B, max_det, 6) [x1, y1, x2, y2, conf,
+        cls] of a YOLO26 head; False for every other model and for a YOLO26 model answering with its
+        one-to-many head (B, 4 + nc, N) for NMS (the default of a freshly built or loaded model)."""
+        head = self.model[-1]
+        return bool(getattr(head, "has_one2one", False) and head.end2end)
+
+    @property
+    def supports_end2end(self) -> bool:
+        """True when the head has a one-to-one (NMS-free) branch: YOLO26 models."""
+        return bool(getattr(self.model[-1], "has_one2one", False))
+
+    def set_end2end(self, on: bool) -> Model:
+        """Choose the eval output of a YOLO26 model: NMS-free one-to-one top-k (True) or one-to-many for NMS
+        (False). No-op for False on other models; True raises there (they have no one-to-one head)."""
+        head = self.model[-1]
+        if not self.supports_end2end:
+            if on:
+                raise ValueError(f"{type(head).__name__} head has no one-to-one branch: end2end (NMS-free) output "
+                                 "needs a YOLO26 model; use NMS")
+            return self
+        if not on and not head.has_one2many:
+            raise ValueError("this YOLO26 model was fused in end2end mode, which dropped its one-to-many head: "
+                             "load it again with end2end off (--nms) for the one-to-many + NMS output")
+        head.end2end = bool(on)
+        return self
+
+    @property
     def family(self) -> str:
         """'v5' (anchor-based, objectness) or 'v8' (anchor-free with DFL): decided by the head in the yaml."""
         return getattr(self.model[-1], "family", "v5")
@@ -284,6 +322,7 @@ class Model(nn.Module):
         rebuilds the same layers here) and its training arguments `args` dropped (the model carries nc,
         names, stride)."""
         super().__setstate__(state)
+        self.__dict__.pop("end2end", None)  # ultralytics' copy of its head's flag; here the head decides (end2end)
         if isinstance(self.__dict__.get("names"), dict):
             self.names = [str(self.names[k]) for k in sorted(self.names)]
         head = self._modules["model"][-1] if "model" in self._modules else None
@@ -292,8 +331,11 @@ class Model(nn.Module):
             row = yaml["head"][-1]
             if isinstance(row, list) and len(row) == 4 and row[2] == "Detect":
                 row[2] = "DetectV8"
-                if not head.legacy:
-                    row[3] = [row[3][0] if row[3] else "nc", head.reg_max, False]
+                nc_arg = row[3][0] if row[3] else "nc"
+                if head.has_one2one:  # YOLO26: reg_max (1) and end2end from the yaml's top-level keys
+                    row[3] = [nc_arg, head.reg_max, head.legacy, True]
+                elif not head.legacy:
+                    row[3] = [nc_arg, head.reg_max, False]
             self.__dict__.pop("args", None)
 
     @property

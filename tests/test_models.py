@@ -94,7 +94,7 @@ def test_anchor_order_is_fixed():
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_YAMLS if n not in {f"yolov5{k}.yaml" for k in "nsmlx"}
-                                  and not n.startswith(("yolov8", "yolo11"))])  # v8, YOLO11: test_v8_models.py, test_v11_models.py
+                                  and not n.startswith(("yolov8", "yolo11", "yolo26"))])  # test_v8/v11/v26_models.py
 def test_other_yamls_build_forward_backward(name):
     """Every yaml in models/ (the five base ones are covered by test_param_counts_match_v60)."""
     model = deepcopy(_built(name))

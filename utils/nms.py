@@ -253,6 +253,37 @@ def non_max_suppression_v8(prediction: torch.Tensor, conf_thres: float = 0.25, i
     return output
 
 
+def select_end2end(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.7,
+                   classes: Sequence[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                   labels: Sequence[torch.Tensor] = (), max_det: int = 300,
+                   backend: str | None = None) -> list[torch.Tensor]:
+    """The NMS-free counterpart of non_max_suppression_v8 for an end2end head (YOLO26's one-to-one top-k).
+
+    prediction: (bs, k, 6) rows [x1, y1, x2, y2 (pixels), conf, cls] by decreasing conf, or the (pred, raw)
+    tuple the model returns. Keeps the rows with conf > conf_thres (and in `classes`), at most max_det.
+    iou_thres, agnostic, multi_label and backend are accepted for the common signature and not used: the
+    one-to-one head was trained to give one row per object. labels: optional per-image (n, 5) [cls, x, y,
+    w, h pixels] added as conf-1 rows first (val --save-hybrid). Returns a list of bs (n, 6) tensors."""
+    if isinstance(prediction, (list, tuple)):
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres={conf_thres} must be in [0, 1]")
+    if prediction.ndim != 3 or prediction.shape[-1] != 6:
+        raise ValueError(f"select_end2end expects (bs, k, 6) end2end rows, got {tuple(prediction.shape)}: a "
+                         "(bs, 4 + nc, N) one-to-many output needs non_max_suppression_v8")
+    output = []
+    for xi, x in enumerate(prediction):
+        x = x[x[:, 4] > conf_thres]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
+        if labels and len(labels[xi]):
+            lb = labels[xi].to(x.dtype)
+            rows = torch.cat((xywh2xyxy(lb[:, 1:5]), torch.ones_like(lb[:, :1]), lb[:, :1]), 1)
+            x = torch.cat((rows, x), 0)
+        output.append(x[:max_det])
+    return output
+
+
 def _per_class_nms(x: torch.Tensor, iou_thres: float, offset: float, max_det: int, backend: str) -> torch.Tensor:
     """Kept rows of x (n, 6) [xyxy, conf, cls]: boxes shifted by cls x offset so that classes never suppress
     each other (offset 0: class-agnostic), at most max_det.

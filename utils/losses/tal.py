@@ -40,10 +40,13 @@ class TaskAlignedAssigner(nn.Module):
     targets: one-hot scaled by t / max t of the box * max IoU of the box."""
 
     def __init__(self, topk: int = 10, num_classes: int = 80, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9,
-                 min_side: float = 0.0):
+                 min_side: float = 0.0, topk2: int | None = None):
         super().__init__()
         self.topk, self.num_classes, self.alpha, self.beta, self.eps = topk, num_classes, alpha, beta, eps
         self.min_side = min_side  # pixels; boxes are widened to it for candidate selection (0: off)
+        # YOLO26's one-to-one branch: of the topk positives left after conflicts, keep each box's topk2 best
+        # aligned (topk 7, topk2 1: one positive per box); None = topk (no second cut)
+        self.topk2 = topk2 or topk
 
     @torch.no_grad()
     def forward(self, pd_scores: torch.Tensor, pd_bboxes: torch.Tensor, anc_points: torch.Tensor,
@@ -62,6 +65,8 @@ class TaskAlignedAssigner(nn.Module):
         mask_pos, align_metric, overlaps = self._positive_mask(pd_scores, pd_bboxes, gt_labels, gt_bboxes,
                                                                anc_points, mask_gt)
         target_gt_idx, fg_mask, mask_pos = self._resolve_conflicts(mask_pos, overlaps)
+        if self.topk2 != self.topk:
+            target_gt_idx, fg_mask, mask_pos = self._keep_topk2(mask_pos, align_metric)
         target_labels, target_bboxes, target_scores = self._targets(gt_labels, gt_bboxes, target_gt_idx, fg_mask)
         align_metric = align_metric * mask_pos
         pos_align = align_metric.amax(-1, keepdim=True)  # (B, M, 1) best alignment per box
@@ -115,6 +120,15 @@ class TaskAlignedAssigner(nn.Module):
             mask_pos = torch.where(multi, best, mask_pos).float()
             fg = mask_pos.sum(-2)
         return mask_pos.argmax(-2), fg, mask_pos
+
+    def _keep_topk2(self, mask_pos: torch.Tensor, align_metric: torch.Tensor):
+        """Per box, only the topk2 positives with the highest alignment stay (after conflicts are resolved).
+
+        Returns target_gt_idx (B, A), fg_mask (B, A) float count (0/1), mask_pos (B, M, A)."""
+        idx = torch.topk(align_metric * mask_pos, self.topk2, dim=-1, largest=True).indices  # (B, M, topk2)
+        keep = torch.zeros_like(mask_pos).scatter_(-1, idx, 1.0)
+        mask_pos = mask_pos * keep
+        return mask_pos.argmax(-2), mask_pos.sum(-2), mask_pos
 
     def _targets(self, gt_labels, gt_bboxes, target_gt_idx, fg_mask):
         """Gather the assigned box, its class and a one-hot class row per anchor point."""

@@ -1,4 +1,5 @@
-"""YOLOv8-style detection loss: task-aligned assignment, CIoU box loss, BCE classes, distribution focal loss.
+"""YOLOv8-style detection loss: task-aligned assignment, CIoU box loss, BCE classes, distribution focal loss
+(or, for a head with reg_max 1 such as YOLO26's, an L1 loss on the box-edge distances instead of the DFL).
 
 Units used throughout:
 - targets: (N, 6) rows [img_idx, cls, x, y, w, h], xywh normalised to [0, 1] of the network input
@@ -7,7 +8,8 @@ Units used throughout:
 - internally boxes are xyxy, in grid units of their level for the box/DFL losses and in pixels for
   the assigner.
 Returned items: [box (CIoU), cls (BCE), dfl] after the gains box, cls, dfl (data/hyps/hyp.v8.yaml), and
-the total = their sum × batch size (what is back-propagated, as in YOLOv5).
+the total = their sum × batch size (what is back-propagated, as in YOLOv5). With reg_max 1 the third item
+is the L1 term ([box, cls, l1]), still scaled by the dfl gain as ultralytics does.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def targets_per_image(targets: torch.Tensor, batch_size: int, scale: torch.Tenso
 
 
 class V8DetectionLoss:
-    """Call with (preds, targets) -> (loss * bs of shape (1,), detached [box, cls, dfl]).
+    """Call with (preds, targets) -> (loss * bs of shape (1,), detached [box, cls, dfl or l1]).
 
     hyp needs box, cls, dfl gains (used as given); the loss is computed in float32 (autocast disabled
     inside) on the predictions' device, or in float64 when the predictions are float64.
@@ -72,7 +74,7 @@ class V8DetectionLoss:
     names = ITEM_NAMES
 
     def __init__(self, hyp: dict, nc: int, stride: list[float] | torch.Tensor, reg_max: int = 16, topk: int = 10,
-                 alpha: float = 0.5, beta: float = 6.0):
+                 alpha: float = 0.5, beta: float = 6.0, topk2: int | None = None):
         missing = [k for k in ("box", "cls", "dfl") if k not in hyp]
         if missing:
             raise UserError(f"the YOLOv8-style loss needs the hyperparameters {missing} (gains box, cls, dfl); "
@@ -84,7 +86,9 @@ class V8DetectionLoss:
         # min_side = the second stride (16 px for P3-P5), as ultralytics 8.4 selects candidates; this
         # reproduces its fg_mask on the reference fixture (a 12.8 px wide box gains a column of P3 points)
         min_side = self.stride[1] if len(self.stride) > 1 else self.stride[0]
-        self.assigner = TaskAlignedAssigner(topk=topk, num_classes=self.nc, alpha=alpha, beta=beta, min_side=min_side)
+        self.assigner = TaskAlignedAssigner(topk=topk, num_classes=self.nc, alpha=alpha, beta=beta, min_side=min_side,
+                                            topk2=topk2)
+        self.names = ITEM_NAMES if self.reg_max > 1 else ("box", "cls", "l1")
         self.last_assignment: dict[str, torch.Tensor] = {}  # fg_mask and target_gt_idx of the last call
 
     @classmethod
@@ -105,7 +109,10 @@ class V8DetectionLoss:
             return self._loss(preds, targets.to(device=device, dtype=dtype))
 
     def _decode(self, anchor_points: torch.Tensor, pred_dist: torch.Tensor) -> torch.Tensor:
-        """(B, A, 4*reg_max) logits -> (B, A, 4) xyxy boxes in grid units (DFL expectation per edge)."""
+        """(B, A, 4*reg_max) logits -> (B, A, 4) xyxy boxes in grid units (DFL expectation per edge; with
+        reg_max 1 the four values are the edge distances themselves)."""
+        if self.reg_max == 1:
+            return dist2bbox(pred_dist, anchor_points, xywh=False)
         b, a, c = pred_dist.shape
         proj = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
         dist = pred_dist.view(b, a, 4, c // 4).softmax(3).matmul(proj)  # (B, A, 4, reg_max) -> (B, A, 4)
@@ -140,9 +147,24 @@ class V8DetectionLoss:
             weight = target_scores.sum(-1)[fg_mask].unsqueeze(-1)  # (K, 1) soft weight of each positive
             iou = bbox_iou(pred_bboxes[fg_mask], target_bboxes[fg_mask], xywh=False, CIoU=True).unsqueeze(-1)
             loss[0] = ((1.0 - iou) * weight).sum() / target_scores_sum
-            target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max - 1)  # (B, A, 4) in bins
-            d = dfl_loss(pred_distri[fg_mask].view(-1, self.reg_max), target_ltrb[fg_mask], self.reg_max)
+            if self.reg_max == 1:
+                d = self._l1_edges(pred_distri, anchor_points, target_bboxes, stride_tensor, (h, w), fg_mask)
+            else:
+                target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max - 1)  # (B, A, 4) in bins
+                d = dfl_loss(pred_distri[fg_mask].view(-1, self.reg_max), target_ltrb[fg_mask], self.reg_max)
             loss[2] = (d * weight).sum() / target_scores_sum
 
         loss = loss * torch.tensor([self.hyp["box"], self.hyp["cls"], self.hyp["dfl"]], dtype=dtype, device=x.device)
         return loss.sum().view(1) * bs, loss.detach()
+
+    @staticmethod
+    def _l1_edges(pred_dist, anchor_points, target_bboxes, stride_tensor, hw, fg_mask) -> torch.Tensor:
+        """(K, 1) mean L1 distance of the positives' four edge distances (left, top, right, bottom), both in
+        fractions of the input size: grid units x stride / width for left and right, / height for top and
+        bottom. No clamping (a reg_max-1 head regresses the distances directly)."""
+        h, w = hw
+        x1y1, x2y2 = target_bboxes.chunk(2, -1)
+        target = torch.cat((anchor_points - x1y1, x2y2 - anchor_points), -1)  # (B, A, 4) grid units
+        norm = torch.tensor([w, h, w, h], dtype=pred_dist.dtype, device=pred_dist.device)
+        target, pred = target * stride_tensor / norm, pred_dist * stride_tensor / norm
+        return F.l1_loss(pred[fg_mask], target[fg_mask], reduction="none").mean(-1, keepdim=True)
