@@ -17,7 +17,7 @@ from torch import nn
 from distill.context import KDContext
 from distill.hooks import FeatureHooks
 from distill.losses import SPECS, ShapeError, build_loss, detect_input_layers
-from distill.losses.bckd import HeadInfo, dense_kd, dense_level, giou
+from distill.losses.bckd import HeadInfo, dense_kd, dense_level
 from distill.losses.crosskd import frozen_copy, head_levels
 from distill.yolo_config import load_kd_config
 from models.yolo import Model
@@ -100,10 +100,13 @@ def test_dense_kd_by_hand():
 
 
 def test_giou_of_known_boxes():
+    """The GIoU bckd and crosskd take (utils.metrics.bbox_iou, xyxy rows matched one to one)."""
+    from utils.metrics import bbox_iou
+
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 1.0, 1.0]])
     # box 0: IoU 1/7, hull 9, union 7 -> 1/7 - 2/9; box 1: identical boxes -> 1 (to the 1e-7 eps)
-    assert giou(a, b).tolist() == pytest.approx([1 / 7 - 2 / 9, 1.0], abs=1e-6)
+    assert bbox_iou(a, b, xywh=False, GIoU=True).tolist() == pytest.approx([1 / 7 - 2 / 9, 1.0], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from distill.hooks import model_head
 from distill.registry import register
 from distill.yolo_output import ClassColumns, raw_outputs
 from utils.general import UserError
+from utils.metrics import bbox_iou
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -102,20 +103,6 @@ def dense_level(p: Tensor, info: HeadInfo, level: int, cls: Tensor | None = None
     return Dense(F.logsigmoid(cls), F.logsigmoid(-cls), torch.cat((-dist[:, :2], dist[:, 2:]), 1))
 
 
-def giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """Generalised IoU (Rezatofighi et al., CVPR 2019) of matching rows of two (N, 4) xyxy box sets, (N,)."""
-    wa, ha = (a[:, 2] - a[:, 0]).clamp(min=0), (a[:, 3] - a[:, 1]).clamp(min=0)
-    wb, hb = (b[:, 2] - b[:, 0]).clamp(min=0), (b[:, 3] - b[:, 1]).clamp(min=0)
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = iw * ih
-    union = wa * ha + wb * hb - inter + eps
-    cw = torch.maximum(a[:, 2], b[:, 2]) - torch.minimum(a[:, 0], b[:, 0])
-    ch = torch.maximum(a[:, 3], b[:, 3]) - torch.minimum(a[:, 1], b[:, 1])
-    hull = cw * ch + eps
-    return inter / union - (hull - union) / hull
-
-
 def dense_kd(student: Sequence[Dense], teacher: Sequence[Dense], gamma: float, power: float
              ) -> tuple[Tensor, Tensor]:
     """(class term, box term) of the paired levels, each normalised by the teacher's score mass:
@@ -135,7 +122,7 @@ def dense_kd(student: Sequence[Dense], teacher: Sequence[Dense], gamma: float, p
         bce = -(p_t * s.log_p + (1 - p_t) * s.log_q)
         cls_sum = cls_sum + ((p_t - p_s).abs().pow(gamma) * bce).sum()
         w = p_t.amax(1).pow(power) if p_t.shape[1] else torch.ones_like(p_t[:, 0])
-        box_sum = box_sum + (w * (1 - giou(s.boxes, t.boxes.detach()))).sum()
+        box_sum = box_sum + (w * (1 - bbox_iou(s.boxes, t.boxes.detach(), xywh=False, GIoU=True))).sum()
         mass = mass + w.sum()
     mass = mass.clamp(min=TINY)
     return cls_sum / mass, box_sum / mass
