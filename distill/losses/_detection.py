@@ -37,14 +37,13 @@ class ShapeError(UserError, ValueError):
     build-time check_shapes (which adds the loss's config entry and layer names)."""
 
 
-class FeatureLoss(nn.Module):
-    """Shared contract: channel lists fixed at build, shapes checked by check_shapes (also at each call)."""
+class PairedMaps(nn.Module):
+    """Shared contract of the losses on paired maps: channel lists fixed at build, shapes checked by check_shapes
+    (also at each call). FeatureLoss adds the promise of 0 at identity adapters; MGD (never 0 under its mask) and
+    CrossKD (which also needs the teacher's head) keep only this contract."""
 
     kind = "feature"
     needs: tuple[str, ...] = ()
-    # 0 at student == teacher with the adapters at the identity; behind the ReLU adapters of imitation,
-    # mse and scorel2 only where the teacher maps are >= 0 (SiLU features dip to -0.28)
-    zero_at_optimum = True
     name = ""
     size_hint = "pick layers at the same stride"
 
@@ -81,6 +80,14 @@ class FeatureLoss(nn.Module):
 
     def _check(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> None:
         self.check_shapes([tuple(s.shape) for s in student_feats], [tuple(t.shape) for t in teacher_feats])
+
+
+class FeatureLoss(PairedMaps):
+    """A loss on paired maps that is 0 at student == teacher with the adapters at the identity (tested on every
+    subclass by tests/test_detection_losses.py); behind the ReLU adapters of imitation, mse and scorel2 only where
+    the teacher maps are >= 0 (SiLU features dip to -0.28)."""
+
+    zero_at_optimum = True
 
 
 def zero_with_graph(module: nn.Module, device: torch.device) -> Tensor:

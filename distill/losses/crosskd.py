@@ -11,9 +11,8 @@ from torch import Tensor, nn
 from distill.common import fp32, no_autocast
 from distill.context import KDContext
 from distill.hooks import model_head
-from distill.losses._detection import ShapeError
+from distill.losses._detection import PairedMaps, ShapeError
 from distill.losses.bckd import HeadInfo, dense_kd, dense_level
-from distill.losses.mgd import PairedMaps
 from distill.registry import Option, register
 from utils.general import UserError
 

@@ -10,34 +10,9 @@ from torch import Tensor, nn
 
 from distill.common import fp32, no_autocast
 from distill.context import KDContext
-from distill.losses._detection import FeatureLoss, ShapeError
+from distill.losses._detection import PairedMaps
 from distill.registry import Option, register
 from utils.general import UserError
-
-
-class PairedMaps(nn.Module):
-    """FeatureLoss's shape contract (one (B, C, H, W) map per pair, the built widths, equal H x W; check_shapes for
-    the engine) without its promise of 0 at identity adapters, which tests/test_detection_losses.py checks on
-    every FeatureLoss with maps alone: MGD is never 0 under its mask, and CrossKD also needs the teacher's head
-    (ctx.teacher). The check methods are FeatureLoss's own functions, not copies."""
-
-    kind = "feature"
-    needs: tuple[str, ...] = ()
-    name = ""
-    size_hint = "pick layers at the same stride"
-
-    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
-        super().__init__()
-        if len(student_channels) != len(teacher_channels) or not len(student_channels):
-            raise ShapeError(f"{self.name}: need one student and one teacher channel count per layer pair, "
-                             f"got {list(student_channels)} and {list(teacher_channels)}")
-        self.student_channels = [int(c) for c in student_channels]
-        self.teacher_channels = [int(c) for c in teacher_channels]
-
-    check_shapes = FeatureLoss.check_shapes
-    check_size = FeatureLoss.check_size
-    _check = FeatureLoss._check
-
 
 # A third of the detection loss at the first batch (bench/kd_grad_balance.py --recipes mgd --img 192 --batches 1:
 # fresh yolov5n <- weights/teacher-shapes-yolov5s.pt, 16 shapes images at 192 px): measured 904x at weight 1, so
