@@ -43,13 +43,14 @@ class E2ELoss:
     @classmethod
     def from_model(cls, model: nn.Module, hyp: dict | None = None) -> E2ELoss:
         """Build from a model whose last module is an end2end DetectV8; hyp defaults to model.hyp. The decay
-        runs over hyp['epochs'] when given (100 otherwise, ultralytics' default)."""
+        runs over 100 epochs (ultralytics' default) until set_epoch gives the run's length (the training loop
+        calls it before every epoch)."""
         m = model.module if hasattr(model, "module") else model  # unwrap DP/DDP
         det = m.model[-1]
         hyp = hyp if hyp is not None else getattr(m, "hyp", None)
         if hyp is None:
             raise ValueError("E2ELoss.from_model needs hyp (or a model with a .hyp attribute)")
-        return cls(hyp, det.nc, det.stride.tolist(), det.reg_max, epochs=int(hyp.get("epochs", 100)))
+        return cls(hyp, det.nc, det.stride.tolist(), det.reg_max)
 
     def __call__(self, preds, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(preds, tuple) and len(preds) == 2 and isinstance(preds[1], (dict, list)):
