@@ -132,8 +132,9 @@ def route_flags(extra: list[str]) -> tuple[list[str], list[str]]:
     return common, kd_only
 
 
-def check_inputs(opt) -> tuple[dict, list[str]]:
-    """The data's class names and the teacher's; UserError naming the flag or file on bad input. Returns
+def check_inputs(opt, teacher_classes: str | None = None) -> tuple[dict, list[str]]:
+    """The data's class names and the teacher's, matched as train_kd.py matches them (teacher_classes: the
+    --teacher_classes value passed through); UserError naming the flag or file on bad input. Returns
     (data dict, warnings)."""
     from models.checkpoint import attempt_load
     from utils.data.config import check_dataset
@@ -166,18 +167,19 @@ def check_inputs(opt) -> tuple[dict, list[str]]:
     teacher = attempt_load(opt.teacher_weight, map_location="cpu", fuse=False)
     t_names = teacher.names.values() if isinstance(teacher.names, dict) else teacher.names
     t_names, d_names = [str(n) for n in t_names], [str(n) for n in data["names"]]
-    if len(t_names) != len(d_names):
-        raise UserError(f"compare_kd.py: --teacher_weight {opt.teacher_weight} predicts {len(t_names)} classes "
-                        f"({', '.join(t_names[:8])}{', ...' if len(t_names) > 8 else ''}) but --data {opt.data} "
-                        f"has {len(d_names)} ({', '.join(d_names[:8])}{', ...' if len(d_names) > 8 else ''}); "
-                        "train or fine-tune the teacher on this data first")
+    # train_kd.py's class matching (by name, --teacher_classes for synonyms): refused here before any training
+    from distill.recipe import match_classes, parse_teacher_classes
+
+    try:
+        cmap = match_classes(d_names, t_names, parse_teacher_classes(teacher_classes))
+    except UserError as e:
+        raise UserError(f"compare_kd.py: --teacher_weight {opt.teacher_weight} and --data {opt.data}: {e}") from None
     warnings = []
-    differ = [i for i, (a, b) in enumerate(zip(t_names, d_names)) if a.strip().lower() != b.strip().lower()]
-    if differ:
-        i = differ[0]
-        warnings.append(f"the teacher's class names differ from the data's at {len(differ)} of {len(d_names)} "
-                        f"indices (first: {i}: teacher '{t_names[i]}', data '{d_names[i]}'): output distillation "
-                        "pairs classes by index; check that the teacher was trained on this data")
+    if not cmap.identity:
+        taught = sum(i >= 0 for i in cmap.index)
+        warnings.append(f"the teacher's {len(t_names)} classes are matched with the data's {len(d_names)} by name: "
+                        f"{taught} of {len(d_names)} data classes have a teacher class (each distilled run prints "
+                        "the table; --teacher_classes DATA:TEACHER,... names synonyms)")
     return data, warnings
 
 
@@ -237,13 +239,24 @@ def comparison_folder(project: str, name: str, exist_ok: bool, options: dict) ->
         k += 1
 
 
+def _flag_value(tokens: list[str], *flags: str) -> str | None:
+    """The value of the last of `flags` in pass-through tokens (--flag VALUE or --flag=VALUE), else None: the
+    one argparse keeps when a flag is repeated."""
+    value = None
+    for group in split_flags(tokens):
+        name, _, inline = group[0].partition("=")
+        if name in flags:
+            value = inline or (group[1] if len(group) > 1 else None)
+    return value
+
+
 def make_plan(opt, extra: list[str]) -> tuple[Plan, list[str]]:
     common, kd_only = route_flags(extra)
     recipes = [resolve_recipe(r) for r in opt.recipes]
     if opt.nproc_per_node > 1 and opt.jobs > 1:
         raise UserError("compare_kd.py: --jobs runs several students at once on a CPU; with --nproc_per_node "
                         "each run is distributed over the GPUs, one run after another: drop --jobs")
-    _, warnings = check_inputs(opt)
+    _, warnings = check_inputs(opt, _flag_value(kd_only, "--teacher_classes", "--teacher-classes"))
     options = options_of(opt, common, kd_only)
     folder, reused = comparison_folder(opt.project, opt.name, opt.exist_ok, options)
     folder.mkdir(parents=True, exist_ok=True)
@@ -412,12 +425,3 @@ def compare(opt, extra: list[str]) -> Path:
                         + (f" and in {plan.folder}/<run>.log" if plan.jobs > 1 else "")
                         + "; fix the cause and run the same command again (finished runs are kept)")
     return plan.folder
-
-
-def _flag_value(flags: list[str], name: str) -> str | None:
-    for group in split_flags(flags):
-        if group[0] == name and len(group) > 1:
-            return group[1]
-        if group[0].startswith(name + "="):
-            return group[0].split("=", 1)[1]
-    return None

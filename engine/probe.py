@@ -19,7 +19,7 @@ fixed training batches without augmentation. Nothing is written and nothing is d
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.recipe import class_key
 from utils.general import LOGGER, UserError, check_img_size, init_seeds, yaml_load
 
 DOMINANT = 10.0  # a term above this multiple of the detection loss is warned about (as DistillObjective does)
@@ -87,7 +88,8 @@ def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
 
 def term_balance(make_student: Callable[[], nn.Module], teacher: nn.Module, hyp: Mapping, imgsz: int,
                  batches: list[tuple[torch.Tensor, torch.Tensor]], recipes: Mapping[str, object],
-                 adapter_steps: int = 0, adapter_lr: float = 0.01) -> list[TermBalance]:
+                 adapter_steps: int = 0, adapter_lr: float = 0.01,
+                 data_names: Sequence[str] | None = None) -> list[TermBalance]:
     """Each recipe's terms against the detection loss (TermBalance), on a fresh student per recipe.
 
     make_student() -> the student at its start, in train mode (a new one per call: output KD may give it the
@@ -95,7 +97,8 @@ def term_balance(make_student: Callable[[], nn.Module], teacher: nn.Module, hyp:
     hyp: unscaled; the student's head scales its gains for imgsz as training does. recipes: name -> distill.recipe.Recipe, or None for train_kd.py's default for the pair. Warm-ups are taken
     as past (imitation's 400 iterations). adapter_steps: first train only the losses' own parameters (adapters,
     projectors) for that many SGD steps on the batches, the student fixed; an adapter that starts near zero
-    pulls on the student only once it has learned."""
+    pulls on the student only once it has learned. data_names: the data's class names, for a teacher whose
+    classes are matched with them by name (train_kd.py's rule; None: the teacher's classes are the data's)."""
     from distill.objective import build_kd_objective, detect_layer
     from distill.yolo_output import raw_outputs
 
@@ -104,7 +107,8 @@ def term_balance(make_student: Callable[[], nn.Module], teacher: nn.Module, hyp:
         student = make_student()
         loss_hyp = student.loss_gains(dict(hyp), detect_layer(student).nc, imgsz)
         compute_loss = student.build_loss(loss_hyp)
-        objective = build_kd_objective(student, teacher, compute_loss, loss_hyp, kd_config=recipe)
+        objective = build_kd_objective(student, teacher, compute_loss, loss_hyp, kd_config=recipe,
+                                       data_names=data_names)
         d = objective.distiller
         d.kd.iteration.fill_(10**6)  # past any warm-up
         d.kd._count = None  # re-read from the buffer
@@ -276,13 +280,16 @@ def _size_of(opts) -> int | None:
 # report and warnings
 
 
-def class_table(data_names: list[str], teacher_names: list[str]) -> list[str]:
-    """Markdown rows: class i, the data's name, the teacher's, ok / differs ('-' where one has no class i)."""
+def class_table(data_names: list[str], teacher_names: list[str], index: Sequence[int] | None = None) -> list[str]:
+    """Markdown rows: each data class and the teacher class that teaches it (index[c], -1: none; default: class
+    i of each), ok / differs by name, then the teacher's classes that teach none ('-' in the data column)."""
+    index = list(range(len(data_names))) if index is None else list(index)
     lines = ["| class | data | teacher | |", "|---|---|---|---|"]
-    for i in range(max(len(data_names), len(teacher_names))):
-        a = data_names[i] if i < len(data_names) else "-"
-        b = teacher_names[i] if i < len(teacher_names) else "-"
-        lines.append(f"| {i} | {a} | {b} | {'ok' if a == b and a != '-' else 'differs'} |")
+    for i, a in enumerate(data_names):
+        t = index[i] if i < len(index) else -1
+        b = teacher_names[t] if 0 <= t < len(teacher_names) else "-"
+        lines.append(f"| {i} | {a} | {b} | {'ok' if b != '-' and class_key(a) == class_key(b) else 'differs'} |")
+    lines += [f"| {i} | - | {b} | differs |" for i, b in enumerate(teacher_names) if i not in index]
     return lines
 
 
@@ -324,13 +331,14 @@ def balance_warnings(rows: list[TermBalance], sources: Mapping[str, Path | None]
     return out
 
 
-def teacher_warnings(t_map: float, imgsz: int, t_size: int | None, t_size_from: str,
+def teacher_warnings(t_map: float | None, imgsz: int, t_size: int | None, t_size_from: str,
                      references: list[tuple[str, float | None]]) -> list[str]:
-    """(b) a teacher whose val mAP@0.5:0.95 is below a student's (references: (whose, mAP or None)), (c) a
+    """(b) a teacher whose val mAP@0.5:0.95 (None: not measured) is below a student's (references: (whose, mAP or
+    None)), (c) a
     teacher trained at an image size more than SIZE_RATIO away from imgsz."""
     out = []
     for whose, ref in references:
-        if ref is not None and t_map < ref:
+        if ref is not None and t_map is not None and t_map < ref:
             out.append(f"the teacher's val mAP@0.5:0.95 {t_map:.4f} is below {whose} {ref:.4f}: a teacher "
                        "weaker than the student teaches it little; train the teacher longer or on more data, or use a "
                        "larger one")
@@ -341,34 +349,35 @@ def teacher_warnings(t_map: float, imgsz: int, t_size: int | None, t_size_from: 
     return out
 
 
-def class_notes(data_names: list[str], t_names: list[str], refused: str | None) -> tuple[str, list[str]]:
-    """(a line under the class table, warnings): load_teacher's refusal of another class count, or names that
-    differ at the same count (output KD pairs class i with the teacher's class i), or agreement."""
+def class_notes(data_names: list[str], t_names: list[str], cmap, refused: str | None) -> tuple[str, list[str]]:
+    """(a line under the class table, warnings): why distillation refuses the pair (no class matched by name),
+    or how the teacher's classes are matched with the data's (distill.recipe.match_classes), or agreement."""
     if refused:
-        return (f"The teacher predicts {len(t_names)} classes, the data has {len(data_names)}: distillation refuses "
-                f"this pair ({refused})."), [refused]
-    differ = ", ".join(str(i) for i, (a, b) in enumerate(zip(data_names, t_names)) if a != b)
-    if differ:
-        return (f"Class names differ at {differ}: output KD teaches class i from the teacher's class i.",
-                [(f"the teacher's class names differ from the data's at class {differ}; output KD teaches "
-                  "class i from the teacher's class i: check that the teacher was trained on this data with the same "
-                  "class order")])
-    return "The class names agree.", []
+        return f"Distillation refuses this pair: {refused}", [refused]
+    if cmap.identity:
+        same = all(class_key(a) == class_key(b) for a, b in zip(data_names, t_names))
+        return ("The class names agree." if same else
+                "Generic class names: output KD teaches class i from the teacher's class i."), []
+    taught = sum(i >= 0 for i in cmap.index)
+    note = (f"Matched by name: {taught} of {len(data_names)} data classes have a teacher class; the teacher's "
+            f"{len(t_names) - taught} other classes count as background in output KD's objectness. The teacher's "
+            "mAP above is not measured: validation pairs classes by index.")
+    missing = len(data_names) - taught
+    return note, ([] if not missing else [(f"{missing} data classes have no teacher class (no class KD for them); "
+                                           "--teacher_classes DATA:TEACHER,... names synonyms")])
 
 
-def _teacher(path: str, device: torch.device, nc: int) -> tuple[nn.Module, str | None]:
-    """(teacher, None) from distill.objective.load_teacher, or (teacher, its refusal) when the teacher predicts
-    another number of classes than the data: still evaluated and listed. Any other refusal stands."""
-    from distill.objective import detect_layer, load_teacher
-    from models.checkpoint import attempt_load
+def _teacher(path: str, device: torch.device, data_names: list[str]):
+    """(teacher, its ClassMap or None, the refusal or None): distill.objective.load_teacher with any class count,
+    then train_kd.py's class matching; a pair that shares no class is still listed, its refusal reported."""
+    from distill.objective import load_teacher
+    from distill.recipe import match_classes
 
+    model = load_teacher(path, device, len(data_names), any_classes=True)
     try:
-        return load_teacher(path, device, nc), None
+        return model, match_classes(data_names, _names(model)), None
     except UserError as e:
-        model = attempt_load(path, map_location=device, fuse=True)
-        if isinstance(model, nn.ModuleList) or detect_layer(model).nc == nc:
-            raise
-        return model, str(e)
+        return model, None, str(e)
 
 
 def _names(model: nn.Module) -> list[str]:
@@ -408,14 +417,15 @@ def probe(data: str, cfg: str, weights: str, teacher: str, imgsz: int, hyp: str 
     gs = max(int(student.stride.max()), 32)
     imgsz = check_img_size(imgsz, gs, floor=gs * 2)
 
-    t_model, refused = _teacher(teacher, dev, nc)
+    t_model, cmap, refused = _teacher(teacher, dev, data_names)
     loader, n_val, n_total = val_subset(data_dict["val"], imgsz, batch_size * 2, gs, hyp_dict, VAL_IMAGES)
     LOGGER.info(f"probe: the teacher {teacher} on {n_val} of {n_total} val images at {imgsz} px")
-    t_map = _evaluate(data_dict, t_model, loader, imgsz, dev)
+    lined_up = cmap is not None and cmap.identity  # validation pairs class i with class i
+    t_map = _evaluate(data_dict, t_model, loader, imgsz, dev) if lined_up else None
     s_map = _evaluate(data_dict, student, loader, imgsz, dev) if weights else None
     t_size, t_size_from = teacher_imgsz(teacher)
-    note, warnings = class_notes(data_names, _names(t_model), refused)
-    warnings += teacher_warnings(t_map[1], imgsz, t_size, t_size_from, [
+    note, warnings = class_notes(data_names, _names(t_model), cmap, refused)
+    warnings += teacher_warnings(t_map[1] if t_map else None, imgsz, t_size, t_size_from, [
         ("the plain student's best (plain_map)", plain_map),
         (f"the student's own (--weights {weights})", s_map[1] if s_map else None)])
 
@@ -423,21 +433,21 @@ def probe(data: str, cfg: str, weights: str, teacher: str, imgsz: int, hyp: str 
               (f"data {data} ({nc} classes), student {cfg or weights}{' from ' + weights if cfg and weights else ''}"
                f"{'' if weights else ' from scratch'} (seed {seed}), teacher {teacher}, {imgsz} px, hyp {hyp}"), "",
               "### Validation", "", "| model | mAP@0.5 | mAP@0.5:0.95 |", "|---|---|---|",
-              f"| teacher | {t_map[0]:.4f} | {t_map[1]:.4f} |"]
+              (f"| teacher | {t_map[0]:.4f} | {t_map[1]:.4f} |" if t_map else "| teacher | - | - |")]
     if s_map is not None:
         report.append(f"| student (--weights) | {s_map[0]:.4f} | {s_map[1]:.4f} |")
     if plain_map is not None:
         report.append(f"| plain student, earlier run | | {plain_map:.4f} |")
     trained = f" was trained at {t_size} px ({t_size_from})" if t_size else f"'s training image size is {t_size_from}"
     report += ["", f"On {n_val} of {n_total} val images at {imgsz} px. The teacher{trained}.", "",
-               "### Classes", "", *class_table(data_names, _names(t_model)), "", note,
+               "### Classes", "", *class_table(data_names, _names(t_model), cmap.index if cmap else None), "", note,
                "", "### Distillation terms against the detection loss", ""]
     if refused:
-        report.append("Not measured: the teacher's classes differ from the data's.")
+        report.append("Not measured: the teacher shares no class with the data.")
     else:
         fixed = fixed_batches(data_dict["train"], imgsz, batch_size, batches, hyp_dict, gs, nc, data, dev)
         with torch.enable_grad():
-            rows = term_balance(make_student, t_model, hyp_dict, imgsz, fixed, resolved)
+            rows = term_balance(make_student, t_model, hyp_dict, imgsz, fixed, resolved, data_names=data_names)
         warnings += balance_warnings(rows, {k: recipe_file(v) for k, v in recipes.items()})
         report += [(f"The student at its start, on {len(fixed)} fixed training batch{'es' * (len(fixed) > 1)} of "
                     f"{batch_size} at {imgsz} px (no augmentation), means over the batches; gradients w.r.t. the "

@@ -110,14 +110,25 @@ def _re(s: str) -> str:
     return re.escape(s)
 
 
-def test_teacher_with_other_classes_is_refused(tmp_path):
-    from engine.compare import compare
+def test_teacher_classes_are_matched_as_train_kd_matches_them(tmp_path):
+    """A 6-class teacher for 3 classes of its own (by name) is accepted with a note; for 3 classes it does not
+    know it is refused before any training unless --teacher_classes names the pairs (train_kd.py's rules, issue 29)."""
+    from engine.compare import check_inputs, compare
     from utils.data.synthetic import build_synthetic_dataset
 
-    data = str(build_synthetic_dataset(tmp_path / "three", n_train=4, n_val=2, img_size=64, nc=3, seed=1))
+    data = str(build_synthetic_dataset(tmp_path / "three", n_train=4, n_val=2, img_size=64, nc=3, seed=1,
+                                       names=["apple", "pear", "plum"]))
     opt, rest = _opt(data, tmp_path)
-    with pytest.raises(UserError, match=r"--teacher_weight .* predicts 6 classes .* but --data .* has 3"):
+    with pytest.raises(UserError, match=r"compare_kd.py: --teacher_weight .* and --data .*: .*apple"):
         compare(opt, rest)
+    assert not (tmp_path / "cmp").exists()
+    _, notes = check_inputs(opt, "apple:square,pear:star,plum:ring")
+    assert notes and "3 of 3 data classes have a teacher class" in notes[0]
+    subset = str(build_synthetic_dataset(tmp_path / "sub", n_train=4, n_val=2, img_size=64, nc=3, seed=1,
+                                         names=["square", "star", "ring"]))
+    opt, _ = _opt(subset, tmp_path)
+    _, notes = check_inputs(opt)
+    assert "matched with the data's 3 by name" in notes[0]
 
 
 # --------------------------------------------------------------------------------------------------

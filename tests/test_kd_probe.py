@@ -108,10 +108,14 @@ def test_balance_warnings_flags_and_pull_against_labels():
 def test_class_table_marks_differences():
     lines = class_table(["a", "b"], ["a", "c", "d"])
     assert lines[2:] == ["| 0 | a | a | ok |", "| 1 | b | c | differs |", "| 2 | - | d | differs |"]
+    # matched by name (distill.recipe.match_classes): data class 1 taught by teacher class 2, teacher class 1 by none
+    lines = class_table(["a", "Dog"], ["a", "c", "dog"], index=[0, 2])
+    assert lines[2:] == ["| 0 | a | a | ok |", "| 1 | Dog | dog | ok |", "| 1 | - | c | differs |"]
 
 
 def test_teacher_with_other_classes_is_reported_not_refused(tmp_path, monkeypatch):
-    """7 data classes against the 6 of the teacher: the table shows it, load_teacher's advice is the warning."""
+    """7 generic data classes against the 6 named ones of the teacher: nothing to match by name, so the table
+    shows it and the refusal train_kd.py would give is the warning; no term is measured."""
     from utils.data.synthetic import build_synthetic_dataset
 
     f = build_synthetic_dataset(tmp_path / "ds", n_train=4, n_val=4, img_size=64, nc=6, seed=3)
@@ -122,9 +126,22 @@ def test_teacher_with_other_classes_is_reported_not_refused(tmp_path, monkeypatc
     monkeypatch.chdir(ROOT)
     report, warnings = _probe(data=str(f), imgsz=64)
     assert "| 6 | class6 | - | differs |" in report
-    assert "The teacher predicts 6 classes, the data has 7" in report
-    assert "Not measured" in report
-    assert any("train or fine-tune the teacher on this dataset first" in w for w in warnings)
+    assert "Distillation refuses this pair" in report and "Not measured" in report
+    assert any("--teacher_classes" in w for w in warnings)
+
+
+def test_teacher_of_a_class_subset_is_matched_and_measured(tmp_path, monkeypatch):
+    """3 of the teacher's 6 classes (by name, another order): the table pairs them, the terms are measured with
+    the class map train_kd.py builds, the teacher's mAP is not (validation pairs classes by index)."""
+    from utils.data.synthetic import build_synthetic_dataset
+
+    f = build_synthetic_dataset(tmp_path / "ds", n_train=4, n_val=4, img_size=64, nc=3, seed=3,
+                                names=["ring", "square", "star"])
+    monkeypatch.chdir(ROOT)
+    report, warnings = _probe(data=str(f), imgsz=64)
+    assert "| 0 | ring | ring | ok |" in report and "| 0 | - | circle | differs |" in report
+    assert "Matched by name: 3 of 3 data classes" in report and "| teacher | - | - |" in report
+    assert "Not measured" not in report and "| kd |" in report
 
 
 @pytest.mark.parametrize("teacher", ["weights/nope.pt", ""])
