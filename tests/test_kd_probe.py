@@ -138,7 +138,7 @@ def test_teacher_of_a_class_subset_is_matched_and_measured(tmp_path, monkeypatch
     f = build_synthetic_dataset(tmp_path / "ds", n_train=4, n_val=4, img_size=64, nc=3, seed=3,
                                 names=["ring", "square", "star"])
     monkeypatch.chdir(ROOT)
-    report, warnings = _probe(data=str(f), imgsz=64)
+    report, _ = _probe(data=str(f), imgsz=64)
     assert "| 0 | ring | ring | ok |" in report and "| 0 | - | circle | differs |" in report
     assert "Matched by name: 3 of 3 data classes" in report and "| teacher | - | - |" in report
     assert "Not measured" not in report and "| kd |" in report
