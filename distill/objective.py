@@ -48,6 +48,7 @@ from distill.yolo_config import (
 )
 from distill.yolo_output import raw_outputs
 from utils.general import LOGGER, UserError
+from utils.losses import detection_loss
 from utils.torch_utils import resolve_teacher_dtype, to_channels_last
 
 
@@ -148,13 +149,15 @@ class DistillObjective(nn.Module):
         return self.distiller.teacher_forward(imgs) if self.active else None
 
     def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
-                teacher: TeacherPass | None = None) -> dict[str, torch.Tensor]:
+                teacher: TeacherPass | None = None, labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """model: the student as the loop holds it (maybe DDP-wrapped); the Distiller hooks its layers.
-        teacher: teacher_forward(imgs) when the loop ran it ahead, else the teacher runs here."""
+        teacher: teacher_forward(imgs) when the loop ran it ahead, else the teacher runs here.
+        labelled: (bs,) bool, the images that carry labels when some do not (unlabeled images): the detection
+        loss is about those only; every KD term sees every image."""
         if self.training and not self.active:
-            return self._labels_only(model, imgs, targets)
+            return self._labels_only(model, imgs, targets, labelled)
         pred, kd_loss = self.distiller(imgs, targets, student=model, teacher=teacher)
-        loss, items = self.compute_loss(raw_outputs(pred), targets)
+        loss, items = detection_loss(self.compute_loss, raw_outputs(pred), targets, labelled)
         names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
         out = {**{k: items[i] for i, k in enumerate(names)}, **self.distiller.terms}
         if self.log_parts:
@@ -165,9 +168,10 @@ class DistillObjective(nn.Module):
             self._balance_calls += 1
         return {"loss": loss + kd_loss * imgs.shape[0], **out}
 
-    def _labels_only(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _labels_only(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
+                     labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The detection loss alone (distillation stopped); the KD columns are logged as 0."""
-        loss, items = self.compute_loss(raw_outputs(model(imgs)), targets)
+        loss, items = detection_loss(self.compute_loss, raw_outputs(model(imgs)), targets, labelled)
         names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))
         zero = torch.zeros((), device=loss.device)
         terms = dict.fromkeys([*self.distiller.names, *(self._part_names if self.log_parts else [])], zero)

@@ -100,6 +100,12 @@ def kd_parser() -> argparse.ArgumentParser:
                         "COCO's): data classes are matched to the teacher's by name (case, spaces, underscores aside); "
                         "these pairs name the others, e.g. 'motorbike:motorcycle,tram:-' (-: no class KD for it). "
                         "Recipe key teacher_classes; the map is printed at the start and saved in kd.yaml")
+    g.add_argument("--unlabeled", type=str, nargs="+", default=None, metavar="PATH",
+                   help="images without labels, distilled from the teacher alongside the labelled ones: a folder, a "
+                        "*.txt list, or several (default: the data yaml's 'unlabeled:'); val/test images are left out")
+    g.add_argument("--unlabeled_ratio", "--unlabeled-ratio", type=float, default=None, metavar="F",
+                   help="fraction of each batch that is unlabeled images (default 0.5); an epoch is one pass over the "
+                        "labelled images")
     g.add_argument("--kd_config", "--kd-config", type=str, default=None,
                    help="distillation recipe: layers, losses, parameters, weights (data/kd/NAME.yaml or NAME, "
                         "e.g. card); the flags below override it; the resolved recipe is saved as kd.yaml in the run")

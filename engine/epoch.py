@@ -75,13 +75,16 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
     optimizer.zero_grad()
     on_step = getattr(objective, "optimizer_step", None)
     last_opt_step = -1
-    for i, (imgs, targets, paths, teacher) in pbar:
+    for i, (imgs, targets, paths, labelled, teacher) in pbar:
         ni = i + cfg.nb * epoch
         if ni <= cfg.nw:
             accumulate = warmup(optimizer, ni, cfg.nw, epoch, cfg.lf, cfg.hyp, cfg.batch_size, nbs=cfg.nbs)
         with train_autocast(cuda, cfg.bf16):
             # teacher: its forward of these images, run one batch ahead on a second thread (engine.prefetch)
-            out = objective(model, imgs, targets) if teacher is None else objective(model, imgs, targets, teacher)
+            # labelled: which images carry labels, when the batch mixes in unlabeled ones (utils.data.unlabeled)
+            kw = {} if labelled is None else {"labelled": labelled}
+            out = (objective(model, imgs, targets, **kw) if teacher is None
+                   else objective(model, imgs, targets, teacher, **kw))
         loss = out["loss"]
         if cfg.world_size > 1:
             loss = loss * cfg.world_size  # gradients are averaged between DDP processes
@@ -121,13 +124,15 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Iterable, op
 
 
 def _prepared(loader: Iterable, device: torch.device, cfg: EpochSettings) -> Iterator[tuple]:
-    """The loader's batches as the step takes them: (imgs float [0, 1] on device, targets, paths), resized
-    by --multi-scale (one draw per batch, in batch order, also when the teacher runs a batch ahead)."""
-    for imgs, targets, paths, _ in loader:
+    """The loader's batches as the step takes them: (imgs float [0, 1] on device, targets, paths, labelled),
+    resized by --multi-scale (one draw per batch, in batch order, also when the teacher runs a batch ahead).
+    labelled: None, or the (bs,) bool mask of a batch that mixes in unlabeled images (a fifth batch item)."""
+    for imgs, targets, paths, _, *rest in loader:
         imgs = imgs.to(device, non_blocking=True).float() / 255  # uint8 -> [0, 1]
         if cfg.multi_scale:
             imgs = multi_scale(imgs, cfg.imgsz, cfg.gs)
-        yield imgs, targets.to(imgs.device), paths
+        labelled = rest[0] if rest and not bool(rest[0].all()) else None  # a CPU mask: no device sync
+        yield imgs, targets.to(imgs.device), paths, None if labelled is None else labelled.to(imgs.device)
 
 
 def _raise_non_finite(epoch: int, i: int, log: RunningMeans, last: Path) -> None:

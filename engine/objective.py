@@ -1,6 +1,8 @@
 """Training objectives: what the training loop minimises.
 
-An objective is called as ``objective(model, imgs, targets)`` and returns a dict:
+An objective is called as ``objective(model, imgs, targets)`` and returns a dict (with images that carry no
+labels in the batch, distillation on unlabeled images, also ``labelled=`` a (bs,) bool tensor for the
+detection loss, utils.losses.detection_loss):
 ``"loss"`` is the tensor to back-propagate (scaled by batch size, as YOLOv5 v6.0's ComputeLoss does);
 every other entry is a detached scalar for logging, in the order box, obj, cls, then extras.
 The loop logs every entry except "loss" and never looks at the names, so a distillation objective
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from utils.losses import detection_loss
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class DetectionObjective(nn.Module):
         super().__init__()
         self.compute_loss = compute_loss
 
-    def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, model: nn.Module, imgs: torch.Tensor, targets: torch.Tensor,
+                labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         pred = model(imgs)  # train mode: list of nl raw tensors (bs, na, ny, nx, 5 + nc)
-        loss, items = self.compute_loss(pred, targets)
+        loss, items = detection_loss(self.compute_loss, pred, targets, labelled)
         names = getattr(self.compute_loss, "names", ("box", "obj", "cls"))  # v8 loss: box, cls, dfl
         return {"loss": loss, **{k: items[i] for i, k in enumerate(names)}}

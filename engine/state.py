@@ -43,6 +43,7 @@ class TrainRun:
     gs: int = 32  # grid size: the model's largest stride, at least 32
     imgsz: int = 0  # train and val image size, a multiple of gs
     start_epoch: int = 0  # first epoch to train: 0, or the one after last.pt's on --resume
+    unlabeled: str | list[str] | None = None  # unlabeled images mixed into the batches (distillation only)
 
     # built before the first epoch (train: loaders, objective, optimizer, EMA)
     model: nn.Module | None = None  # the student being trained (wrapped in DDP under torchrun)

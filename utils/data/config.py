@@ -139,7 +139,8 @@ def _check_names(data: dict, where: str) -> None:
 
 
 def _resolve_splits(data: dict, yaml_dir: Path | None) -> dict[str, list[Path]]:
-    """Make path/train/val/test absolute. Returns {split: [paths tried that do not exist]}."""
+    """Make path/train/val/test/unlabeled absolute. Returns {split: [paths tried that do not exist]} (a missing
+    'unlabeled:' is not counted: only distillation reads it, utils.data.unlabeled.unlabeled_source)."""
     bases = [Path.cwd()] + ([yaml_dir] if yaml_dir else [])
     tried_root: list[Path] = []
     if data.get("path"):
@@ -147,16 +148,16 @@ def _resolve_splits(data: dict, yaml_dir: Path | None) -> dict[str, list[Path]]:
         data["path"] = str(root)
         bases = [root]
     missing: dict[str, list[Path]] = {}
-    for k in ("train", "val", "test"):
+    for k in ("train", "val", "test", "unlabeled"):
         v = data.get(k)
         if not v:
-            data[k] = None if k == "test" else v
+            data[k] = None if k in ("test", "unlabeled") else v
             continue
         out, bad = [], []
         for item in (v if isinstance(v, (list, tuple)) else [v]):
             p, tried = _resolve(item, bases)
             out.append(str(p))
-            if not p.exists():
+            if not p.exists() and k != "unlabeled":  # unlabeled images: checked by the run that uses them
                 bad += tried if not tried_root else [p] + [t for t in tried_root if not t.exists()]
         data[k] = out if isinstance(v, (list, tuple)) else out[0]
         if bad:
@@ -202,7 +203,7 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
     data, file = _load(data)
     where = str(file) if file else "data dict"
     _check_fields(data, where)
-    raw = {k: data.get(k) for k in ("path", "train", "val", "test")}
+    raw = {k: data.get(k) for k in ("path", "train", "val", "test", "unlabeled")}
     missing = _resolve_splits(data, file.parent if file else None)
     if missing:
         dl = data.get("download")
@@ -230,7 +231,7 @@ def _check_image_lists(data: dict, where: str) -> None:
     them corrupt, and report 'no labels found' when none is left)."""
     from utils.data.label_cache import IMG_FORMATS
 
-    for k in ("train", "val", "test"):
+    for k in ("train", "val", "test", "unlabeled"):
         for item in data[k] if isinstance(data.get(k), list) else [data.get(k)]:
             p = Path(item) if item else None
             if p is None or not p.is_file() or p.suffix.lower() != ".txt":

@@ -81,20 +81,7 @@ class LoadImagesAndLabels(Dataset):
         self.albumentations = Albumentations() if augment else None
 
         self.im_files = get_image_files(path, prefix)
-        self.label_files = img2label_paths(self.im_files)
-        cache_path = cache_path_for(path, self.label_files)
-        cache = load_cache(cache_path, self.label_files + self.im_files)
-        found = cache is not None
-        if not found:
-            cache = build_cache(self.im_files, self.label_files, cache_path, prefix)
-        report(cache, cache_path, prefix, found_cache=found)
-        nf, *_, n, _ = cache["results"]  # found, missing, empty, corrupt, total, dups
-        if nf == 0 and augment:
-            raise UserError(f"{prefix}no labels found next to {path} (labels go in .../labels/ beside .../images/)")
-        for k in ("hash", "version", "msgs", "results"):
-            cache.pop(k)
-        if not cache:
-            raise UserError(f"{prefix}all {n} images in {path} are corrupt; see the warnings above")
+        cache = self._scan(path, prefix)
         labels, shapes, self.segments = zip(*cache.values())
         self.labels = [np.asarray(lb, dtype=np.float32) for lb in labels]
         self.shapes = np.array(shapes, dtype=np.float64)
@@ -114,6 +101,25 @@ class LoadImagesAndLabels(Dataset):
         self.im_hw: list = [None] * self.n
         if cache_images:
             self._cache_images(cache_images, prefix)
+
+    def _scan(self, path, prefix: str) -> dict:
+        """{image file: [labels, (w, h), segments]} of the usable images of self.im_files, from the label
+        cache next to the labels (built when missing or stale); the scan is reported in one line."""
+        self.label_files = img2label_paths(self.im_files)
+        cache_path = cache_path_for(path, self.label_files)
+        cache = load_cache(cache_path, self.label_files + self.im_files)
+        found = cache is not None
+        if not found:
+            cache = build_cache(self.im_files, self.label_files, cache_path, prefix)
+        report(cache, cache_path, prefix, found_cache=found)
+        nf, *_, n, _ = cache["results"]  # found, missing, empty, corrupt, total, dups
+        if nf == 0 and self.augment:
+            raise UserError(f"{prefix}no labels found next to {path} (labels go in .../labels/ beside .../images/)")
+        for k in ("hash", "version", "msgs", "results"):
+            cache.pop(k)
+        if not cache:
+            raise UserError(f"{prefix}all {n} images in {path} are corrupt; see the warnings above")
+        return cache
 
     def _init_rect(self, batch_size: int, pad: float) -> None:
         """Sort by aspect ratio h/w and give each batch the smallest stride-multiple (h, w) shape."""

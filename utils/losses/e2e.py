@@ -52,16 +52,18 @@ class E2ELoss:
             raise ValueError("E2ELoss.from_model needs hyp (or a model with a .hyp attribute)")
         return cls(hyp, det.nc, det.stride.tolist(), det.reg_max)
 
-    def __call__(self, preds, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, preds, targets: torch.Tensor, labelled: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """labelled: optional (bs,) bool, the images that carry labels (V8DetectionLoss's, for both heads)."""
         if isinstance(preds, tuple) and len(preds) == 2 and isinstance(preds[1], (dict, list)):
             preds = preds[1]
         if isinstance(preds, list):  # eval output (end2end off): the one-to-many maps alone, as NMS validates them
-            return self.one2many(preds, targets)
+            return self.one2many(preds, targets, labelled)
         if not isinstance(preds, dict) or set(preds) != {"one2many", "one2one"}:
             raise ValueError("E2ELoss takes the train-mode output of a YOLO26 head, {'one2many': maps, 'one2one': "
                              f"maps}}, or its one-to-many maps (a list), got {type(preds).__name__}")
-        loss_m, items_m = self.one2many(preds["one2many"], targets)
-        loss_o, items_o = self.one2one(preds["one2one"], targets)
+        loss_m, items_m = self.one2many(preds["one2many"], targets, labelled)
+        loss_o, items_o = self.one2one(preds["one2one"], targets, labelled)
         self.last_parts = {"one2many": items_m, "one2one": items_o}
         return loss_m * self.o2m + loss_o * self.o2o, items_o
 

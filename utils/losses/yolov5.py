@@ -109,6 +109,12 @@ def take_cells(p: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
 class ComputeLoss:
     """v6.0 YOLOv5 loss. Call with (p, targets) -> (loss * bs of shape (1,), detached [box, obj, cls]).
 
+    `labelled` (optional, (bs,) bool): which images carry labels. An unlabelled image (distillation on
+    unlabeled images) has no targets, so box and class terms never see it; its objectness is left out too
+    (an image without labels must not teach "no object here"): the objectness mean runs over the cells of
+    the labelled images, and the loss is scaled by their count instead of bs (per labelled image as in a
+    batch of those images alone). No labelled image: a loss of exactly 0. None: every image is labelled.
+
     hyp needs box, obj, cls, cls_pw, obj_pw, anchor_t and optionally fl_gamma (0) and
     label_smoothing (0). The gains are used as given: scale them first with scale_loss_gains.
     The loss is always computed in float32 (autocast is disabled inside), on the predictions' device.
@@ -163,25 +169,30 @@ class ComputeLoss:
             return
         cls_pw = torch.tensor([self._cls_pw], device=device)
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=cls_pw)
-        bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self._obj_pw], device=device))
+        obj_pw = torch.tensor([self._obj_pw], device=device)
+        bce_obj = nn.BCEWithLogitsLoss(pos_weight=obj_pw)
+        obj_elementwise = nn.BCEWithLogitsLoss(pos_weight=obj_pw, reduction="none")  # masked per image
         # per element: _loss reduces the class loss over the valid candidates only
         cls_elementwise = nn.BCEWithLogitsLoss(pos_weight=cls_pw, reduction="none")
         if self._fl_gamma > 0:
-            bce_cls, bce_obj, cls_elementwise = (FocalLoss(c, self._fl_gamma)
-                                                 for c in (bce_cls, bce_obj, cls_elementwise))
+            bce_cls, bce_obj, cls_elementwise, obj_elementwise = (
+                FocalLoss(c, self._fl_gamma) for c in (bce_cls, bce_obj, cls_elementwise, obj_elementwise))
         self.BCEcls, self.BCEobj, self._cls_elementwise = bce_cls, bce_obj, cls_elementwise
+        self._obj_elementwise = obj_elementwise
         self.anchors = self.anchors.to(device)
         self._device = device
 
-    def __call__(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, p: list[torch.Tensor], targets: torch.Tensor,
+                 labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = p[0].device
         self._to(device)
         with torch.autocast(device_type=device.type, enabled=False):
             p = [pi.float() for pi in p]
             targets = targets.to(device=device, dtype=torch.float32)
-            return self._loss(p, targets)
+            return self._loss(p, targets, None if labelled is None else labelled.to(device=device, dtype=torch.bool))
 
-    def _loss(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, p: list[torch.Tensor], targets: torch.Tensor,
+              labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """v6.0's loss on fixed-size assignments: every candidate (offset, anchor, target) of a level is
         kept with a validity mask instead of being selected, so no shape depends on the data and the
         step never waits for the device (v6.0's boolean selection costs one host sync per level). Means
@@ -221,9 +232,14 @@ class ComputeLoss:
                     t[torch.arange(t.shape[0], device=device), tcls[i]] = self.cp
                     lcls += (self._cls_elementwise(ps[:, 5:], t).sum(1) * w).sum() / (count * self.nc)
 
-            obji = self.BCEobj(pi[..., 4], tobj)
+            if labelled is None:
+                obji = self.BCEobj(pi[..., 4], tobj)
+            else:  # the mean over the labelled images' cells (0 when there is none)
+                per_image = self._obj_elementwise(pi[..., 4], tobj).flatten(1).sum(1)  # (bs,)
+                cells = labelled.sum() * tobj[0].numel()
+                obji = (per_image * labelled).sum() / cells.clamp(min=1)
             lobj += obji * self.balance[i]
-            if self.autobalance:
+            if self.autobalance and (labelled is None or bool(labelled.any())):  # nothing measured otherwise
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
 
         if self.autobalance:
@@ -231,7 +247,7 @@ class ComputeLoss:
         lbox *= self.hyp["box"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
-        bs = p[0].shape[0]
+        bs = p[0].shape[0] if labelled is None else labelled.sum()
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor):

@@ -69,6 +69,11 @@ class V8DetectionLoss:
 
     hyp needs box, cls, dfl gains (used as given); the loss is computed in float32 (autocast disabled
     inside) on the predictions' device, or in float64 when the predictions are float64.
+
+    `labelled` (optional, (bs,) bool): which images carry labels. An unlabelled image has no boxes, so the
+    assigner gives it no positive; its class term (BCE towards all-zero scores over every anchor: "no
+    object here") is left out as well, and the loss is scaled by the labelled images' count instead of bs.
+    No labelled image: a loss of exactly 0. None: every image is labelled.
     """
 
     names = ITEM_NAMES
@@ -101,12 +106,14 @@ class V8DetectionLoss:
             raise ValueError("V8DetectionLoss.from_model needs hyp (or a model with a .hyp attribute)")
         return cls(hyp, det.nc, det.stride.tolist(), det.reg_max, topk=int(hyp.get("tal_topk", 10)))
 
-    def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor,
+                 labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = preds[0].device
         with torch.autocast(device_type=device.type, enabled=False):
             dtype = torch.float64 if preds[0].dtype == torch.float64 else torch.float32
             preds = [p.to(dtype) for p in preds]
-            return self._loss(preds, targets.to(device=device, dtype=dtype))
+            labelled = None if labelled is None else labelled.to(device=device, dtype=torch.bool)
+            return self._loss(preds, targets.to(device=device, dtype=dtype), labelled)
 
     def _decode(self, anchor_points: torch.Tensor, pred_dist: torch.Tensor) -> torch.Tensor:
         """(B, A, 4*reg_max) logits -> (B, A, 4) xyxy boxes in grid units (DFL expectation per edge; with
@@ -118,7 +125,8 @@ class V8DetectionLoss:
         dist = pred_dist.view(b, a, 4, c // 4).softmax(3).matmul(proj)  # (B, A, 4, reg_max) -> (B, A, 4)
         return dist2bbox(dist, anchor_points, xywh=False)
 
-    def _loss(self, feats: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, feats: list[torch.Tensor], targets: torch.Tensor,
+              labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         bs = feats[0].shape[0]
         x = torch.cat([f.view(bs, self.no, -1) for f in feats], 2)  # nl x (B, no, ny, nx) -> (B, no, A)
         pred_distri, pred_scores = x.split((4 * self.reg_max, self.nc), 1)
@@ -140,7 +148,8 @@ class V8DetectionLoss:
         target_scores_sum = max(target_scores.sum(), 1)
 
         loss = torch.zeros(3, device=x.device, dtype=dtype)  # box, cls, dfl
-        loss[1] = F.binary_cross_entropy_with_logits(pred_scores, target_scores.to(dtype), reduction="none").sum()
+        bce = F.binary_cross_entropy_with_logits(pred_scores, target_scores.to(dtype), reduction="none")
+        loss[1] = bce.sum() if labelled is None else (bce.flatten(1).sum(1) * labelled).sum()
         loss[1] = loss[1] / target_scores_sum
         if fg_mask.sum():
             target_bboxes = target_bboxes / stride_tensor  # pixels -> grid units of each point's level
@@ -155,7 +164,8 @@ class V8DetectionLoss:
             loss[2] = (d * weight).sum() / target_scores_sum
 
         loss = loss * torch.tensor([self.hyp["box"], self.hyp["cls"], self.hyp["dfl"]], dtype=dtype, device=x.device)
-        return loss.sum().view(1) * bs, loss.detach()
+        n = bs if labelled is None else labelled.sum()  # images the loss is about
+        return loss.sum().view(1) * n, loss.detach()
 
     @staticmethod
     def _l1_edges(pred_dist, anchor_points, target_bboxes, stride_tensor, hw, fg_mask) -> torch.Tensor:
