@@ -10,11 +10,14 @@
 #   weights/teacher-shapes-yolov5s.pt   the committed one, trained on all 1000 labelled images: pure distillation
 #   own                                 a yolov5s trained here on the 100 labelled images only (train.py,
 #                                       TEACHER_EPOCHS epochs, seed 0): the honest semi-supervised case
-# Recorded schedule: 30 epochs, 192 px, batch 16, hyp.short.
+# Schedules recorded (bench/RESULTS.md): the 30 epochs at 192 px, batch 16, hyp.short (an epoch is one
+# pass over the 100 labelled images: 7 batches, or 13 with unlabelled ones, too few steps for a student from
+# scratch to learn anything), and 100 epochs with EXTRA="--noval" (the final epoch validated).
 #
 # Usage: bash bench/kd_unlabeled.sh [epochs] [imgsz] [seeds] [jobs] [device] [project]
 #   bash bench/kd_unlabeled.sh                    # 30 192 "0 1" 1 cpu runs/unlabeled (hours on a CPU)
 #   bash bench/kd_unlabeled.sh 1 64 0             # a check that every run starts and ends
+#   EXTRA="--noval" bash bench/kd_unlabeled.sh 100 192 "0 1" 1 cpu runs/unlabeled_e100
 #   TEACHER=own PROJECT_SUFFIX=... bash bench/kd_unlabeled.sh 30 192 "0 1" 1 cpu runs/unlabeled_own
 #   STUDENT=models/yolov8n.yaml TEACHER=weights/teacher-shapes-yolov8s.pt HYP=data/hyps/hyp.v8-short.yaml \
 #     bash bench/kd_unlabeled.sh 30 192 "0 1" 1 cpu runs/unlabeled_v8

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -300,10 +301,11 @@ def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
             run.ema.update_attr(run.model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
             final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
             if not opt.noval or final_epoch:
-                results, maps, _ = validate.run(run.data_dict, batch_size=run.batch_size * 2, imgsz=run.imgsz,
-                                                model=run.ema.ema, single_cls=opt.single_cls,
-                                                dataloader=run.val_loader, save_dir=run.save_dir, plots=False,
-                                                compute_loss=run.compute_loss, half=run.cuda)
+                with _as_deployed(run.ema.ema):
+                    results, maps, _ = validate.run(run.data_dict, batch_size=run.batch_size * 2, imgsz=run.imgsz,
+                                                    model=run.ema.ema, single_cls=opt.single_cls,
+                                                    dataloader=run.val_loader, save_dir=run.save_dir, plots=False,
+                                                    compute_loss=run.compute_loss, half=run.cuda)
             fi = fitness_of(results)
             best_fitness = max(best_fitness, fi)
             logger.log_epoch(epoch, mloss, results, lrs)
@@ -318,6 +320,21 @@ def _fit(opt, run: TrainRun, start_epoch: int, best_fitness: float) -> None:
         logger.close()
 
 
+@contextmanager
+def _as_deployed(model: nn.Module):
+    """A YOLO26 model validated the way val.py, detect.py and ultralytics use it: NMS-free, its one-to-one head's
+    top-k rows (best.pt is then the best one-to-one model); other models as they are. The checkpoints keep the
+    one-to-many eval output (the flag is set back before they are written)."""
+    e2e = bool(getattr(model, "supports_end2end", False))
+    if e2e:
+        model.set_end2end(True)
+    try:
+        yield model
+    finally:
+        if e2e:
+            model.set_end2end(False)
+
+
 def _finish(opt, run: TrainRun) -> None:
     """Strip optimizers, validate best.pt with plots, draw results.png."""
     from engine import validate
@@ -330,7 +347,7 @@ def _finish(opt, run: TrainRun) -> None:
     if run.best.exists():
         LOGGER.info(f"\nValidating {run.best}...")
         is_coco = str(opt.data).endswith("coco.yaml") and int(run.data_dict["nc"]) == 80
-        model = attempt_load(run.best, run.device)
+        model = attempt_load(run.best, run.device, end2end=True)  # YOLO26: NMS-free, as val.py
         validate.run(run.data_dict, batch_size=run.batch_size * 2, imgsz=run.imgsz, model=model,
                      iou_thres=0.65 if is_coco else 0.60, single_cls=opt.single_cls,
                      dataloader=run.val_loader, save_dir=run.save_dir, save_json=is_coco, verbose=True, plots=True,
