@@ -1,6 +1,7 @@
 """Head families in train_kd.py: which recipe a student/teacher pair gets by default, and how output KD
-entries fit the pair. Output KD compares two heads of one family (YOLOv5 anchors, or YOLOv8 DFL); features
-can be distilled across families.
+entries fit the pair. Output KD compares two heads of one family (YOLOv5 anchors, or YOLOv8-style anchor-free
+heads: YOLOv8/YOLO11 with DFL and YOLO26 with reg_max 1 pair in any direction, v8_output_kd comparing decoded
+edge distances where the bins differ); features can be distilled across families.
 """
 
 from __future__ import annotations
@@ -66,10 +67,9 @@ def _fit_output(i: int, e, fs: str, ft: str, student: nn.Module, teacher: nn.Mod
                         "--kd_loss_selected) and output entries (without them train_kd.py distils the maps "
                         "entering the heads with mse)")
     rs, rt = getattr(model_head(student), "reg_max", None), getattr(model_head(teacher), "reg_max", None)
-    if fs == "v8" and rs != rt:
-        raise UserError(f"output distillation ({e.type}) compares the box-edge distributions bin by bin, but "
-                        f"the student's head has reg_max {rs} and the teacher's {rt}: use equal reg_max, or "
-                        "distil features only")
+    if fs == "v8" and rs != rt:  # a YOLO26 head (reg_max 1) and a DFL one: v8_output_kd compares decoded boxes
+        LOGGER.info(f"distillation: {e.log_name}: student reg_max {rs}, teacher {rt}: the box term compares the "
+                    "decoded edge distances (L1), not the bins")
     if needs != fs and fs == "v8":
         e = e.replace(type="v8_output_kd")
         if e.get("normalize") in V8_FORM:

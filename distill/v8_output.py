@@ -29,6 +29,27 @@ distill/yolo_output.py's _OutputKD, which says why; the v8 head has no objectnes
 Both KLs are taken between log-probabilities in float32 with autocast off, the teacher detached.
 The seed's version took both distributions from the student (always ~0) and fed probabilities where
 KLDivLoss expects log-probabilities; here the loss is exactly 0 only when the two outputs are equal.
+
+Heads of different reg_max (a YOLO26 head, reg_max 1: the four edge distances predicted directly, against a
+DFL head, reg_max 16), or two reg_max-1 heads (one bin per edge: the LD above is identically 0): the bins cannot
+be compared, so box_p compares the *decoded* edge distances instead, d = softmax(bins) . (0, 1, ..., R-1) for a
+DFL head and the four raw values for reg_max 1, both in grid units of the point's level (what
+utils/losses/yolov8.py's _decode and DetectV8.decode feed to dist2bbox):
+
+    box_p = mean_edges |d_s - clamp(d_t, 0, R_s - 1)|     (R_s - 1: the farthest a DFL student reaches; no
+                                                            clamp for a reg_max-1 student)
+
+weighted by the same w_p^2 and divided by the same per-level weight mass as the LD term; T is not applied (the
+distances are the decoded box, not a softened distribution) and the term has its own gain DECODED_BOX_GAIN in
+place of T^2. Why L1 on the distances rather than 1 - GIoU of the boxes they imply: the raw distances of a
+reg_max-1 head may be negative (its boxes then invalid, where IoU is undefined or needs a clamp with no
+gradient), L1 has the same gradient magnitude for any error and is the box term YOLO26 itself regresses with
+(utils/losses/e2e.py's L1), and in grid units of the level, like the bins of the LD it stands for, it does not
+grow with the image size (a distance in pixels would). The clamp of the teacher's distances is the detection
+loss's own (bbox2dist clamps the DFL targets to the bins), so the minimum is reachable: box_p is 0 exactly when
+the student's decoded distances equal the (clamped) teacher's. A YOLO26 model's train-mode output
+{"one2many", "one2one"} is read at its one-to-many maps (the dense branch, what NMS scores and what a
+feature of the shared neck feeds with gradient); in eval mode the head returns its raw maps as a v8 head does.
 """
 
 from __future__ import annotations
@@ -46,6 +67,13 @@ from distill.yolo_output import ClassColumns, binary_kl, raw_outputs
 
 LD_TEMPERATURE = 10.0  # LD's T for the edge distributions (mmdet configs/ld)
 V8_NORMALIZE = ("weight", "points")  # V8OutputKD normalize: by the teacher's w^2 mass / the form before issue 27
+# Gain of the decoded (L1) box term, in place of LD's T^2: 4 puts it at the LD term's scale at the first batch.
+# Measured on a real pair (the trained shapes yolov8s teacher, weights/teacher-shapes-yolov8s.pt, against a yolov8n
+# from scratch, 8 shapes training images, seeds 0-2; the w^2-weighted means of both box forms on the same maps):
+# L1 / (T^2 LD) = 0.26-0.27 at 192 px (L1 4.08-4.45 grid units, T^2 LD 15.5-16.7) and 0.27-0.32 at 320 px (L1
+# 4.16-4.33: the L1 does not move with the image size), so x4 gives 1.0-1.2x today's box term. A yolo26n student
+# from scratch (its box prior 2 cells) starts closer to that teacher: L1 1.42-1.79, x4 = 0.4x the LD term.
+DECODED_BOX_GAIN = 4.0
 
 
 def split_level(p: torch.Tensor, reg_max: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +95,10 @@ class V8OutputKD(nn.Module):
     weighted by teacher confidence, plus per-class binary KL (Hinton et al. 2015, arXiv:1503.02531).
 
     Tensor contract: one layer pair, the DetectV8 heads; student_feats[0] / teacher_feats[0] are what they
-    returned (train mode: nl raw (B, 4*reg_max + nc, ny, nx) logits; eval mode: (decoded, raw), raw used).
-    reg_max is read from ctx.student's head (16 when there is none). Returns a float32 scalar, a per-image
+    returned (train mode: nl raw (B, 4*reg_max + nc, ny, nx) logits, of a YOLO26 head its "one2many" maps; eval
+    mode: (decoded, raw), raw used). reg_max is read from ctx.student's head (16 when there is none), the
+    teacher's from ctx.teacher's head (the student's when there is none); when they differ, or are both 1, the
+    box term is L1 on the decoded edge distances (module docstring). Returns a float32 scalar, a per-image
     mean like the detection loss items; `parts` holds the detached weighted kd_box / kd_cls after a call.
 
     Args: T (edge distributions, x T^2), tau (class sigmoids, x tau^2; default T), box / cls (gains of the
@@ -107,27 +137,36 @@ class V8OutputKD(nn.Module):
     def forward(self, student_feats: Sequence, teacher_feats: Sequence, ctx=None) -> torch.Tensor:
         if len(student_feats) != 1 or len(teacher_feats) != 1:
             raise ValueError(f"v8_output_kd takes one layer pair (the DetectV8 heads), got {len(student_feats)}")
-        s, t = raw_outputs(student_feats[0]), raw_outputs(teacher_feats[0])
+        s, t = one_to_many(raw_outputs(student_feats[0])), one_to_many(raw_outputs(teacher_feats[0]))
         head = model_head(getattr(ctx, "student", None))
         reg_max = int(getattr(head, "reg_max", 16))
-        _check_levels(s, t, reg_max, self.nc, same_classes=self.classes is None)
-        loss, self.parts = self.terms(s, t, reg_max)
+        t_head = model_head(getattr(ctx, "teacher", None))  # no teacher model in ctx: the student's reg_max
+        t_reg_max = int(getattr(t_head, "reg_max", reg_max))
+        _check_levels(s, t, reg_max, self.nc, same_classes=self.classes is None, teacher_reg_max=t_reg_max)
+        loss, self.parts = self.terms(s, t, reg_max, t_reg_max)
         return loss
 
-    def terms(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], reg_max: int
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, {'kd_box', 'kd_cls'} detached after gains) of nl level pairs (B, 4*R + nc, ny, nx)."""
+    def terms(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], reg_max: int,
+              teacher_reg_max: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, {'kd_box', 'kd_cls'} detached after gains) of nl level pairs (B, 4*R + nc, ny, nx), R =
+        reg_max for the student's maps and teacher_reg_max (default: reg_max) for the teacher's; LD on the
+        bins when both are equal and above 1, else L1 on the decoded distances (module docstring)."""
+        t_reg_max = reg_max if teacher_reg_max is None else int(teacher_reg_max)
+        decoded = t_reg_max != reg_max or reg_max == 1  # the bins cannot be compared (one bin: LD is always 0)
         device = student[0].device
         box_sum, w_sum, cls_sum, points = (torch.zeros((), device=device) for _ in range(4))
         power = 2 if self.normalize == "weight" else 1
         with no_autocast(device):
             for ps, pt in zip(student, teacher):
-                (box_s, cls_s), (box_t, cls_t) = split_level(fp32(ps), reg_max), split_level(fp32(pt.detach()), reg_max)
+                (box_s, cls_s), (box_t, cls_t) = split_level(fp32(ps), reg_max), split_level(fp32(pt.detach()), t_reg_max)
                 if self.classes is not None:  # (B, nc_T, P) -> the matched classes in the student's order
                     cls_s, cls_t = self.classes.select(cls_s, cls_t, dim=1)
-                log_s = F.log_softmax(box_s / self.T, dim=2)  # (B, 4, R, P) over the bins of each edge
-                log_t = F.log_softmax(box_t / self.T, dim=2)
-                kl_box = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, P): KL per edge, mean of 4 edges
+                if decoded:
+                    kl_box = decoded_l1(box_s, box_t)  # (B, P): mean L1 of the 4 edge distances (grid units)
+                else:
+                    log_s = F.log_softmax(box_s / self.T, dim=2)  # (B, 4, R, P) over the bins of each edge
+                    log_t = F.log_softmax(box_t / self.T, dim=2)
+                    kl_box = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, P): KL per edge, mean of 4 edges
                 w = torch.sigmoid(cls_t).amax(1) if cls_t.shape[1] else torch.ones_like(kl_box)  # (B, P)
                 w = w.square() if power == 2 else w
                 box_sum = box_sum + (w * kl_box).sum()
@@ -136,7 +175,7 @@ class V8OutputKD(nn.Module):
                 cls_sum = cls_sum + (w * cls_kl if power == 2 else cls_kl).sum()
                 points = points + kl_box.numel()
             mass = w_sum.clamp(min=torch.finfo(torch.float32).tiny)
-            box = self.gains["box"] * self.T**2 * box_sum / mass
+            box = self.gains["box"] * (DECODED_BOX_GAIN if decoded else self.T**2) * box_sum / mass
             cls = self.gains["cls"] * self.tau**2 * cls_sum / (mass if power == 2 else points)
         return box + cls, {"kd_box": box.detach(), "kd_cls": cls.detach()}
 
@@ -144,7 +183,34 @@ class V8OutputKD(nn.Module):
         return f"T={self.T:g}, tau={self.tau:g}, normalize={self.normalize}, gains={self.gains}"
 
 
-def _check_levels(student, teacher, reg_max: int, nc: int | None, same_classes: bool = True) -> None:
+def one_to_many(out):
+    """The per-level maps the loss reads: a YOLO26 head's train-mode {"one2many", "one2one"} -> its one-to-many
+    maps (module docstring); anything else as it is."""
+    return out["one2many"] if isinstance(out, dict) and "one2many" in out else out
+
+
+def edge_distances(box: torch.Tensor) -> torch.Tensor:
+    """(B, 4, R, P) box logits -> (B, 4, P) edge distances in grid units: the DFL expectation
+    softmax(bins) . (0, 1, ..., R-1) for R > 1, the raw values for R = 1 (utils/losses/yolov8.py's _decode)."""
+    if box.shape[2] == 1:
+        return box[:, :, 0]
+    proj = torch.arange(box.shape[2], dtype=box.dtype, device=box.device)
+    return (box.softmax(2) * proj.view(1, 1, -1, 1)).sum(2)
+
+
+def decoded_l1(box_s: torch.Tensor, box_t: torch.Tensor) -> torch.Tensor:
+    """(B, P) mean over the 4 edges of |d_s - d_t|, the decoded distances of student and teacher box logits
+    (B, 4, R, P) of any two reg_max; the teacher's clamped to [0, R_s - 1], the range a DFL student can reach
+    (no clamp for a reg_max-1 student)."""
+    d_s, d_t = edge_distances(box_s), edge_distances(box_t.detach())
+    if box_s.shape[2] > 1:
+        d_t = d_t.clamp(0, box_s.shape[2] - 1)
+    return (d_s - d_t).abs().mean(1)
+
+
+def _check_levels(student, teacher, reg_max: int, nc: int | None, same_classes: bool = True,
+                  teacher_reg_max: int | None = None) -> None:
+    t_reg_max = reg_max if teacher_reg_max is None else teacher_reg_max
     ok = isinstance(student, (list, tuple)) and all(torch.is_tensor(p) and p.dim() == 4 for p in student)
     if not ok:
         raise ValueError("v8_output_kd: the student layer must be a DetectV8 head returning raw (B, 4*reg_max + nc, "
@@ -152,11 +218,12 @@ def _check_levels(student, teacher, reg_max: int, nc: int | None, same_classes: 
     if len(student) != len(teacher):
         raise ValueError(f"v8_output_kd: student has {len(student)} output levels, teacher {len(teacher)}")
     for i, (ps, pt) in enumerate(zip(student, teacher)):
-        same = torch.is_tensor(pt) and (ps.shape == pt.shape if same_classes else  # a class map: B, ny, nx equal
-                                        (ps.shape[0], *ps.shape[2:]) == (pt.shape[0], *pt.shape[2:]))
-        if not same or pt.shape[1] < 4 * reg_max:
+        same = torch.is_tensor(pt) and pt.dim() == 4 and (ps.shape[0], *ps.shape[2:]) == (pt.shape[0], *pt.shape[2:])
+        if same and same_classes:  # the class channels too (each side past its own 4 x reg_max box channels)
+            same = ps.shape[1] - 4 * reg_max == pt.shape[1] - 4 * t_reg_max
+        if not same or pt.shape[1] < 4 * t_reg_max:
             raise ValueError(f"v8_output_kd: level {i} student {tuple(ps.shape)} != teacher "
-                             f"{tuple(getattr(pt, 'shape', ()))} (same reg_max and strides are required, and the same nc "
-                             "unless a class map pairs the classes)")
+                             f"{tuple(getattr(pt, 'shape', ()))} (teacher reg_max {t_reg_max}, student {reg_max}: the "
+                             "same strides are required, and the same nc unless a class map pairs the classes)")
         if ps.shape[1] < 4 * reg_max or (nc is not None and ps.shape[1] - 4 * reg_max != nc):
             raise ValueError(f"v8_output_kd: level {i} has {ps.shape[1]} channels, not 4 x reg_max {reg_max} + nc")

@@ -529,7 +529,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 def test_train_yolo26_and_distil_from_a_yolo26_teacher(fixtures_dir, tiny_data, tmp_path):
     """train.py: one epoch of a yolo26n with E2ELoss (items box, cls, l1); train_kd.py: a yolov8n student with
     ultralytics' yolo26n as teacher, features only (mse on the maps entering the heads). Output KD between
-    reg_max 16 and 1 heads is refused by distill/ with a message naming both (not tested here)."""
+    reg_max 16 and 1 heads (decoded edge distances) is tests/test_kd_reg_max.py's."""
     from utils.loggers import read_results_csv
 
     common = ["--data", str(tiny_data), "--weights", "", "--img", str(IMG), "--epochs", "1", "--batch-size", "4",

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from distill.common import fp32, no_autocast
 from distill.hooks import model_head
 from distill.registry import register
+from distill.v8_output import one_to_many
 from distill.yolo_output import ClassColumns, raw_outputs
 from utils.general import UserError
 from utils.metrics import bbox_iou
@@ -98,8 +99,11 @@ def dense_level(p: Tensor, info: HeadInfo, level: int, cls: Tensor | None = None
         wh = (torch.sigmoid(box[:, 2:4]) * 2) ** 2 * a
         return Dense(log_p, log_q, torch.cat((xy - wh / 2, xy + wh / 2), 1))
     r = info.reg_max
-    bins = torch.arange(r, device=p.device, dtype=box.dtype)
-    dist = (box.view(-1, 4, r).softmax(-1) * bins).sum(-1)  # (N, 4) left, top, right, bottom in grid units
+    if r == 1:  # YOLO26: the four values are the edge distances themselves (no DFL)
+        dist = box.reshape(-1, 4)
+    else:
+        bins = torch.arange(r, device=p.device, dtype=box.dtype)
+        dist = (box.view(-1, 4, r).softmax(-1) * bins).sum(-1)  # (N, 4) left, top, right, bottom in grid units
     return Dense(F.logsigmoid(cls), F.logsigmoid(-cls), torch.cat((-dist[:, :2], dist[:, 2:]), 1))
 
 
@@ -129,7 +133,7 @@ def dense_kd(student: Sequence[Dense], teacher: Sequence[Dense], gamma: float, p
 
 
 def _output_levels(out, what: str) -> list[Tensor]:
-    out = raw_outputs(out)
+    out = one_to_many(raw_outputs(out))  # a YOLO26 student in train mode: its one-to-many maps
     if not isinstance(out, (list, tuple)) or not out or not all(torch.is_tensor(p) and p.dim() in (4, 5) for p in out):
         raise UserError(f"bckd: the {what} layer must be a detection head returning raw per-level maps (YOLOv5 "
                         "Detect or DetectV8, train mode); map bckd to the heads (layers: detect)")
