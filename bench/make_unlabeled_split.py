@@ -23,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data.config import check_dataset  # noqa: E402
+from utils.data.config import check_dataset
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
 
@@ -173,7 +173,11 @@ def _train_loader(opt, run: TrainRun, epoch: int):
         nc=run.nc, data_file=opt.data, start_epoch=epoch)
     if not run.unlabeled:
         return loader, dataset
-    from utils.data.unlabeled import DEFAULT_RATIO, create_mixed_dataloader, held_out_files
+    from utils.data.unlabeled import (
+        DEFAULT_RATIO,
+        create_mixed_dataloader,
+        held_out_files,
+    )
 
     ratio = getattr(opt, "unlabeled_ratio", None) or DEFAULT_RATIO
     loader, unlabeled = create_mixed_dataloader(
@@ -247,7 +251,7 @@ def _overlap(opt, run: TrainRun) -> bool:
     """--teacher_overlap resolved for this run (engine.prefetch), said once when on."""
     on = resolve_overlap(getattr(opt, "teacher_overlap", None) or "auto", run.device,
                          has_teacher=hasattr(run.objective, "teacher_forward"),
-                         local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+                         local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if on and run.main:
         LOGGER.info(f"Teacher forward overlapped with the student's step: one batch ahead on a second thread "
                     f"({torch.get_num_threads()} torch thread(s) each, {usable_cores()} usable cores; "

@@ -256,7 +256,11 @@ def test_unlabeled_images_checked(tmp_path, caplog_warnings):
 
 
 def test_missing_or_empty_unlabeled_source(tmp_path):
-    from utils.data.unlabeled import UnlabeledImages, check_mixed_options, unlabeled_source
+    from utils.data.unlabeled import (
+        UnlabeledImages,
+        check_mixed_options,
+        unlabeled_source,
+    )
 
     opt = SimpleNamespace(unlabeled=[str(tmp_path / "nope")])
     with pytest.raises(UserError, match="--unlabeled.*nope.*does not exist"):

@@ -31,7 +31,12 @@ from torch.utils.data import Dataset, Sampler
 
 from utils.data.dataloaders import InfiniteDataLoader, _sample_seed, seed_worker
 from utils.data.datasets import LoadImagesAndLabels
-from utils.data.label_cache import build_cache, get_image_files, img2label_paths, load_cache
+from utils.data.label_cache import (
+    build_cache,
+    get_image_files,
+    img2label_paths,
+    load_cache,
+)
 from utils.general import LOGGER, UserError
 
 DEFAULT_RATIO = 0.5  # fraction of each batch that is unlabelled (bench/kd_unlabeled.sh measured the choice)
