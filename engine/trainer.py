@@ -162,33 +162,23 @@ def _train_loader(opt, run: TrainRun, epoch: int):
     """The shuffled augmented train loader from `epoch` on (mosaic off once mosaic_closed); with unlabeled
     images, batches that mix them in (utils.data.unlabeled). Returns (loader, the labelled dataset)."""
     from utils.data.dataloaders import create_dataloader
+    from utils.data.unlabeled import DEFAULT_RATIO, held_out_files
 
     closed = mosaic_closed(epoch, opt.epochs, run.hyp)
     # a plain dict: the dataset travels to DataLoader workers, pickled where they are spawned (macOS, Windows)
     hyp = {**run.hyp, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0} if closed else dict(run.hyp)
+    ratio = getattr(opt, "unlabeled_ratio", None) or DEFAULT_RATIO
     loader, dataset = create_dataloader(
         run.data_dict["train"], run.imgsz, run.batch_size, run.gs, opt.single_cls, hyp=hyp, augment=True,
-        cache=opt.cache, rect=opt.rect, rank=run.local_rank, workers=0 if run.unlabeled else opt.workers,
-        image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed,
-        nc=run.nc, data_file=opt.data, start_epoch=epoch)
-    if not run.unlabeled:
-        return loader, dataset
-    from utils.data.unlabeled import (
-        DEFAULT_RATIO,
-        create_mixed_dataloader,
-        held_out_files,
-    )
-
-    ratio = getattr(opt, "unlabeled_ratio", None) or DEFAULT_RATIO
-    loader, unlabeled = create_mixed_dataloader(
-        dataset, run.unlabeled, run.batch_size, run.gs, hyp, cache=opt.cache, rank=run.local_rank, workers=opt.workers,
-        prefix=colorstr("unlabeled: "), seed=opt.seed, start_epoch=epoch, ratio=ratio,
-        held_out=held_out_files(run.data_dict))
-    if run.main and epoch == run.start_epoch:
+        cache=opt.cache, rect=opt.rect, rank=run.local_rank, workers=opt.workers, image_weights=opt.image_weights,
+        quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=run.nc, data_file=opt.data,
+        start_epoch=epoch, unlabeled=run.unlabeled, unlabeled_ratio=ratio,
+        held_out=held_out_files(run.data_dict) if run.unlabeled else ())
+    if run.unlabeled and run.main and epoch == run.start_epoch:
         s = loader.batch_sampler.sampler
-        LOGGER.info(f"{colorstr('train: ')}{len(dataset):,} labelled + {len(unlabeled):,} unlabelled images; batches "
-                    f"of {s.k_labelled} labelled + {s.k_unlabeled} unlabelled (--unlabeled_ratio {ratio:g}), "
-                    f"{s.nb} per epoch (one pass over the labelled images)")
+        LOGGER.info(f"{colorstr('train: ')}{len(dataset):,} labelled + {len(loader.dataset.unlabeled):,} unlabelled "
+                    f"images; batches of {s.k_labelled} labelled + {s.k_unlabeled} unlabelled (--unlabeled_ratio "
+                    f"{ratio:g}), {s.nb} per epoch (one pass over the labelled images)")
     return loader, dataset
 
 

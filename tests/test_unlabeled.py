@@ -146,7 +146,7 @@ def _epoch(sampler):
 
 
 def test_batches_mix_by_the_ratio_and_cover_the_labelled_images_once():
-    from utils.data.unlabeled import MixedBatchSampler
+    from utils.data.dataloaders import MixedBatchSampler
 
     s = MixedBatchSampler(n_labelled=10, n_unlabeled=7, batch_size=4, ratio=0.5, seed=3)
     batches = _epoch(s)
@@ -170,7 +170,7 @@ def test_batches_mix_by_the_ratio_and_cover_the_labelled_images_once():
 def test_batches_depend_only_on_seed_and_epoch():
     """A sampler started at epoch 2 (a resumed run) gives what a sampler that ran epochs 0 and 1 gives at 2,
     the unlabelled stream included."""
-    from utils.data.unlabeled import MixedBatchSampler
+    from utils.data.dataloaders import MixedBatchSampler
 
     a = MixedBatchSampler(10, 7, 4, 0.5, seed=1)
     _epoch(a), _epoch(a)
@@ -179,7 +179,7 @@ def test_batches_depend_only_on_seed_and_epoch():
 
 
 def test_ranks_split_the_labelled_images_and_the_stream():
-    from utils.data.unlabeled import MixedBatchSampler
+    from utils.data.dataloaders import MixedBatchSampler
 
     ranks = [MixedBatchSampler(10, 50, 4, 0.5, seed=1, rank=r, world_size=2) for r in (0, 1)]
     b0, b1 = _epoch(ranks[0]), _epoch(ranks[1])
@@ -198,8 +198,9 @@ def _solid(path: Path, bgr: tuple[int, int, int], size: int = 48) -> None:
 def test_no_training_image_mixes_labelled_and_unlabelled_content(tmp_path):
     """Labelled images pure red, unlabelled ones pure blue; with mosaic and mixup always on, every training
     image holds red or blue (and the grey fill), never both, and the labelled mask says which."""
+    from utils.data.dataloaders import MixedBatchSampler
     from utils.data.datasets import LoadImagesAndLabels
-    from utils.data.unlabeled import MixedBatchSampler, MixedImages, UnlabeledImages
+    from utils.data.unlabeled import MixedImages, UnlabeledImages
 
     for i in range(6):
         _solid(tmp_path / f"images/train/l{i}.png", (0, 0, 255))
@@ -252,7 +253,8 @@ def test_unlabeled_images_checked(tmp_path, caplog_warnings):
     assert "1 of the unlabeled images" in text and "val/test images" in text
     assert "also train images" in text and "label file" in text and "u0.txt" in text
     with pytest.raises(UserError, match="every image in .* is a val/test image"):
-        UnlabeledImages(str(tmp_path / "raw/images"), 64, 4, held_out=[str(p) for p in (tmp_path / "raw/images").glob("*")])
+        every = [str(p) for p in (tmp_path / "raw/images").glob("*")]
+        UnlabeledImages(str(tmp_path / "raw/images"), 64, 4, held_out=every)
 
 
 def test_missing_or_empty_unlabeled_source(tmp_path):
@@ -356,7 +358,7 @@ def test_two_processes_with_unlabeled_images_train_like_one(tmp_path):
     largest entry of 4.6; in float64 the same two batches agree to 1e-10, so it is rounding), i.e. ~6e-5 in the
     weights after the step. 1e-3 is above that; a rank that ignores the split (world size not given to the
     sampler: two batches per epoch per rank instead of one) moved them by 0.33.
-    Mutation seen failing: create_mixed_dataloader passing world_size=1 to MixedBatchSampler."""
+    Mutation seen failing: create_dataloader passing world_size=1 to MixedBatchSampler."""
     import test_ddp
 
     data, hyp = _same_images(tmp_path)

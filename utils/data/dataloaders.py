@@ -4,6 +4,7 @@ persistent-worker loader of v6.0, and `create_dataloader` (dataset + sampler + l
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from utils.data.datasets import LoadImagesAndLabels
-from utils.general import LOGGER
+from utils.general import LOGGER, UserError
 
 
 def _sample_seed(*keys: int) -> int:
@@ -54,6 +55,59 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class MixedBatchSampler(Sampler):
+    """Batches of (index, sample_seed) into a MixedImages: one epoch = one pass over the labelled images,
+    `ratio` of each batch unlabelled (rounded, at least one of each kind).
+
+    Labelled images follow EpochSampler's order and sample seeds (a shuffled pass per (seed, epoch), every
+    world_size-th for each rank, padded by repetition). Unlabelled ones are read from an endless stream:
+    position p is image perm_c[p mod nu] of the reshuffled pass c = p // nu, and batch b of epoch e on rank
+    r takes the positions of slot group (e * nb + b) * world_size + r, so no position is used twice and a
+    resumed run continues the stream where it stopped."""
+
+    def __init__(self, n_labelled: int, n_unlabeled: int, batch_size: int, ratio: float = 0.5,
+                 seed: int = 0, start_epoch: int = 0, rank: int = -1, world_size: int = 1) -> None:
+        if not 0 < ratio < 1:
+            raise UserError(f"--unlabeled_ratio {ratio}: the fraction of each batch that is unlabelled must be "
+                            "between 0 and 1 (exclusive), e.g. 0.5")
+        if batch_size < 2:
+            raise UserError(f"--batch-size {batch_size} per process: a batch with unlabeled images needs room for one "
+                            "labelled and one unlabelled image (at least 2)")
+        self.nl, self.nu, self.seed, self.epoch = n_labelled, n_unlabeled, seed, start_epoch
+        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
+        self.k_unlabeled = min(max(round(batch_size * ratio), 1), batch_size - 1)
+        self.k_labelled = batch_size - self.k_unlabeled
+        self.per_rank = -(-n_labelled // self.world_size)
+        self.nb = math.ceil(self.per_rank / self.k_labelled)
+        self._perms: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.nb
+
+    def _unlabeled_at(self, pos: int) -> int:
+        c, j = divmod(pos, self.nu)
+        if c not in self._perms:
+            g = torch.Generator()
+            g.manual_seed(_sample_seed(self.seed, -2, c) % 2**63)
+            self._perms = {c: torch.randperm(self.nu, generator=g).tolist()}  # the stream reads one pass at a time
+        return self._perms[c][j]
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        g = torch.Generator()
+        g.manual_seed(_sample_seed(self.seed, epoch) % 2**63)
+        order = torch.randperm(self.nl, generator=g).tolist()
+        total = self.per_rank * self.world_size
+        order += order[: total - len(order)]  # pad (DDP only; a no-op for one process)
+        ws, r, kl, ku = self.world_size, self.rank, self.k_labelled, self.k_unlabeled
+        mine = [(order[pos], _sample_seed(self.seed, epoch, pos)) for pos in range(r, total, ws)]
+        for b in range(self.nb):
+            group = (epoch * self.nb + b) * ws + r
+            stream = range(group * ku, (group + 1) * ku)
+            yield mine[b * kl:(b + 1) * kl] + [(self.nl + self._unlabeled_at(p), _sample_seed(self.seed, -1, p))
+                                               for p in stream]
 
 
 class _RepeatSampler:
@@ -99,8 +153,14 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8,
                       image_weights: bool = False, quad: bool = False, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
-                      data_file: str | Path = "", start_epoch: int = 0) -> tuple[DataLoader, LoadImagesAndLabels]:
+                      data_file: str | Path = "", start_epoch: int = 0, unlabeled=None, unlabeled_ratio: float = 0.5,
+                      held_out: list[str] | tuple = ()) -> tuple[DataLoader, LoadImagesAndLabels]:
     """Build (loader, dataset). With nc given, labels are checked: a class >= nc is a UserError.
+
+    unlabeled: images without labels (a folder, a *.txt list or a list of those) mixed into every batch,
+    `unlabeled_ratio` of it (MixedBatchSampler; utils.data.unlabeled has the why), held_out (val/test files) left
+    out of them; batches then carry a fifth item, the labelled mask. The returned dataset is the labelled one;
+    the unlabelled set is loader.dataset.unlabeled.
 
     shuffle=True shuffles every epoch (ignored with rect, whose batches depend on the order). Training
     loaders (augment, shuffle or DDP) draw from an EpochSampler: epoch e's batches depend only on
@@ -126,20 +186,42 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
             dataset = build()
     if nc is not None:
         dataset.check_classes(nc, data_file)
-    batch_size = min(batch_size, len(dataset))
+    if unlabeled is not None:
+        from utils.data.unlabeled import MixedImages, UnlabeledImages
+
+        def build_unlabeled() -> UnlabeledImages:
+            return UnlabeledImages(unlabeled, imgsz, batch_size, hyp=hyp, cache_images=cache, stride=int(stride),
+                                   prefix=prefix, held_out=held_out, labelled=dataset.im_files)
+
+        if rank == -1:
+            unlabeled_set = build_unlabeled()
+        else:
+            from utils.torch_utils import torch_distributed_zero_first
+
+            with torch_distributed_zero_first(rank):
+                unlabeled_set = build_unlabeled()
+    else:
+        batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min(os.cpu_count() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
+    # `rank` is the LOCAL_RANK (per machine, for the cache barrier); the split over processes needs the
+    # global RANK, or two machines would train on the same half of the data
+    world_size = int(os.getenv("WORLD_SIZE", "1")) if rank != -1 else 1
+    global_rank = int(os.getenv("RANK", str(rank))) if rank != -1 else -1
+    g = torch.Generator()
+    g.manual_seed(seed + max(rank, 0))
+    common = {"num_workers": nw, "pin_memory": torch.cuda.is_available(), "worker_init_fn": seed_worker,
+              "generator": g}
+    if unlabeled is not None:
+        batches = MixedBatchSampler(len(dataset), len(unlabeled_set), batch_size, unlabeled_ratio, seed=seed,
+                                    start_epoch=start_epoch, rank=global_rank, world_size=world_size)
+        return InfiniteDataLoader(MixedImages(dataset, unlabeled_set), batch_sampler=batches,
+                                  collate_fn=MixedImages.collate_fn, **common), dataset
     sampler = None
     if augment or shuffle or rank != -1:
-        # `rank` is the LOCAL_RANK (per machine, for the cache barrier); the split over processes needs the
-        # global RANK, or two machines would train on the same half of the data
-        world_size = int(os.getenv("WORLD_SIZE", "1")) if rank != -1 else 1
-        global_rank = int(os.getenv("RANK", str(rank))) if rank != -1 else -1
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, start_epoch=start_epoch,
                                rank=global_rank, world_size=world_size)
     loader = DataLoader if image_weights else InfiniteDataLoader
-    g = torch.Generator()
-    g.manual_seed(seed + max(rank, 0))
-    return loader(dataset, batch_size=batch_size, shuffle=False, num_workers=nw,
-                  sampler=sampler, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker, generator=g,
-                  collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn), dataset
+    return loader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                  collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn,
+                  **common), dataset

@@ -10,9 +10,9 @@ list, or a list of those, as `train:`. The training loader then mixes them into 
   holds labelled and unlabelled content together (the simple guarantee: a labelled image pasted into an
   unlabelled mosaic would bring objects without boxes into a picture that has boxes, and the loss would
   call them background).
-- MixedBatchSampler makes an epoch one pass over the labelled images, each batch `ratio` unlabelled (at
-  least one image of each kind); the unlabelled images come from an endless stream of reshuffled passes
-  over them. Everything depends only on (seed, epoch, rank), so a resumed run and every DDP rank see
+- utils.data.dataloaders.MixedBatchSampler (create_dataloader given `unlabeled=`) makes an epoch one pass
+  over the labelled images, each batch `ratio` unlabelled (at least one image of each kind); the unlabelled
+  images come from an endless stream of reshuffled passes over them. Everything depends only on (seed, epoch, rank), so a resumed run and every DDP rank see
   what an uninterrupted run would.
 - Batches carry a fifth item, the (bs,) bool mask of labelled images: the detection loss is about those
   only (utils.losses.detection_loss; objectness and the assigner's class targets masked per image), every
@@ -21,15 +21,13 @@ list, or a list of those, as `train:`. The training loader then mixes them into 
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from utils.data.dataloaders import InfiniteDataLoader, _sample_seed, seed_worker
 from utils.data.datasets import LoadImagesAndLabels
 from utils.data.label_cache import (
     build_cache,
@@ -39,7 +37,7 @@ from utils.data.label_cache import (
 )
 from utils.general import LOGGER, UserError
 
-DEFAULT_RATIO = 0.5  # fraction of each batch that is unlabelled (bench/kd_unlabeled.sh measured the choice)
+DEFAULT_RATIO = 0.5  # fraction of each batch that is unlabelled (--unlabeled_ratio; bench/kd_unlabeled.sh)
 
 
 def unlabeled_cache_path(path) -> Path:
@@ -129,59 +127,6 @@ class MixedImages(Dataset):
         return (*LoadImagesAndLabels.collate_fn(list(zip(*items))), torch.tensor(flags, dtype=torch.bool))
 
 
-class MixedBatchSampler(Sampler):
-    """Batches of (index, sample_seed) into a MixedImages: one epoch = one pass over the labelled images,
-    `ratio` of each batch unlabelled (rounded, at least one of each kind).
-
-    Labelled images follow EpochSampler's order and sample seeds (a shuffled pass per (seed, epoch), every
-    world_size-th for each rank, padded by repetition). Unlabelled ones are read from an endless stream:
-    position p is image perm_c[p mod nu] of the reshuffled pass c = p // nu, and batch b of epoch e on rank
-    r takes the positions of slot group (e * nb + b) * world_size + r, so no position is used twice and a
-    resumed run continues the stream where it stopped."""
-
-    def __init__(self, n_labelled: int, n_unlabeled: int, batch_size: int, ratio: float = DEFAULT_RATIO,
-                 seed: int = 0, start_epoch: int = 0, rank: int = -1, world_size: int = 1) -> None:
-        if not 0 < ratio < 1:
-            raise UserError(f"--unlabeled_ratio {ratio}: the fraction of each batch that is unlabelled must be "
-                            "between 0 and 1 (exclusive), e.g. 0.5")
-        if batch_size < 2:
-            raise UserError(f"--batch-size {batch_size} per process: a batch with unlabeled images needs room for one "
-                            "labelled and one unlabelled image (at least 2)")
-        self.nl, self.nu, self.seed, self.epoch = n_labelled, n_unlabeled, seed, start_epoch
-        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
-        self.k_unlabeled = min(max(round(batch_size * ratio), 1), batch_size - 1)
-        self.k_labelled = batch_size - self.k_unlabeled
-        self.per_rank = -(-n_labelled // self.world_size)
-        self.nb = math.ceil(self.per_rank / self.k_labelled)
-        self._perms: dict[int, list[int]] = {}
-
-    def __len__(self) -> int:
-        return self.nb
-
-    def _unlabeled_at(self, pos: int) -> int:
-        c, j = divmod(pos, self.nu)
-        if c not in self._perms:
-            g = torch.Generator()
-            g.manual_seed(_sample_seed(self.seed, -2, c) % 2**63)
-            self._perms = {c: torch.randperm(self.nu, generator=g).tolist()}  # the stream reads one pass at a time
-        return self._perms[c][j]
-
-    def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        g = torch.Generator()
-        g.manual_seed(_sample_seed(self.seed, epoch) % 2**63)
-        order = torch.randperm(self.nl, generator=g).tolist()
-        total = self.per_rank * self.world_size
-        order += order[: total - len(order)]  # pad (DDP only; a no-op for one process)
-        ws, r, kl, ku = self.world_size, self.rank, self.k_labelled, self.k_unlabeled
-        mine = [(order[pos], _sample_seed(self.seed, epoch, pos)) for pos in range(r, total, ws)]
-        for b in range(self.nb):
-            group = (epoch * self.nb + b) * ws + r
-            stream = range(group * ku, (group + 1) * ku)
-            yield mine[b * kl:(b + 1) * kl] + [(self.nl + self._unlabeled_at(p), _sample_seed(self.seed, -1, p))
-                                               for p in stream]
-
-
 def unlabeled_source(opt, data_dict: dict, distils: bool) -> str | list | None:
     """The run's unlabeled images: --unlabeled (train_kd.py) or the data yaml's `unlabeled:`; None without
     them. train.py without a teacher says once that it cannot use them and returns None."""
@@ -208,37 +153,6 @@ def check_mixed_options(opt) -> None:
         if on:
             raise UserError(f"{flag} cannot be combined with unlabeled images (batches mix labelled and unlabelled "
                             f"images by a fixed ratio); drop {flag} or the unlabeled images")
-
-
-def create_mixed_dataloader(labelled: LoadImagesAndLabels, unlabeled_path, batch_size: int, stride: int,
-                            hyp: dict, cache=None, rank: int = -1, workers: int = 8, prefix: str = "",
-                            seed: int = 0, start_epoch: int = 0, ratio: float = DEFAULT_RATIO,
-                            held_out: list[str] | tuple = ()) -> tuple[InfiniteDataLoader, UnlabeledImages]:
-    """The training loader over `labelled` (an augmented LoadImagesAndLabels) and the unlabelled images of
-    unlabeled_path, batches of (imgs, targets, paths, shapes, labelled mask). Returns (loader, unlabelled set)."""
-    def build() -> UnlabeledImages:
-        return UnlabeledImages(unlabeled_path, labelled.img_size, batch_size, hyp=hyp, cache_images=cache,
-                               stride=stride, prefix=prefix, held_out=held_out, labelled=labelled.im_files)
-
-    if rank == -1:
-        unlabeled = build()
-    else:
-        from utils.torch_utils import torch_distributed_zero_first
-
-        with torch_distributed_zero_first(rank):
-            unlabeled = build()
-    world_size = int(os.getenv("WORLD_SIZE", "1")) if rank != -1 else 1
-    global_rank = int(os.getenv("RANK", str(rank))) if rank != -1 else -1
-    sampler = MixedBatchSampler(len(labelled), len(unlabeled), batch_size, ratio, seed=seed, start_epoch=start_epoch,
-                                rank=global_rank, world_size=world_size)
-    nd = torch.cuda.device_count()
-    nw = min(os.cpu_count() // max(nd, 1), batch_size, workers)
-    g = torch.Generator()
-    g.manual_seed(seed + max(rank, 0))
-    loader = InfiniteDataLoader(MixedImages(labelled, unlabeled), batch_sampler=sampler, num_workers=nw,
-                                pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker, generator=g,
-                                collate_fn=MixedImages.collate_fn)
-    return loader, unlabeled
 
 
 def held_out_files(data_dict: dict) -> list[str]:
