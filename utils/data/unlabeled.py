@@ -12,8 +12,8 @@ list, or a list of those, as `train:`. The training loader then mixes them into 
   call them background).
 - utils.data.dataloaders.MixedBatchSampler (create_dataloader given `unlabeled=`) makes an epoch one pass
   over the labelled images, each batch `ratio` unlabelled (at least one image of each kind); the unlabelled
-  images come from an endless stream of reshuffled passes over them. Everything depends only on (seed, epoch, rank), so a resumed run and every DDP rank see
-  what an uninterrupted run would.
+  images come from an endless stream of reshuffled passes over them. Everything depends only on (seed,
+  epoch, rank), so a resumed run and every DDP rank see what an uninterrupted run would.
 - Batches carry a fifth item, the (bs,) bool mask of labelled images: the detection loss is about those
   only (utils.losses.detection_loss; objectness and the assigner's class targets masked per image), every
   distillation term sees every image.
