@@ -48,7 +48,7 @@ def test_close_mosaic_loader(tiny_data):
            "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0,
            "flipud": 0.0, "fliplr": 0.0}
     r = SimpleNamespace(hyp=hyp, data_dict=check_dataset(tiny_data), imgsz=64, batch_size=4, gs=32, local_rank=-1,
-                        nc=3)
+                        nc=3, unlabeled=None)
     opt = SimpleNamespace(epochs=5, single_cls=False, cache=None, rect=False, workers=0, image_weights=False,
                           quad=False, seed=0, data=str(tiny_data))
     assert [mosaic_closed(e, opt.epochs, hyp) for e in range(5)] == [False, False, False, True, True]
