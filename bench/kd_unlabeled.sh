@@ -18,7 +18,8 @@
 #   bash bench/kd_unlabeled.sh                    # 30 192 "0 1" 1 cpu runs/unlabeled (hours on a CPU)
 #   bash bench/kd_unlabeled.sh 1 64 0             # a check that every run starts and ends
 #   EXTRA="--noval" bash bench/kd_unlabeled.sh 100 192 "0 1" 1 cpu runs/unlabeled_e100
-#   TEACHER=own PROJECT_SUFFIX=... bash bench/kd_unlabeled.sh 30 192 "0 1" 1 cpu runs/unlabeled_own
+#   TEACHER=own TEACHER_EPOCHS=200 METHODS="kd kdu" EXTRA="--noval" bash bench/kd_unlabeled.sh 100 192 "0 1" 1 cpu \
+#     runs/unlabeled_own                          # EXTRA reaches the teacher's training too
 #   STUDENT=models/yolov8n.yaml TEACHER=weights/teacher-shapes-yolov8s.pt HYP=data/hyps/hyp.v8-short.yaml \
 #     bash bench/kd_unlabeled.sh 30 192 "0 1" 1 cpu runs/unlabeled_v8
 # Each run is one process with one torch thread (OMP_NUM_THREADS=1, --teacher_overlap off, so that `jobs`
@@ -55,7 +56,8 @@ if [ "$TEACHER" = own ]; then  # a yolov5s taught by the 100 labelled images alo
     else
       OMP_NUM_THREADS=1 "$PY" train.py --data "$SPLIT/labelled.yaml" --cfg models/yolov5s.yaml --weights '' \
         --img "$IMG" --epochs "$TEACHER_EPOCHS" --batch-size 16 --workers 2 --cache ram --hyp "$HYP" \
-        --device "$DEVICE" --project "$PROJECT" --name teacher-l100 --exist-ok --seed 0 > "$T.log" 2>&1
+        --device "$DEVICE" --project "$PROJECT" --name teacher-l100 --exist-ok --seed 0 "${EXTRA_FLAGS[@]}" \
+        > "$T.log" 2>&1
     fi
   fi
   TEACHER="$T/weights/best.pt"
