@@ -8,7 +8,7 @@ student's own parameters (adapters and other loss parameters excluded) of
   * each distillation term alone (batch size x weight x loss, as DistillObjective adds it),
 and prints per term: the norm of its gradient over the detection loss's, and the cosine between the two
 (< 0: the term pulls against the detection loss). Values are means over the batches. The measurement is
-engine.probe.term_balance (also behind compare_kd.py --probe); this is its command line.
+engine.term_balance.term_balance (also behind compare_kd.py --probe); this is its command line.
 
 --adapter_steps K first trains only the losses' own parameters (adapters, projectors) for K SGD steps on
 those batches, the student fixed: a loss whose adapter starts near zero (imitation's, std 1e-4) pulls on
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from distill.objective import load_teacher  # noqa: E402
 from distill.yolo_config import load_kd_config  # noqa: E402
-from engine.probe import BALANCE_HEADER, fixed_batches, term_balance  # noqa: E402
+from engine.term_balance import BALANCE_HEADER, fixed_batches, term_balance  # noqa: E402
 from models.checkpoint import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.data.config import check_dataset  # noqa: E402

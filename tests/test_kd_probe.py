@@ -14,7 +14,8 @@ import yaml
 from conftest import ROOT
 
 import engine.probe as probe_module
-from engine.probe import TermBalance, balance_warnings, class_table, probe
+from engine.probe import class_table, probe
+from engine.term_balance import TermBalance, balance_warnings
 from utils.general import UserError
 
 TEACHER = ROOT / "weights" / "teacher-shapes-yolov5s.pt"
@@ -165,7 +166,7 @@ def test_unknown_recipe_lists_the_known_ones():
 
 
 def test_kd_grad_balance_cli(monkeypatch, capsys):
-    """bench/kd_grad_balance.py, the command line over engine.probe.term_balance: its header and rows."""
+    """bench/kd_grad_balance.py, the command line over engine.term_balance.term_balance: its header and rows."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("kd_grad_balance", ROOT / "bench" / "kd_grad_balance.py")
