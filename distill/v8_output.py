@@ -20,7 +20,7 @@ the background's class scores are taught by the detection loss. normalize='point
 2026-12-06 (box by sum(w), class a mean over every point); kept for runs started with it.
 
 A teacher of other classes (class_index, distill.recipe.ClassMap): the teacher's class logits are gathered into
-the student's order (distill.yolo_output.ClassColumns). A student class without a teacher class is left out of
+the student's order (distill.kd_terms.ClassColumns). A student class without a teacher class is left out of
 the class sum (no class KD for it; the sum over classes is not renormalised, so each matched class is taught as
 by a teacher of the data's classes). Teacher-only classes are left out of both the class sum and w: w is the max
 over the matched classes, so a teacher detection of a class the data lacks weighs like background (option B of
@@ -62,8 +62,9 @@ from torch import nn
 
 from distill.common import fp32, no_autocast
 from distill.hooks import model_head
+from distill.kd_terms import ClassColumns, binary_kl
 from distill.registry import register
-from distill.yolo_output import ClassColumns, binary_kl, raw_outputs
+from distill.yolo_output import raw_outputs
 
 LD_TEMPERATURE = 10.0  # LD's T for the edge distributions (mmdet configs/ld)
 V8_NORMALIZE = ("weight", "points")  # V8OutputKD normalize: by the teacher's w^2 mass / the form before issue 27

@@ -245,7 +245,7 @@ def test_engine_optimizer_trains_the_adapters():
 def test_output_option_flags_reach_the_loss():
     """--kd_obj bce and --bce_subtract_entropy set the YoloKDLoss entry (recorded in the resolved config,
     so kd.yaml and --resume keep them); defaults untouched without them; refused without output KD."""
-    from distill.yolo_output import binary_kl
+    from distill.kd_terms import binary_kl
 
     student, teacher = _models()
     plain = _objective(student, teacher, kd_loss="l2").distiller.losses["kd"]

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from distill.kd_terms import ClassColumns, matched_objectness
 from distill.objective import build_kd_objective, check_compatible, class_names
 from distill.recipe import (
     ClassMap,
@@ -28,7 +29,7 @@ from distill.recipe import (
 )
 from distill.v8_output import V8OutputKD
 from distill.yolo_config import apply_overrides, load_kd_config, write_kd_config
-from distill.yolo_output import VARIANTS, ClassColumns, matched_objectness
+from distill.yolo_output import VARIANTS
 from engine.cli import kd_parser
 from engine.kd_flags import kd_overrides
 from models.yolo import Model

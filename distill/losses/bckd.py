@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from distill.common import fp32, no_autocast
 from distill.hooks import model_head
+from distill.kd_terms import ClassColumns
 from distill.registry import register
 from distill.v8_output import one_to_many
-from distill.yolo_output import ClassColumns, raw_outputs
+from distill.yolo_output import raw_outputs
 from utils.general import UserError
 from utils.metrics import bbox_iou
 
@@ -82,7 +83,7 @@ def flat_level(p: Tensor, info: HeadInfo) -> tuple[Tensor, Tensor]:
 
 def dense_level(p: Tensor, info: HeadInfo, level: int, cls: Tensor | None = None) -> Dense:
     """Dense of one raw level (float32, autocast off by the caller). cls: the (N, C) class logits to use instead
-    of the level's own (the matched columns of a class map, distill.yolo_output.ClassColumns)."""
+    of the level's own (the matched columns of a class map, distill.kd_terms.ClassColumns)."""
     box, own = flat_level(p, info)
     cls = own if cls is None else cls
     if info.family == "v5":
