@@ -83,10 +83,6 @@ def kd_parser() -> argparse.ArgumentParser:
     feature losses and their --<type>_weight / --<type>_<option> flags come from the loss registry
     (distill/registry.py); engine/kd_flags.py maps all of them onto what distill reads.
     """
-    from distill.losses import feature_types
-    from distill.yolo_config import DEFAULT_TEMPERATURE, default_weight
-    from distill.yolo_output import OUTPUT_DEFAULT_ALPHA
-
     p = argparse.ArgumentParser(description="Distil a YOLOv5 student from a teacher",
                                 parents=[train_parser(add_help=False)])
     p.set_defaults(cfg=str(ROOT / "models/yolov5s.yaml"))
@@ -116,6 +112,20 @@ def kd_parser() -> argparse.ArgumentParser:
                    help="CPU: run the teacher's forward of the next batch on a second thread during the student's "
                         "step (same results; auto = on when 2 x torch threads fit the cores, e.g. OMP_NUM_THREADS=1 "
                         "on 2 cores)")
+    _add_recipe_flags(g)
+    # the YOLOv8 KD seed's spellings of train.py flags (suppressed defaults: the originals' stay)
+    g.add_argument("--model", dest="cfg", default=argparse.SUPPRESS, help="= --cfg (model.yaml)")
+    g.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help="= --batch-size")
+    _add_loss_flags(p)
+    return p
+
+
+def _add_recipe_flags(g) -> None:
+    """The distillation recipe as flags (the seed fork's and ours): output KD, feature losses, layers."""
+    from distill.losses import feature_types
+    from distill.yolo_config import DEFAULT_TEMPERATURE, default_weight
+    from distill.yolo_output import OUTPUT_DEFAULT_ALPHA
+
     g.add_argument("--isL", type=str2bool, default=None,
                    help="the seed's: teacher is a yolov5l (True) or yolov5m (False); layer pairing is inferred "
                         "from the models, a value given that contradicts the teacher is reported")
@@ -160,11 +170,6 @@ def kd_parser() -> argparse.ArgumentParser:
     g.add_argument("--kd_layer", "--kd-layer", type=int, nargs="+", default=None, metavar="I",
                    help="the YOLOv8 KD seed's layers: the same indices hooked in student and teacher (e.g. 15 18 21), "
                         "= --student_layers/--teacher_layers; feature loss mse unless --feature_loss is given")
-    # the YOLOv8 KD seed's spellings of train.py flags (suppressed defaults: the originals' stay)
-    g.add_argument("--model", dest="cfg", default=argparse.SUPPRESS, help="= --cfg (model.yaml)")
-    g.add_argument("--batch", dest="batch_size", type=int, default=argparse.SUPPRESS, help="= --batch-size")
-    _add_loss_flags(p)
-    return p
 
 
 def _add_loss_flags(p: argparse.ArgumentParser) -> None:
