@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.general import LOGGER, UserError, run_cli
-from utils.plots import load_runs, plot_runs, summary
+from utils.run_curves import load_runs, plot_runs, summary
 
 
 def parse_opt(argv=None) -> argparse.Namespace:

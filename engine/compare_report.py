@@ -279,7 +279,7 @@ def _pictures(plan: Comparison, res: dict, diffs: dict[str, Difference]) -> list
     except ImportError:  # pictures are optional; the tables are the answer
         LOGGER.info("matplotlib is not installed: no pictures")
         return []
-    from utils.plots import load_runs, plot_runs
+    from utils.run_curves import load_runs, plot_runs
 
     out = []
     csvs = [plan.folder / run.name / "results.csv" for run in plan.runs]
