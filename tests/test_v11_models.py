@@ -42,6 +42,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from released_ckpt import (
+    assert_rebuilds_from_its_yaml,
+    load_released,
+    n_params,
+    pred_error,
+)
 
 from models.blocks_v11 import C2PSA, Attention, C3k, C3k2, PSABlock
 from models.checkpoint import attempt_load, safe_torch_load, save_checkpoint
@@ -60,10 +66,6 @@ CHAINED_LOSS_REL_TOL = 1e-5  # float64 model -> its train output -> our loss, vs
 LEVELS = ((32, 32), (16, 16), (8, 8))  # x_train 256 x 256 at strides 8, 16, 32
 
 
-def n_params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
 @pytest.fixture(scope="module")
 def ref_v11(fixtures_dir):
     return torch.load(fixtures_dir / "reference_v11.pt", weights_only=True, map_location="cpu")
@@ -71,17 +73,7 @@ def ref_v11(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def loaded(fixtures_dir):
-    return {n: attempt_load(fixtures_dir / f"{n}_ultralytics.pt", fuse=False) for n in NAMES}
-
-
-def pred_error(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """Max abs error of the xywh rows (pixels) and of the class rows as logits, of (B, 4 + nc, N) outputs.
-    A sigmoid of 1e-4 carries its logit's error scaled by 1e-4: the logit's error does not depend on the score."""
-    assert pred.shape == ref.shape
-    pred, ref = pred.double(), ref.double()
-    p, q = pred[:, 4:], ref[:, 4:]
-    logit_err = (torch.log(p / (1 - p)) - torch.log(q / (1 - q))).abs().max()
-    return float((pred[:, :4] - ref[:, :4]).abs().max()), float(logit_err)
+    return load_released(fixtures_dir, NAMES)
 
 
 def raw_from_train_out(out: dict, dtype=torch.float32) -> list[torch.Tensor]:
@@ -236,11 +228,7 @@ def test_release_format_loads_through_allow_list(fixtures_dir, loaded):
     assert not model.head.legacy and type(model.model[10]) is C2PSA and type(model.model[8].m[0]) is C3k
     assert next(model.parameters()).dtype == torch.float32 and not model.training
     assert model.names == [str(i) for i in range(80)] and "args" not in model.__dict__
-    rebuilt = Model(model.yaml)  # the translated yaml rebuilds the same layers here
-    rebuilt.load_state_dict(model.state_dict())
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(x)[0], model(x)[0])
+    assert_rebuilds_from_its_yaml(model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -33,6 +33,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from released_ckpt import (
+    assert_rebuilds_from_its_yaml,
+    load_released,
+    logit,
+    n_params,
+    pred_error,
+)
 
 from models.blocks_v11 import C2PSA, C3k2, PSABlock, SPPFn
 from models.checkpoint import attempt_load, safe_torch_load, save_checkpoint
@@ -57,15 +64,6 @@ E2E_LOSS_REL_TOL = 3e-5
 MEASURE = os.getenv("MEASURE_V26") == "1"  # print the measured errors (to re-derive the numbers above)
 
 
-def n_params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def logit(p: torch.Tensor) -> torch.Tensor:
-    p = p.double()
-    return torch.log(p / (1 - p))
-
-
 @pytest.fixture(scope="module")
 def ref_v11(fixtures_dir):
     return torch.load(fixtures_dir / "reference_v11.pt", weights_only=True, map_location="cpu")
@@ -73,14 +71,7 @@ def ref_v11(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def loaded(fixtures_dir):
-    return {n: attempt_load(fixtures_dir / f"{n}_ultralytics.pt", fuse=False) for n in NAMES}
-
-
-def pred_error(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """Max abs error of the box rows (pixels) and of the class rows as logits, of (B, 4 + nc, N) outputs."""
-    assert pred.shape == ref.shape
-    return (float((pred[:, :4].double() - ref[:, :4].double()).abs().max()),
-            float((logit(pred[:, 4:]) - logit(ref[:, 4:])).abs().max()))
+    return load_released(fixtures_dir, NAMES)
 
 
 def flat_train_out(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -228,11 +219,7 @@ def test_release_format_loads_through_allow_list(fixtures_dir, loaded):
     assert type(model.model[9]) is SPPF and model.model[9].add and type(model.model[9].cv1.act) is torch.nn.Identity
     assert type(model.model[10]) is C2PSA and type(model.model[22].m[0][1]) is PSABlock
     assert model.yaml["head"][-1][2:] == ["DetectV8", ["nc", 1, False, True]] and "end2end" not in model.__dict__
-    rebuilt = Model(model.yaml)  # the translated yaml rebuilds the same layers here (SPPFn for the SPPF)
-    rebuilt.load_state_dict(model.state_dict())
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(x)[0], model(x)[0])
+    assert_rebuilds_from_its_yaml(model)  # SPPFn for the SPPF
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -21,6 +21,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from released_ckpt import (
+    assert_rebuilds_from_its_yaml,
+    load_released,
+    n_params,
+    pred_error,
+)
 
 from models.checkpoint import (
     attempt_load,
@@ -44,16 +50,7 @@ def ref_v8(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def loaded(fixtures_dir):
-    return {n: attempt_load(fixtures_dir / f"{n}_ultralytics.pt", fuse=False) for n in NAMES}
-
-
-def pred_error(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """Max abs error of the xywh rows (pixels) and of the class rows as logits, of (B, 4 + nc, N) outputs."""
-    assert pred.shape == ref.shape
-    pred, ref = pred.double(), ref.double()
-    p, q = pred[:, 4:], ref[:, 4:]
-    logit_err = (torch.log(p / (1 - p)) - torch.log(q / (1 - q))).abs().max()
-    return float((pred[:, :4] - ref[:, :4]).abs().max()), float(logit_err)
+    return load_released(fixtures_dir, NAMES)
 
 
 def test_release_format_loads_through_allow_list(fixtures_dir, loaded):
@@ -64,11 +61,7 @@ def test_release_format_loads_through_allow_list(fixtures_dir, loaded):
     assert next(model.parameters()).dtype == torch.float32 and not model.training
     assert model.names == [str(i) for i in range(80)]  # ultralytics' {0: '0', ...} dict becomes our list
     assert model.yaml["head"][-1][2] == "DetectV8" and "args" not in model.__dict__
-    rebuilt = Model(model.yaml)  # the translated yaml rebuilds the same layers here
-    rebuilt.load_state_dict(model.state_dict())
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(x)[0], model(x)[0])
+    assert_rebuilds_from_its_yaml(model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -76,7 +69,7 @@ def test_release_format_loads_through_allow_list(fixtures_dir, loaded):
 def test_eval_train_fused_reproduce_reference(ref_v8, loaded, name, dtype):
     tol = TOL[dtype]
     model = copy.deepcopy(loaded[name]).to(dtype)
-    assert sum(p.numel() for p in model.parameters()) == int(ref_v8[f"{name}/n_params"])
+    assert n_params(model) == int(ref_v8[f"{name}/n_params"])
     with torch.no_grad():
         e_box, e_cls = pred_error(model(ref_v8["x_eval"].to(dtype))[0], ref_v8[f"{name}/eval_pred"])
         assert e_box <= tol["xywh"] and e_cls <= tol["cls"], (e_box, e_cls)
@@ -87,7 +80,7 @@ def test_eval_train_fused_reproduce_reference(ref_v8, loaded, name, dtype):
         for r, ref in zip(raw, ref_v8[f"{name}/train_raw"], strict=True):
             assert r.shape == ref.shape and float((r.double() - ref.double()).abs().max()) <= tol["raw"]
         model.eval().fuse()
-        assert sum(p.numel() for p in model.parameters()) == int(ref_v8[f"{name}/fused_n_params"])
+        assert n_params(model) == int(ref_v8[f"{name}/fused_n_params"])
         e_box, e_cls = pred_error(model(ref_v8["x_eval"].to(dtype))[0], ref_v8[f"{name}/fused_eval_pred"])
         assert e_box <= tol["xywh"] and e_cls <= tol["cls"], (e_box, e_cls)
 
