@@ -12,7 +12,8 @@
 #                                       TEACHER_EPOCHS epochs, seed 0): the honest semi-supervised case
 # Schedules recorded (bench/RESULTS.md): the issue's 30 epochs at 192 px, batch 16, hyp.short (an epoch is one
 # pass over the 100 labelled images: 7 batches, or 13 with unlabelled ones, too few steps for a student from
-# scratch to learn anything), and 100 epochs with EXTRA="--noval" (the final epoch validated).
+# scratch to learn anything), and 100 epochs with EXTRA="--noval" (the final epoch validated): teacher (a) and
+# (b) (TEACHER=own TEACHER_EPOCHS=200), the v8 pair, and kdu0.25 / kdu0.75 (also 0.75 at 52 epochs: 0.5's steps).
 #
 # Usage: bash bench/kd_unlabeled.sh [epochs] [imgsz] [seeds] [jobs] [device] [project]
 #   bash bench/kd_unlabeled.sh                    # 30 192 "0 1" 1 cpu runs/unlabeled (hours on a CPU)
