@@ -327,6 +327,24 @@ def test_train_kd_uses_the_unlabeled_images_and_train_py_says_it_cannot(mixed_da
     assert "unlabelled images;" not in out
 
 
+def test_yolo11_student_distils_on_unlabeled_images(mixed_data, tmp_path):
+    """The v8 family end to end: a yolo11n student, a yolov8n teacher (train_kd.py's v8 default: output KD on the
+    heads + mse on the maps entering them), 8 labelled + 8 unlabelled images; every loss column is live."""
+    from models.checkpoint import save_checkpoint
+    from models.yolo import Model
+
+    torch.manual_seed(1)
+    teacher = save_checkpoint({"epoch": -1, "best_fitness": None, "model": Model("yolov8n.yaml", nc=6), "ema": None,
+                               "updates": None, "optimizer": None, "wandb_id": None}, tmp_path / "teacher-v8n.pt")
+    cmd = _cmd("train_kd.py", mixed_data, tmp_path / "kd", "--teacher_weight", str(teacher), "--noval")
+    cmd[cmd.index("--cfg") + 1] = str(ROOT / "models/yolo11n.yaml")
+    out = _run(cmd, tmp_path)
+    assert "8 labelled + 8 unlabelled images; batches of 2 labelled + 2 unlabelled" in out
+    names, rows = read_results_csv(tmp_path / "kd/exp/results.csv")
+    row = dict(zip(names, rows[0]))
+    assert all(row[k] > 0 for k in ("train/kd_loss", "train/mse_loss", "train/box_loss", "train/dfl_loss")), row
+
+
 def test_resume_with_unlabeled_images_is_exact(mixed_data, tmp_path):
     """Killed after epoch 0 and resumed, a run with unlabeled images ends where the uninterrupted one does: the
     mixed batches of epoch 1 (labelled order, unlabelled stream, augmentation) depend only on (seed, epoch).
