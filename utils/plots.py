@@ -37,7 +37,7 @@ class Colors:
 colors = Colors()
 
 
-def _mpl():
+def mpl():
     """pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
@@ -157,7 +157,7 @@ def plot_labels(labels: np.ndarray, names=(), save_dir: str | Path = Path("")) -
 
     labels (N, 5) [cls, x, y, w, h] normalised. Drawn with matplotlib 2-D histograms: fast for any N.
     """
-    plt = _mpl()
+    plt = mpl()
     save_dir = Path(save_dir)
     labels = np.asarray(labels, dtype=np.float32).reshape(-1, 5)
     c, b = labels[:, 0].astype(int), labels[:, 1:]
@@ -227,7 +227,7 @@ def plot_results(file: str | Path = "results.csv", dir: str | Path = "") -> Path
     extra = [n for n in names if n not in RESULTS_PANELS and n not in _V6_NOT_PLOTTED]
     panels = list(RESULTS_PANELS) + extra
     nrow = 2 + math.ceil(len(extra) / 5)
-    plt = _mpl()
+    plt = mpl()
     fig, ax = plt.subplots(nrow, 5, figsize=(12, 3 * nrow), tight_layout=True)
     ax = ax.ravel()
     for a, name in zip(ax, panels):
@@ -246,7 +246,7 @@ def plot_results(file: str | Path = "results.csv", dir: str | Path = "") -> Path
 def _curve_figure(px, py, labels: list[str], mean_label, xlabel: str, ylabel: str, save_dir) -> None:
     """Shared body of the PR and metric-confidence plots: one thin line per class (legend when < 21
     classes, grey otherwise), the class mean in bold (mean_label(mean_curve) names it), saved at 250 dpi."""
-    plt = _mpl()
+    plt = mpl()
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     py = np.asarray(py).reshape(-1, len(px))
     if 0 < len(py) < 21:
@@ -290,7 +290,7 @@ def plot_confusion_matrix(matrix: np.ndarray, save_dir: str | Path = "", names=(
 
     With normalize, each column is divided by its total (so a column shows where that class's labels went).
     """
-    plt = _mpl()
+    plt = mpl()
     nc = matrix.shape[0] - 1
     m = matrix / ((matrix.sum(0).reshape(1, -1) + 1e-6) if normalize else 1)
     m = np.where(m < 0.005, np.nan, m)  # hide near-zero cells

@@ -1,5 +1,5 @@
 """Training runs side by side (plot_curves.py, compare_kd.py): each run's results.csv read, one picture with
-their metric and loss curves, and a text summary of their best epochs. Matplotlib through utils.plots._mpl
+their metric and loss curves, and a text summary of their best epochs. Matplotlib through utils.plots.mpl
 (lazy, Agg backend).
 """
 
@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from utils.general import UserError
-from utils.plots import _mpl
+from utils.plots import mpl
 
 METRICS = [("metrics/mAP_0.5", "mAP@0.5"), ("metrics/mAP_0.5:0.95", "mAP@0.5:0.95"),
            ("metrics/precision", "precision"), ("metrics/recall", "recall")]
@@ -58,7 +58,7 @@ def loss_columns(runs: list[tuple[str, dict]]) -> list[str]:
 
 def plot_runs(runs: list[tuple[str, dict]], out: Path) -> Path:
     """One PNG: mAP, precision, recall and every loss column, one line per run."""
-    plt = _mpl()
+    plt = mpl()
     panels = METRICS + [(c, c) for c in loss_columns(runs)]
     ncol = 4
     nrow = math.ceil(len(panels) / ncol)
