@@ -24,6 +24,23 @@ REFERENCE_FIXTURES = {"fixtures_dir", "reference"}
 END_TO_END = {"test_train.py", "test_train_kd.py", "test_readme.py", "test_detect.py", "test_export.py"}
 
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (README's test command: one worker per core) the workers share the cores: each gets
+    its share of torch threads, and so do the scripts it runs (OMP_NUM_THREADS, read by every subprocess), since
+    two torch processes with the default threads on the same cores slow each other several times over. A
+    thread count set by the caller (CI's one-thread rerun) is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = str(max(1, cores // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark the fast comparisons with the reference fixtures `reference`, so that .ci/run can run them again
     under lower instruction sets and one thread (a tolerance read off one CPU fails there, not at a user's).

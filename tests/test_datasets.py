@@ -3,12 +3,15 @@ and the synthetic shapes generator. Everything is generated in tmp_path at 64 px
 
 import logging
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from utils.data import label_cache
 from utils.data.augmentations import letterbox, random_perspective
 from utils.data.config import DOWNLOAD_ENV, check_dataset
@@ -305,6 +308,22 @@ def test_synthetic_is_deterministic(tmp_path):
     assert build_synthetic_dataset(tmp_path / "a", 1, 1, img_size=64) == y1  # own output may be rebuilt
     assert len(os.listdir(tmp_path / "a" / "images" / "train")) == 1
 
+
+
+def test_two_processes_building_the_same_missing_dataset(tmp_path):
+    """Two trainings (or two test workers) started at once on a data yaml whose synthetic dataset is missing:
+    each builds in a folder of its own and one result is kept, so both succeed and nothing half-built or
+    left over remains. Seen failing before the per-process folder: the second build's clean-up of the shared
+    'ds.partial' deleted the first one's files mid-write (FileNotFoundError)."""
+    code = ("import sys; sys.path.insert(0, {root!r}); from utils.data.synthetic import build_synthetic_dataset; "
+            "build_synthetic_dataset({ds!r}, n_train=60, n_val=4, img_size=64, seed=2)").format(
+        root=str(ROOT), ds=str(tmp_path / "ds"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["ds"]  # no ds.partial-<pid> left behind
+    assert len(os.listdir(tmp_path / "ds" / "images" / "train")) == 60
+    assert len(os.listdir(tmp_path / "ds" / "labels" / "train")) == 60
 
 # ----------------------------------------------------------------------------------- detect loaders
 def test_load_images_dir_glob_txt_video_and_errors(tmp_path):

@@ -206,8 +206,11 @@ def build_cache(im_files: list[str], label_files: list[str], cache_path: Path, p
     x.update(hash=get_hash(label_files + im_files), results=(nf, nm, ne, nc, len(im_files), nd),
              msgs=msgs, version=CACHE_VERSION)
     try:
-        np.save(cache_path, x)  # np.save appends .npy; rename so the name is exactly *.cache
-        os.replace(str(cache_path) + ".npy", cache_path)
+        # written under a name of this process's own, then renamed: a reader never sees a half-written cache,
+        # and two processes caching the same labels at once (two runs on a new dataset) do not mix bytes
+        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.npy")
+        np.save(tmp, x)
+        os.replace(tmp, cache_path)
     except OSError as e:
         LOGGER.warning(f"{prefix}WARNING: cache directory {cache_path.parent} is not writeable: {e}")
     return x

@@ -222,12 +222,15 @@ def build_synthetic_dataset(root: str | Path, n_train: int, n_val: int, img_size
     if len(names) != nc:
         raise UserError(f"synthetic dataset: {len(names)} names given for nc={nc}")
     root = Path(root).resolve()
-    if root.exists() and any(root.iterdir()):
+    existed = root.exists() and any(root.iterdir())
+    if existed:
         if not (root / MARKER).exists():
             raise UserError(f"{root} exists and was not made by build_synthetic_dataset; choose an empty directory")
         for d in ("images", "labels"):
             shutil.rmtree(root / d, ignore_errors=True)
-    tmp = root.with_name(root.name + ".partial")  # build aside, then rename: no half-built dataset
+    # build aside, then rename: no half-built dataset; the folder is this process's own, so that two
+    # processes starting on a missing dataset at once (two trainings, parallel tests) do not mix their files
+    tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / MARKER).write_text("made by utils.data.synthetic.build_synthetic_dataset\n")
@@ -235,7 +238,9 @@ def build_synthetic_dataset(root: str | Path, n_train: int, n_val: int, img_size
     _write_split(tmp, "val", 1, n_val, img_size, classes, seed)
     yaml_save(tmp / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/val", "test": None,
                                   "nc": nc, "names": names})
-    if root.exists():
+    if not existed and (root / "data.yaml").exists():  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)  # same seed and sizes, same files: keep theirs, in use already
+    elif root.exists():
         for p in tmp.iterdir():
             shutil.rmtree(root / p.name, ignore_errors=True) if (root / p.name).is_dir() else None
             p.replace(root / p.name)
