@@ -24,7 +24,6 @@ REFERENCE_FIXTURES = {"fixtures_dir", "reference"}
 END_TO_END = {"test_train.py", "test_train_kd.py", "test_readme.py", "test_detect.py", "test_export.py"}
 
 
-
 def pytest_configure(config):
     """Under pytest-xdist (README's test command: one worker per core) the workers share the cores: each gets
     its share of torch threads, and so do the scripts it runs (OMP_NUM_THREADS, read by every subprocess), since

@@ -246,5 +246,10 @@ def build_synthetic_dataset(root: str | Path, n_train: int, n_val: int, img_size
             p.replace(root / p.name)
         tmp.rmdir()
     else:
-        tmp.replace(root)
+        try:
+            tmp.replace(root)
+        except OSError:  # another process renamed its finished build to root a moment before this one
+            if not (root / "data.yaml").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return root / "data.yaml"
