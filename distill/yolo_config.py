@@ -207,7 +207,8 @@ def _apply_output(losses: list[LossEntry], out: dict) -> list[LossEntry]:
 def _apply_yolo_output(losses: list[LossEntry], values: dict) -> list[LossEntry]:
     """obj_term / subtract_entropy / normalize on the YoloKDLoss entries, normalize also on v8_output_kd ones
     ('cells' is its 'points': the per-point form before issue 27); not given: the file's or the loss's."""
-    v8 = {"normalize": V8_FORM.get(values["normalize"], values["normalize"])} if "normalize" in values else {}
+    # the flag names the v8 forms as it names the v5 ones: cells = the per-point form, weight = the w^2 mass
+    v8 = {"normalize": {"cells": "points"}.get(values["normalize"], values["normalize"])} if "normalize" in values else {}
     needed = values if not any(e.type == "v8_output_kd" for e in losses) else {k: v for k, v in values.items()
                                                                                if k not in v8}
     if needed and not any(e.type == "YoloKDLoss" for e in losses):
@@ -322,9 +323,13 @@ def distiller_config(resolved: Recipe, student: nn.Module, teacher: nn.Module, h
 REDUCTIONS = {
     "YoloKDLoss": ("normalize", "weight", "cells", "output KD's box and class terms per cell"),
     "scorel2": ("reduce", "level", "all", "scorel2 normalised over all levels at once"),
-    "v8_output_kd": ("normalize", "weight", "points", "v8 output KD's class term a mean over the points"),
+    # the 'weight' form was the default from 2026-12-06 to 2026-12-07 only (runs of then name it in kd.yaml)
+    "v8_output_kd": ("normalize", "points", "points", "v8 output KD's class term a mean over the points"),
 }
-V8_FORM = {"cells": "points"}  # YoloKDLoss normalize -> v8_output_kd's (a v5 recipe or flag on a v8 pair)
+# YoloKDLoss normalize -> v8_output_kd's (a v5 recipe or flag on a v8 pair): the per-cell means are the points
+# form; the v5 default 'weight' also becomes the v8 default 'points', the form that trains a v8 student
+# (distill/v8_output.py); a v8_output_kd entry that names normalize: weight keeps it.
+V8_FORM = {"cells": "points", "weight": "points"}
 
 
 def explicit_reductions(recipe: Recipe) -> Recipe:

@@ -161,7 +161,8 @@ def _add_recipe_flags(g) -> None:
     g.add_argument("--kd_normalize", "--kd-normalize", type=str, default=None, choices=["weight", "cells"],
                    help="output KD's box and class terms: weight = by the teacher's weight mass, the same "
                         "strength at any image size (default); cells = the card's per-cell means, 11x weaker at 640 "
-                        "than at 192 px (data/kd/card_exact.yaml); on YOLOv8 heads, the per-point form before issue 27")
+                        "than at 192 px (data/kd/card_exact.yaml). On YOLOv8 heads: cells = the per-point form (the "
+                        "v8 default: the form that trains, distill/v8_output.py); weight = by the w^2 mass")
     g.add_argument("--kd_stop_epochs", "--kd-stop-epochs", type=int, default=None, metavar="N",
                    help="distillation off for the last N epochs, the student then trains on the labels alone (RTMDet's "
                         "recipe; e.g. the epochs after mosaic closes). Recipe key kd_stop_epochs; default 0")

@@ -182,7 +182,8 @@ def test_recipe_equals_its_flags(recipe):
     assert torch.isfinite(out_a["loss"]) and all(float(out_a[k]) > 0 for k in a.distiller.names)
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "bench/kd_configs").glob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "bench/kd_configs").glob("*.yaml")
+                                           if not p.name.startswith("v8_")))  # v8_*: tests/test_v8_kd.py
 def test_bench_configs_build_with_the_weights_they_state(config):
     """bench/kd_configs/*.yaml (the defaults sweep and the weight checks of bench/RESULTS.md) build an
     objective whose losses are live on a batch, with each entry's stated weight: a typo fails here, not

@@ -22,6 +22,8 @@ from models.yolo import Model
 from utils.general import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+# The references below state the 'weight' form (sums by the teacher's w^2 mass), so the loss is built in it;
+# the default 'points' form shares the box and class terms per point (tests/test_v8_kd.py states it by hand).
 NC, IMG = 6, 64
 LEVELS = ((8, 8), (4, 4), (2, 2))  # the (ny, nx) of P3-P5 at 64 px
 _BUILT: dict[str, Model] = {}
@@ -73,7 +75,7 @@ def test_zero_when_decoded_distances_are_equal(student, teacher):
     dfl = [torch.cat((_dfl_logits(d), c), 1) for d, c in zip(dists, cls)]
     direct = [torch.cat((d, c), 1) for d, c in zip(dists, cls)]
     s, t = (dfl, direct) if student == "yolov8n" else (direct, dfl)
-    loss_fn = V8OutputKD(nc=NC)
+    loss_fn = V8OutputKD(nc=NC, normalize="weight")
     loss = loss_fn([s], [t], _ctx(student, teacher))
     # float32: the expectation sum_i p_i * i of distances up to 15 rounds to ~15 * 6e-8 per edge; times the gain 4
     # and the T^2 = 100 of the class term (whose KL is exactly 0 on equal logits) 1e-4 is ~100x that rounding
@@ -88,7 +90,7 @@ def test_teacher_beyond_the_student_bins_is_clamped():
     far = [d * 3 - 10 for d in dists]  # -9.4 .. 34.4 grid units: beyond both ends of the bins
     s = [torch.cat((_dfl_logits(d.clamp(0, 15)), c), 1) for d, c in zip(far, cls)]
     t = [torch.cat((d, c), 1) for d, c in zip(far, cls)]
-    loss = V8OutputKD(nc=NC).terms(s, t, 16, 1)[0]
+    loss = V8OutputKD(nc=NC, normalize="weight").terms(s, t, 16, 1)[0]
     assert loss.item() == pytest.approx(0.0, abs=1e-4)  # the same float32 rounding bound as above
 
 
@@ -126,7 +128,7 @@ def test_decoded_term_value_and_gradient(rs, rt):
          for ny, nx in LEVELS]
     t = [(torch.randn(2, 4 * rt + NC, ny, nx, generator=g) * (1 if rt > 1 else 4)).requires_grad_()
          for ny, nx in LEVELS]
-    loss_fn = V8OutputKD(nc=NC)
+    loss_fn = V8OutputKD(nc=NC, normalize="weight")
     loss, parts = loss_fn.terms(s, t, rs, rt)
     box, cls = _reference_decoded([p.detach() for p in s], [p.detach() for p in t], rs, rt)
     # two float32 computations of the same sums in other orders: a relative 1e-5 is ~100x their rounding
@@ -149,7 +151,7 @@ def test_real_heads_teach_across_reg_max(student, teacher):
     with torch.no_grad():
         t_out = t_model(x)
     s_out = s_model(x)
-    loss_fn = V8OutputKD(nc=NC)
+    loss_fn = V8OutputKD(nc=NC, normalize="weight")
     loss = loss_fn([s_out], [t_out], KDContext(student=s_model, teacher=t_model))
     assert torch.isfinite(loss) and loss_fn.parts["kd_box"] > 0
     loss.backward()
@@ -158,7 +160,7 @@ def test_real_heads_teach_across_reg_max(student, teacher):
     if head.has_one2one:  # the one-to-one branch is not what the loss reads
         assert all(p.grad is None for p in head.one2one_cv2.parameters())
         maps = s_out["one2many"]
-        again = V8OutputKD(nc=NC)([[m.detach() for m in maps]], [t_out], KDContext(student=s_model, teacher=t_model))
+        again = V8OutputKD(nc=NC, normalize="weight")([[m.detach() for m in maps]], [t_out], KDContext(student=s_model, teacher=t_model))
         assert again.item() == loss.item()  # the same computation on the same maps: exactly equal
 
 
@@ -191,7 +193,7 @@ def test_same_reg_max_is_ld_as_before():
     g = torch.Generator().manual_seed(5)
     s = [torch.randn(2, 64 + NC, ny, nx, generator=g) * 3 for ny, nx in LEVELS]
     t = [torch.randn(2, 64 + NC, ny, nx, generator=g) * 3 for ny, nx in LEVELS]
-    loss_fn = V8OutputKD(nc=NC)
+    loss_fn = V8OutputKD(nc=NC, normalize="weight")
     with_teacher = loss_fn([s], [t], _ctx("yolov8n", "yolo11n")).item()
     parts = dict(loss_fn.parts)
     box, cls = _reference_ld(s, t, 16)
@@ -200,8 +202,8 @@ def test_same_reg_max_is_ld_as_before():
     assert parts["kd_cls"].item() == pytest.approx(cls.item(), rel=1e-5)
     # the same code path whether reg_max comes from ctx.teacher, from the student alone or as an argument
     assert loss_fn([s], [t], KDContext(student=_model("yolov8n"))).item() == with_teacher
-    assert V8OutputKD(nc=NC).terms(s, t, 16)[0].item() == with_teacher
-    assert V8OutputKD(nc=NC).terms(s, t, 16, 16)[0].item() == with_teacher
+    assert V8OutputKD(nc=NC, normalize="weight").terms(s, t, 16)[0].item() == with_teacher
+    assert V8OutputKD(nc=NC, normalize="weight").terms(s, t, 16, 16)[0].item() == with_teacher
 
 
 def test_level_checks_name_both_reg_max():
@@ -210,7 +212,7 @@ def test_level_checks_name_both_reg_max():
     s = [torch.cat((_dfl_logits(d), c), 1) for d, c in zip(dists, cls)]
     t = [torch.cat((d, c[:, :3]), 1) for d, c in zip(dists, cls)]  # 3 classes against the student's 6
     with pytest.raises(ValueError, match="teacher reg_max 1, student 16"):
-        V8OutputKD(nc=NC)([s], [t], _ctx("yolov8n", "yolo26n"))
+        V8OutputKD(nc=NC, normalize="weight")([s], [t], _ctx("yolov8n", "yolo26n"))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -154,24 +154,31 @@ def test_output_kd_is_per_image(pair):
 
 
 def test_v8_output_kd_keeps_its_ratio_to_the_detection_loss(v8_pair):
-    """v8_output_kd against the v8 loss's box and class items (the DFL item follows the box), sizes and
-    batches as above. Measured (default weight 3): kd_box/box 0.195, 0.178, 0.174 and kd_cls/cls 0.519,
-    0.523, 0.710 at 160, 320, 640 px."""
-    ratios = {s: output_terms(v8_pair, s) for s in SIZES}
+    """v8_output_kd in the 'weight' form (normalize: weight) against the v8 loss's box and class items (the
+    DFL item follows the box), sizes and batches as above. Measured (weight 3): kd_box/box 0.195, 0.178, 0.174
+    and kd_cls/cls 0.519, 0.523, 0.710 at 160, 320, 640 px. Not the default: trained, it taught students
+    less than no teacher (distill/v8_output.py)."""
+    ratios = {s: output_terms(v8_pair, s, normalize="weight") for s in SIZES}
     for term in ("box", "cls"):
         values = [ratios[s][term] for s in SIZES]
         assert spread(values) < ACROSS_SIZES, f"v8 kd_{term}/{term} at {SIZES} px: {values}"
-    four, sixteen = ratios[160], output_terms(v8_pair, 160, repeat=4)
+    four, sixteen = ratios[160], output_terms(v8_pair, 160, repeat=4, normalize="weight")
     for term in ("box", "cls"):
         assert spread([four[term], sixteen[term]]) < ACROSS_BATCHES, (term, four[term], sixteen[term])
 
 
-def test_v8_former_class_term_follows_the_background(v8_pair):
-    """The form before issue 27 (normalize: points): its class term, a mean over every point, is carried by
-    the background's softened sigmoids and moves with the cell count (measured kd_cls/cls 0.39 at 160 px,
-    1.12 at 640 px), which the default removes."""
-    small, large = output_terms(v8_pair, 160, normalize="points"), output_terms(v8_pair, 640, normalize="points")
-    assert large["cls"] / small["cls"] > 2, (small["cls"], large["cls"])
+def test_v8_default_form_box_keeps_its_ratio_class_follows_the_background(v8_pair):
+    """The default form (normalize: points): its box term, by the teacher's confidence mass, keeps its ratio
+    to the detection box loss at any size and batch; its class term, a mean over every point, is carried by
+    the background's softened sigmoids and moves with the share of background (measured kd_cls/cls 0.39 at 160
+    px, 1.12 at 640 px, the 160 px images in a 640 px grey canvas). Kept as the default because it is the form
+    that trains a student (distill/v8_output.py); this test pins what it does at other sizes."""
+    ratios = {s: output_terms(v8_pair, s) for s in SIZES}
+    assert spread([ratios[s]["box"] for s in SIZES]) < ACROSS_SIZES, [ratios[s]["box"] for s in SIZES]
+    four, sixteen = ratios[160], output_terms(v8_pair, 160, repeat=4)
+    for term in ("box", "cls"):
+        assert spread([four[term], sixteen[term]]) < ACROSS_BATCHES, (term, four[term], sixteen[term])
+    assert ratios[640]["cls"] / ratios[160]["cls"] > 2, (ratios[160]["cls"], ratios[640]["cls"])
 
 
 def upsample_raw(p: torch.Tensor, k: int) -> torch.Tensor:

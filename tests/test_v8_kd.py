@@ -61,7 +61,7 @@ def test_v8_output_kd_by_hand():
     tau**2 -> tau*2 of the class term survived that choice, tools/mutation_sample.py). Cell 0: teacher confident (w = sigma(1.5));
     cell 1: teacher class logit -30 (w ~ 1e-13), so its very different box hardly counts, and both class
     logits are equal there (class KL 0). Expected: box = KL of cell 0 and cls = KL_0 (means weighted by w^2,
-    normalize 'weight'); the form before issue 27 (normalize 'points'): the same box, cls = (KL_0 + 0) / 2."""
+    normalize 'weight'); the default form (normalize 'points'): the same box, cls = (KL_0 + 0) / 2."""
     R, T = 2, 3.0
     t_edges = [[2.0, 0.0], [0.0, 0.0], [1.0, -1.0], [0.0, 3.0]]  # teacher logits per edge; student's are 0
     t = torch.zeros(1, 4 * R + 1, 1, 2)
@@ -89,7 +89,8 @@ def test_v8_output_kd_by_hand():
         assert got["kd_box"].item() == pytest.approx(box, rel=1e-5), normalize
         assert got["kd_cls"].item() == pytest.approx(cls_expected, rel=1e-5), normalize
     assert V8OutputKD(T=T, box=0.8, cls=0.2).terms([s], [t], reg_max=R)[0].item() == pytest.approx(
-        0.8 * box + 0.2 * cls, rel=1e-5)  # the seed's 0.8 / 0.2 mix is two gains
+        0.8 * box + 0.2 * cls / 2, rel=1e-5)  # the seed's 0.8 / 0.2 mix is two gains (default form: cls / 2)
+    assert V8OutputKD(T=T).normalize == "points"  # the default: the form that trains (distill/v8_output.py)
 
 
 def test_positive_for_different_models_zero_for_equal():
@@ -163,6 +164,31 @@ def _step(objective, student) -> dict:
     out = objective(student, imgs, targets)
     out["loss"].backward()
     return out
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "bench/kd_configs").glob("v8_*.yaml")))
+def test_v8_bench_configs_build_with_the_weights_and_forms_they_state(config):
+    """bench/kd_configs/v8_*.yaml (the YOLOv8 recipes of bench/RESULTS.md) build on a v8 pair with each entry's
+    stated weight and output KD form, every term live on a batch."""
+    cfg = load_kd_config(ROOT / "bench/kd_configs" / config)
+    objective, student = _objective("yolov8n", "yolov8n", kd_config=cfg)
+    assert objective.distiller.weights == [float(e.weight) for e in cfg.losses]
+    kd = objective.distiller.losses["kd"]
+    assert isinstance(kd, V8OutputKD) and kd.normalize == cfg.losses[0].get("normalize")
+    out = _step(objective, student)
+    assert torch.isfinite(out["loss"]) and all(float(out[k]) > 0 for k in objective.distiller.names)
+
+
+def test_v8_default_recipe_is_the_points_form_at_weight_4():
+    """No flags, data/kd/v8_both.yaml and data/kd/v8_ver2.yaml: output KD in the 'points' form at weight 4, the
+    form and weight that trained students (distill/v8_output.py; the 'weight' form at weight 3, the default of
+    2026-12-06, trained them below the plain student)."""
+    for cfg in (None, load_kd_config("v8_both"), load_kd_config("v8_ver2")):
+        objective, _ = _objective("yolov8n", "yolov8n", kd_config=cfg)
+        kd = objective.distiller.losses["kd"]
+        assert (kd.normalize, objective.distiller.weights[0]) == ("points", 4.0), cfg
+    flagged, _ = _objective("yolov8n", "yolov8n", flags={"kd_normalize": "weight"})
+    assert flagged.distiller.losses["kd"].normalize == "weight"  # the flag still reaches the w^2-mass form
 
 
 def test_v8_default_is_ver2_plus_ver1_with_v8_loss_items():
@@ -278,7 +304,8 @@ def test_output_flags_map_to_the_v8_loss():
     # a YOLOv5 recipe on two v8 models: its output entry becomes v8_output_kd (kl, T, weight kept)
     objective, _ = _objective("yolov8n", "yolov8n", kd_config=load_kd_config("kl_only"))
     assert isinstance(objective.distiller.losses["kd"], V8OutputKD) and objective.distiller.losses["kd"].T == 20.0
-    assert objective.resolved.losses[0].get("normalize") == "weight"  # kd.yaml names the form
+    # kd.yaml names the form: the v5 default 'weight' becomes the v8 default 'points' (distill/v8_output.py)
+    assert objective.resolved.losses[0].get("normalize") == "points"
     # --kd_normalize cells (the per-cell form before issue 27) is the v8 loss's per-point form, from the flag
     # or from a v5 recipe that names it; an old v8 kd.yaml without the key resumes in that form
     objective, _ = _objective("yolov8n", "yolov8n", {"kd_normalize": "cells"})
