@@ -18,7 +18,8 @@
 # STUDENT=models/yolov8n.yaml TEACHER=path/to/v8s.pt HYP=data/hyps/hyp.v8.yaml METHODS="baseline v8_ver1 v8_ver2
 # v8_both" runs the same comparison for another pair (defaults: models/yolov5n.yaml, the committed
 # weights/teacher-shapes-yolov5s.pt, data/hyps/hyp.short.yaml). EXTRA="--bf16" adds flags to every run (the
-# YOLOv8 table: bf16 autocast, 2x faster on a CPU with avx512_bf16/AMX).
+# YOLOv8 table: bf16 autocast, 2x faster on a CPU with avx512_bf16/AMX); KD_EXTRA="--teacher_overlap off" adds
+# flags to the train_kd.py runs only (train.py, the baseline, refuses distillation flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-30}"; IMG="${2:-192}"; SEEDS="${3:-0 1}"; JOBS="${4:-1}"; DEVICE="${5:-cpu}"; PROJECT="${6:-runs/compare}"
@@ -31,6 +32,7 @@ COMMON=(--data data/shapes.yaml --cfg "$STUDENT" --weights '' --img "$IMG" --epo
         --project "$PROJECT" --exist-ok)
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 COMMON+=("${EXTRA_FLAGS[@]}")
+read -r -a KD_EXTRA_FLAGS <<< "${KD_EXTRA:-}"
 mkdir -p "$PROJECT"
 "${PYTHON:-python}" -c "from utils.data.config import check_dataset; check_dataset('data/shapes.yaml')" >/dev/null  # build data once
 
@@ -49,7 +51,7 @@ run() {  # method seed
     local recipe="$1"
     [ -f "data/kd/$1.yaml" ] || recipe="bench/kd_configs/$1.yaml"
     OMP_NUM_THREADS=1 "${PYTHON:-python}" train_kd.py "${COMMON[@]}" --seed "$2" --name "$name" \
-      --teacher_weight "$TEACHER" --kd_config "$recipe" > "$PROJECT/$name.log" 2>&1
+      --teacher_weight "$TEACHER" --kd_config "$recipe" "${KD_EXTRA_FLAGS[@]}" > "$PROJECT/$name.log" 2>&1
   fi
 }
 
