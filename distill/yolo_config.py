@@ -208,7 +208,7 @@ def _apply_yolo_output(losses: list[LossEntry], values: dict) -> list[LossEntry]
     """obj_term / subtract_entropy / normalize on the YoloKDLoss entries, normalize also on v8_output_kd ones
     ('cells' is its 'points': the per-point form before issue 27); not given: the file's or the loss's."""
     # the flag names the v8 forms as it names the v5 ones: cells = the per-point form, weight = the w^2 mass
-    v8 = {"normalize": {"cells": "points"}.get(values["normalize"], values["normalize"])} if "normalize" in values else {}
+    v8 = {"normalize": V8_FLAG_FORM.get(values["normalize"], values["normalize"])} if "normalize" in values else {}
     needed = values if not any(e.type == "v8_output_kd" for e in losses) else {k: v for k, v in values.items()
                                                                                if k not in v8}
     if needed and not any(e.type == "YoloKDLoss" for e in losses):
@@ -329,7 +329,8 @@ REDUCTIONS = {
 # YoloKDLoss normalize -> v8_output_kd's (a v5 recipe or flag on a v8 pair): the per-cell means are the points
 # form; the v5 default 'weight' also becomes the v8 default 'points', the form that trains a v8 student
 # (distill/v8_output.py); a v8_output_kd entry that names normalize: weight keeps it.
-V8_FORM = {"cells": "points", "weight": "points"}
+V8_FLAG_FORM = {"cells": "points"}  # --kd_normalize on a v8_output_kd entry (its 'weight' is the w^2 form)
+V8_FORM = {**V8_FLAG_FORM, "weight": "points"}
 
 
 def explicit_reductions(recipe: Recipe) -> Recipe:
