@@ -263,3 +263,34 @@ def test_missing_dataset_is_built_once_under_torchrun(tmp_path):
     _run(_cmd("train.py", data, hyp, tmp_path / "runs", 2, epochs=1), tmp_path)
     assert calls.read_text().split() == ["0"]
     assert (tmp_path / "runs/exp/weights/last.pt").exists()
+
+
+_EXIT_PROBE = """
+import atexit, sys
+sys.path.insert(0, {root!r})
+from utils.general import UserError, run_cli
+atexit.register(lambda: print("finalized"))
+def main():
+    print("done")
+    if sys.argv[1] == "error":
+        raise UserError("bad flag")
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize("world, outcome, rc, finalized", [
+    ("1", "ok", 0, True),     # a plain process ends as Python does
+    ("2", "ok", 0, False),    # a torchrun rank that finished skips the interpreter's shutdown
+    ("2", "error", 2, True),  # a refused input keeps its exit status 2 and the normal exit path
+])
+def test_torchrun_ranks_leave_without_interpreter_shutdown(world, outcome, rc, finalized):
+    """utils.general.leave_torchrun_rank: after a rank's work is done, the process group's threads must not
+    run into Python's shutdown (a CI run aborted there once). The probe's atexit handler shows whether the
+    interpreter's shutdown ran; its output before the exit must still arrive (streams are flushed).
+    Mutation checked: without the call in run_cli the WORLD_SIZE=2 case prints 'finalized'."""
+    env = {**os.environ, "WORLD_SIZE": world}
+    r = subprocess.run([sys.executable, "-c", _EXIT_PROBE.format(root=str(ROOT)), outcome], capture_output=True,
+                       text=True, timeout=120, env=env, check=False)
+    assert r.returncode == rc, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == "done"
+    assert ("finalized" in r.stdout) is finalized, r.stdout

@@ -38,7 +38,8 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's main function; a UserError becomes one clear line and exit status 2."""
+    """Run a script's main function; a UserError becomes one clear line and exit status 2. A torchrun rank
+    whose main function returned leaves through leave_torchrun_rank (see there)."""
     set_logging()
     try:
         main()
@@ -48,6 +49,26 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
+    if int(os.getenv("WORLD_SIZE", "1")) > 1:
+        leave_torchrun_rank()
+
+
+def leave_torchrun_rank() -> None:
+    """End a torchrun rank whose work is done with exit status 0, without Python's interpreter shutdown.
+
+    A DDP model keeps its process group alive after destroy_process_group (its reducer holds it from C++), so
+    the group's gloo/NCCL threads outlive the training function and run while the interpreter finalizes. A
+    thread that then needs the GIL (to free a tensor Python once held) is ended by the interpreter inside a
+    C++ frame, which aborts the process ("terminate called without an active exception", pytorch/pytorch PR
+    179291 describes it): torchrun then reports a finished run as failed. Seen once in CI on a CPU (gloo) run.
+    By this point every file is written and closed (checkpoints, results.csv, TensorBoard's writer), so only
+    the standard streams need flushing; os._exit skips the finalization and its race."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said on it
+            pass
+    os._exit(0)
 
 
 _COLORS = {
