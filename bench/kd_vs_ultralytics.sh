@@ -178,10 +178,17 @@ for t in ("ul", "ours"):
                f"{fmt(g[1], '{:+.3f}')} | {fmt([gain[t][1]], '{:+.3f}')} | "
                f"{fmt([tk / tp if tk and tp else None], '{:.2f}')} |")
 gu, go = gain["ul"], gain["ours"]
-ratio = go[1] / gu[1] if go[1] is not None and gu[1] else None
 tr = go[2] / gu[2] if go[2] and gu[2] else None
-out += ["", f"Goal (issue 29 §4): our KD gain in mAP@0.5:0.95 at least twice ultralytics' (ratio "
-        f"{fmt([ratio], '{:.2f}')}) at no more time per epoch (our KD s/epoch / theirs {fmt([tr], '{:.2f}')})."]
+if go[1] is None or gu[1] is None:
+    gain_txt, gain_ok = "not both measured", None
+elif gu[1] > 0:  # a ratio only means something over a positive gain
+    gain_txt, gain_ok = f"ratio {go[1] / gu[1]:.2f}", go[1] >= 2 * gu[1]
+else:  # their distillation did not help: any positive gain of ours is more than twice theirs
+    gain_txt, gain_ok = f"theirs {gu[1]:+.3f} is not positive, ours {go[1]:+.3f}", go[1] > 0
+time_ok = None if tr is None else tr <= 1
+verdict = ("met" if gain_ok and time_ok else "not met" if gain_ok is False or time_ok is False else "undecided")
+out += ["", f"Goal (issue 29 §4): our KD gain in mAP@0.5:0.95 at least twice ultralytics' ({gain_txt}) at no more "
+        f"time per epoch (our KD s/epoch / theirs {fmt([tr], '{:.2f}')}): {verdict}."]
 check = work / "teacher" / "check.txt"
 if check.is_file():
     out += ["", "Teacher: " + check.read_text().strip().replace("\n", "; ")]
