@@ -4,8 +4,10 @@
 # per level, then the score-weighted L2 on the maps entering the head, weight dis, same family only); ours is
 # train_kd.py with no distillation flag (a v8/YOLO11 pair: v8_output_kd on the heads + mse on the maps
 # entering them, data/kd/v8_both.yaml). For one pair (v8: yolov8n <- yolov8s; v11: yolo11n <- yolo11s):
-#  1. the teacher: v8, the committed weights/teacher-shapes-yolov8s.pt; v11, trained here first with train.py
-#     (models/yolo11s.yaml, --teacher-epochs). Its state_dict is written into ultralytics' checkpoint format
+#  1. the teacher: the committed weights/teacher-shapes-yolov8s.pt (v8) or weights/teacher-shapes-yolo11s.pt
+#     (v11), both trained with train.py on all 1000 shapes images (60 epochs, 192 px, hyp.v8-short, seed 0), or
+#     with --teacher train one trained here first on the run's data copy (--teacher-epochs). Its state_dict is
+#     written into ultralytics' checkpoint format
 #     (bench/ul_teacher.py convert: ultralytics' DetectionModel from yolov8s.yaml / yolo11s.yaml, nc 6, strict
 #     load). Checked: both tools' eval outputs on the first val image (max |difference|) and each tool's own
 #     val mAP of it (ours val.py at --iou-thres 0.7, ultralytics' val default); written to teacher/check.txt.
@@ -31,14 +33,16 @@
 #   bash bench/kd_vs_ultralytics.sh --setup            # once: the ultralytics venv (bench_vs_ultralytics.sh --setup)
 #   bash bench/kd_vs_ultralytics.sh                    # v8 pair, 30 epochs, 192 px, batch 16, seeds "0 1", cpu
 #   bash bench/kd_vs_ultralytics.sh --device 0 --jobs 8            # on one GPU, 8 runs at a time
-#   bash bench/kd_vs_ultralytics.sh --pair v11 --teacher-epochs 60 --device 0 --jobs 8
+#   bash bench/kd_vs_ultralytics.sh --pair v11 --device 0 --jobs 8
+#   bash bench/kd_vs_ultralytics.sh --pair v11 --teacher train --teacher-epochs 60 --ntrain 300
 #   bash bench/kd_vs_ultralytics.sh --epochs 1 --img 64 --ntrain 16 --nval 8 --seeds 0 --workdir /tmp/kdul  # smoke
 #   bash bench/kd_vs_ultralytics.sh --seeds ""         # only the teacher conversion and check
 #   bash bench/kd_vs_ultralytics.sh --summary [same options or --workdir]   # only the table of what WORK holds
 # Options: --pair v8|v11 [v8] --epochs N [30] --img N [192] --batch-size N [16] --seeds "S ..." ["0 1"]
 #   --jobs N [1] --device cpu|0|1.. [cpu] --hyp FILE [data/hyps/hyp.v8-short.yaml] --ntrain N [0 = all 1000]
 #   --nval N [0 = all 200] --workers N [2; 0 on cpu] --cache ram|none [ram] --dis F [6.0, ultralytics' default]
-#   --teacher FILE (v8: [weights/teacher-shapes-yolov8s.pt]; v11: skips training one) --teacher-epochs N [60]
+#   --teacher FILE|train [weights/teacher-shapes-yolov8s.pt, v11: weights/teacher-shapes-yolo11s.pt; train:
+#   train.py trains one on the data copy first] --teacher-epochs N [60, with --teacher train]
 #   --teacher-overlap auto|on|off [off on cpu, where each run has one thread; auto on a GPU] (ours, train_kd.py)
 #   --venv DIR [/work/ulvenv] --python EXE [python] --workdir DIR [/work/ulkd/PAIR-eEPOCHS-iIMG-bBATCH-nNTRAIN]
 # The work dir keeps the data copies, the teacher, runs/NAME/ and runs/NAME.log (NAME = ul-plain-s0, ul-kd-s0,
@@ -89,13 +93,15 @@ fi
 case "$PAIR" in
   v8) S_OURS=models/yolov8n.yaml; T_OURS=models/yolov8s.yaml; S_UL=yolov8n.yaml; T_UL=yolov8s.yaml
       [ -n "$TEACHER" ] || TEACHER=weights/teacher-shapes-yolov8s.pt ;;
-  v11) S_OURS=models/yolo11n.yaml; T_OURS=models/yolo11s.yaml; S_UL=yolo11n.yaml; T_UL=yolo11s.yaml ;;
+  v11) S_OURS=models/yolo11n.yaml; T_OURS=models/yolo11s.yaml; S_UL=yolo11n.yaml; T_UL=yolo11s.yaml
+      [ -n "$TEACHER" ] || TEACHER=weights/teacher-shapes-yolo11s.pt ;;
   *) echo "--pair is v8 or v11" >&2; exit 2 ;;
 esac
 case "$CACHE" in ram|none) ;; *) echo "--cache is ram or none" >&2; exit 2 ;; esac
 # one thread per run on cpu: our teacher's forward one batch ahead on a second thread is off there by default
 [ -n "$OVERLAP" ] || { [ "$DEVICE" = cpu ] && OVERLAP=off || OVERLAP=auto; }
 cd "$REPO"
+[ "$TEACHER" != train ] || TEACHER=""  # --teacher train: train one here (TEACHER_EPOCHS epochs on the copy)
 for f in "$S_OURS" "$T_OURS" "$HYP" ${TEACHER:+"$TEACHER"}; do
   [ -f "$f" ] || { echo "ERROR: $f not found" >&2; exit 2; }
 done
@@ -271,7 +277,7 @@ finished() { [ "$(rows "$1/results.csv")" -ge "$2" ] && [ -f "$1/weights/best.pt
 
 # 1. the teacher, in both formats
 TDIR="$WORK/teacher"
-if [ -z "$TEACHER" ]; then  # v11: train one here
+if [ -z "$TEACHER" ]; then  # --teacher train: train one here
   TRUN="$TDIR/ours-yolo11s"
   if ! finished "$TRUN" "$TEACHER_EPOCHS"; then
     echo "-- training the teacher: train.py --cfg $T_OURS, $TEACHER_EPOCHS epochs (log $TRUN.log)"
