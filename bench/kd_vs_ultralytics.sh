@@ -278,14 +278,14 @@ finished() { [ "$(rows "$1/results.csv")" -ge "$2" ] && [ -f "$1/weights/best.pt
 # 1. the teacher, in both formats
 TDIR="$WORK/teacher"
 if [ -z "$TEACHER" ]; then  # --teacher train: train one here
-  TRUN="$TDIR/ours-yolo11s"
+  TRUN="$TDIR/ours-$(basename "$T_OURS" .yaml)"
   if ! finished "$TRUN" "$TEACHER_EPOCHS"; then
     echo "-- training the teacher: train.py --cfg $T_OURS, $TEACHER_EPOCHS epochs (log $TRUN.log)"
     if [ -f "$TRUN/weights/last.pt" ]; then
       env -u PYTHONPATH "$PY" train.py --resume "$TRUN/weights/last.pt" >> "$TRUN.log" 2>&1
     else
       env -u PYTHONPATH "$PY" train.py --cfg "$T_OURS" "${COMMON[@]}" --epochs "$TEACHER_EPOCHS" --project "$TDIR" \
-        --name ours-yolo11s --seed 0 > "$TRUN.log" 2>&1
+        --name "$(basename "$TRUN")" --seed 0 > "$TRUN.log" 2>&1
     fi
   fi
   grep -E "epochs completed" "$TRUN.log" | tail -n 1 || true
