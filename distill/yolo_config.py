@@ -54,7 +54,7 @@ DEFAULT_TEMPERATURE = 20.0  # T of the kl/bce class terms when nothing sets it: 
 # = data/kd/kl_only.yaml. Chosen by measurement at two sizes (issue 27; bench/RESULTS.md, "Distillation methods
 # after issue 27" and "The same at 320 px"): yolov5n <- yolov5s, 30 epochs, 2 seeds, mAP@0.5:0.95 at 192 / 320 px:
 # kl_only 0.276 / 0.346, kl + imitation 0.283 / 0.338, kl + scorel2 (the default before) 0.269 / 0.292: the best
-# at 320 px, level with kl + imitation on the mean of the two sizes (0.311 / 0.310), 3.0 points above kl +
+# at 320 px, level with kl + imitation on the mean of the two sizes (0.311 / 0.310), 3.1 points above kl +
 # scorel2, and the cheapest: no feature hooks, no warm-up, no ground truth. data/kd/scorel2.yaml is kl + scorel2,
 # data/kd/imitation.yaml kl + imitation, data/kd/card.yaml the card's kl + AT.
 DEFAULT_CONFIG = Recipe.from_dict({"losses": [
