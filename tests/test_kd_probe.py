@@ -82,7 +82,7 @@ def test_dominant_term_warning_gives_the_weight_for_a_third(probed):
     # by hand: weight * (det / 3) / term = weight / (3 * ratio). The ratio is printed to 3 significant digits
     # (<= 0.5% off), the weight to 2 (<= 5% off): 6% covers both; forgetting the 1/3 (3x) or the weight fails
     assert suggested == pytest.approx(weight / (3 * ratio), rel=0.06)
-    assert not any("recipe 'default'" in w and "x the detection loss" in w for w in warnings)  # ~6x at 96 px
+    assert not any("recipe 'default'" in w and "x the detection loss" in w for w in warnings)  # at weight 1: no warning
 
 
 def test_weaker_teacher_and_image_size_warnings(probed):
