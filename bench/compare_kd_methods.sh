@@ -19,7 +19,7 @@
 # STUDENT=models/yolov8n.yaml TEACHER=path/to/v8s.pt HYP=data/hyps/hyp.v8.yaml METHODS="baseline v8_ver1 v8_ver2
 # v8_both" runs the same comparison for another pair (defaults: models/yolov5n.yaml, the committed
 # weights/teacher-shapes-yolov5s.pt, data/hyps/hyp.short.yaml). EXTRA="--bf16" adds flags to every run (the
-# YOLOv8 table: bf16 autocast, 2x faster on a CPU with avx512_bf16/AMX); KD_EXTRA="--teacher_overlap off" adds
+# YOLOv8 table: bf16 autocast, a step 1.7x faster on a CPU with avx512_bf16); KD_EXTRA="--teacher_overlap off" adds
 # flags to the train_kd.py runs only (train.py, the baseline, refuses distillation flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
