@@ -2,7 +2,7 @@
 # Distillation experiment on the embedded shapes dataset (bench/RESULTS.md, "Distillation experiment"):
 #   1. a yolov5s teacher trained from scratch,
 #   2. a yolov5n baseline and a yolov5n distilled from that teacher (the card's kl + AT, data/kd/card.yaml,
-#      as recorded; train_kd.py's default is now kl output KD alone), same seed, epochs and flags,
+#      as recorded; train_kd.py's default is now kl + scorel2), same seed, epochs and flags,
 #   3. the comparison picture with plot_curves.py.
 # Usage: bash bench/bench_distill.sh [teacher_epochs] [student_epochs] [imgsz]
 # Step 2 runs the two students side by side with one torch thread each (2-core machine).

@@ -28,15 +28,14 @@ for s in $SEEDS; do
   echo "seed $s: quickstart.sh $(( $(date +%s) - start )) s"
 done
 python - "$OUT" $SEEDS <<'PY'
-import os, statistics, sys
+import statistics, sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from engine.compare_report import best_row
 
 out, seeds = Path(sys.argv[1]), sys.argv[2:]
 print("| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |\n|---|" + "---|" * (len(seeds) + 2))
-recipe = os.environ.get("QS_RECIPE", "scorel2")  # quickstart.sh's distilled student
-for name, run in (("plain yolov5n", "plain"), (f"distilled yolov5n ({recipe})", recipe)):
+for name, run in (("plain yolov5n", "plain"), ("distilled yolov5n", "default")):
     vals = [best_row(next((out / f"p{s}").glob(f"*/{run}-s{s}/results.csv")))[:2] for s in seeds]
     cells = [f"{a:.3f} / {b:.3f}" for a, b in vals]
     a, b = [v[0] for v in vals], [v[1] for v in vals]

@@ -14,8 +14,8 @@
 #   python bench/summarize_runs.py runs/compare
 # METHODS="kl_only scorel2" overrides the method list; a method is baseline, a recipe of data/kd/ or one of
 # bench/kd_configs/ (the output-KD defaults sweep of issue 11: kl_t1 kl_t2 kl_t4 l2_only l2_bceobj bce_centred;
-# issue 27's KD stop: scorel2_stop5, kl_only_stop5). Issue 31's "kl + X" rows are data/kd's bckd mgd crosskd, which
-# are also "the default + X" since the default is output KD alone.
+# issue 27's KD stop: scorel2_stop5, kl_only_stop5; issue 31's "default + X": default_bckd default_mgd
+# default_crosskd, beside data/kd's "kl + X": bckd mgd crosskd).
 # STUDENT=models/yolov8n.yaml TEACHER=path/to/v8s.pt HYP=data/hyps/hyp.v8.yaml METHODS="baseline v8_ver1 v8_ver2
 # v8_both" runs the same comparison for another pair (defaults: models/yolov5n.yaml, the committed
 # weights/teacher-shapes-yolov5s.pt, data/hyps/hyp.short.yaml). EXTRA="--bf16" adds flags to every run (the

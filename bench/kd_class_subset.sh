@@ -19,7 +19,7 @@
 # results.csv has all epochs is skipped and an interrupted one resumes. Then:
 #   python bench/summarize_runs.py runs/class_subset
 # METHODS="baseline default kl_only" sets the list: baseline (train.py), default (train_kd.py's default recipe,
-# kl output KD alone since 2026-12-07; kl + scorel2 before) or a recipe of data/kd/. EXTRA="..." adds flags to every run.
+# kl output KD + scorel2) or a recipe of data/kd/. EXTRA="..." adds flags to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS="${1:-30}"; IMG="${2:-192}"; SEEDS="${3:-0 1}"; JOBS="${4:-1}"; DEVICE="${5:-cpu}"; PROJECT="${6:-runs/class_subset}"

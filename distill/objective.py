@@ -6,8 +6,8 @@
 (distill/distiller.py): every distillation loss is a per-image mean, and ComputeLoss returns its loss x
 batch size. The logged entries are per-image scale like ComputeLoss's items: "<name>" = w_i * loss_i,
 so (box + obj + cls + sum of the KD entries) * bs == loss. train_kd.py's default recipe (distill.yolo_config
-DEFAULT_CONFIG): "kd" alone (YoloKDLoss, per-class binary KL on the Detect heads); data/kd/scorel2.yaml adds
-"scorel2" (the teacher-score-weighted L2 on the maps entering Detect).
+DEFAULT_CONFIG): "kd" (YoloKDLoss, per-class binary KL on the Detect heads) and "scorel2" (the teacher-score-
+weighted L2 on the maps entering Detect).
 
 A teacher of other classes than the data: output KD pairs the classes by name (distill.recipe.match_classes,
 the recipe's teacher_classes / --teacher_classes for the rest); build_kd_objective prints the map, keeps it as

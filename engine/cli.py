@@ -142,7 +142,7 @@ def _add_recipe_flags(g) -> None:
                         ", ".join(f"{k} {default_weight({'type': k}):g}" for k in features) + ")")
     g.add_argument("--feature_loss", "--feature-loss", type=str, nargs="+", default=None, choices=features + ["none"],
                    metavar="LOSS", help="feature distillation on hooked layers, one or more of: " +
-                   ", ".join(features) + "; or none (default: none, output KD alone; fitnet uses 1x1 adapters)")
+                   ", ".join(features) + "; or none (default: scorel2; fitnet uses 1x1 adapters)")
     g.add_argument("--save_mask_examples", type=int, default=4, metavar="N",
                    help="with imitation: draw the masks of N training images into imitation_masks.jpg (0: none)")
     g.add_argument("--student_layers", "--student-layers", type=str, default=None,

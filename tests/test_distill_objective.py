@@ -49,7 +49,7 @@ def _batch(seed=0, bs=2):
 
 def _objective(student, teacher, compute_loss=None, **opt):
     """The objective for these flags; the feature loss is AT unless given (these tests check output KD +
-    AT, the card's pair; train_kd.py's default has no feature loss, tests/test_distiller_yolo.py)."""
+    AT, the card's pair; train_kd.py's default feature loss is scorel2, tests/test_distiller_yolo.py)."""
     compute_loss = compute_loss or ComputeLoss.from_model(student, HYP)
     opt.setdefault("feature_loss", "at")
     return build_kd_objective(student, teacher, compute_loss, HYP, **objective_options(SimpleNamespace(**opt)))

@@ -198,29 +198,27 @@ def test_bench_configs_build_with_the_weights_they_state(config):
     assert torch.isfinite(out["loss"]) and all(float(out[k]) > 0 for k in objective.distiller.names)
 
 
-def test_default_run_is_output_kd_alone():
-    """No --kd_config and no distillation flags = data/kd/kl_only.yaml (per-class binary KL output KD, T 20,
-    no feature loss), the recipe that measured best over 192 and 320 px (issue 27); the card's command
-    (--kd_loss_selected kl --isL False) is the same run."""
-    recipe, _ = _objective({}, kd_config=load_kd_config("kl_only"))
+def test_default_run_is_the_scorel2_recipe():
+    """No --kd_config and no distillation flags = data/kd/scorel2.yaml (kl output KD + score-weighted L2),
+    the combination that measured best; the card's command (--kd_loss_selected kl) keeps that feature loss."""
+    recipe, _ = _objective({}, kd_config=load_kd_config("scorel2"))
     for argv in ([], ["--kd_loss_selected", "kl", "--isL", "False"]):
         objective, _ = _objective(_parse(*argv))
         assert objective.resolved == recipe.resolved, argv
-        (kd,) = objective.resolved.to_dict()["losses"]
-        # issue 27: output KD weighs 1 (was 2) in its weight-mass form
-        assert (kd["variant"], kd["T"], kd["weight"]) == ("kl", 20.0, 1.0)
-        assert kd.get("normalize", "weight") == "weight"
+        kd, feature = objective.resolved.to_dict()["losses"]
+        # issue 27: output KD weighs 1 (was 2) in its weight-mass form, scorel2 (per level now) 0.3 (was 1)
+        assert (kd["variant"], kd["T"], kd["weight"], feature["type"]) == ("kl", 20.0, 1.0, "scorel2")
+        assert feature["weight"] == 0.3 and kd.get("normalize", "weight") == "weight"
         assert objective.distiller.losses["kd"].core.normalize == "weight"
-        assert list(objective.distiller.names) == ["kd"]
 
 
-def test_feature_flags_on_the_default_name_what_to_add():
-    """--beta or --student_layers on the default recipe (no feature loss) would set nothing: refused, naming
+def test_feature_flags_on_a_recipe_without_features_name_what_to_add():
+    """--beta or --student_layers on output KD alone (no feature loss) would set nothing: refused, naming
     --feature_loss; with --feature_loss they apply."""
     for argv, flag in ((["--beta", "0.5"], "--beta"), (["--student_layers", "model.17"], "--student_layers")):
         with pytest.raises(UserError, match=f"^{flag} .*recipe has (none|no feature loss).*--feature_loss"):
-            _objective(_parse(*argv))
-    objective, _ = _objective(_parse("--feature_loss", "scorel2", "--beta", "0.5"))
+            _objective(_parse(*argv), kd_config=load_kd_config("kl_only"))
+    objective, _ = _objective(_parse("--feature_loss", "scorel2", "--beta", "0.5"), kd_config=load_kd_config("kl_only"))
     assert objective.resolved.to_dict()["losses"][1]["weight"] == 0.5
 
 

@@ -37,7 +37,7 @@ def test_per_loss_flags_set_their_loss_only():
 
 def test_per_loss_flag_without_its_loss_is_an_error():
     with pytest.raises(UserError, match=r"--cwd_tau 2.*no 'cwd' loss.*--feature_loss cwd"):
-        apply_flags(DEFAULT_CONFIG, Namespace(cwd_tau=2.0))  # the default run has no feature loss
+        apply_flags(DEFAULT_CONFIG, Namespace(cwd_tau=2.0))  # the default run has AT, not CWD
 
 
 @pytest.mark.parametrize("flag,value", [("imitation_psi", 1.5), ("imitation_psi", 0.0), ("cwd_tau", 0.0),

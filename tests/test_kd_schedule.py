@@ -14,7 +14,7 @@ from distill.distiller import Distiller
 from distill.losses.score_l2 import ScoreWeightedL2, score_weighted_l2
 from distill.objective import DistillObjective, build_kd_objective
 from distill.recipe import Overrides, Recipe
-from distill.yolo_config import apply_overrides, as_recipe, check_kd_config, load_kd_config
+from distill.yolo_config import apply_overrides, as_recipe, check_kd_config
 from engine.kd_flags import kd_overrides
 from models.yolo import Model
 from utils.general import UserError
@@ -136,7 +136,7 @@ def test_train_one_epoch_steps_the_counter_once_per_optimizer_step(small_pair):
 
 
 def test_kd_stop_epochs_switches_distillation_off_for_the_last_epochs(small_pair, monkeypatch):
-    objective = _objective(small_pair, kd_config=load_kd_config("scorel2"), stop_epochs=2)  # kl + a feature term
+    objective = _objective(small_pair, stop_epochs=2)
     student = small_pair[0].train()
     imgs, targets = _batch()
     objective.start_epoch(7, 10)
@@ -214,7 +214,7 @@ def test_old_scorel2_form_is_kept_for_resumed_runs():
 def test_kd_yaml_names_the_reductions_and_old_ones_resume_unchanged(small_pair):
     from distill.yolo_config import resumed_reductions
 
-    objective = _objective(small_pair, kd_config=load_kd_config("scorel2"))
+    objective = _objective(small_pair)
     entries = {e.type: e for e in objective.resolved.losses}
     assert entries["YoloKDLoss"].get("normalize") == "weight" and entries["scorel2"].get("reduce") == "level"
     old = as_recipe({"losses": [{"type": "YoloKDLoss", "name": "kd", "variant": "kl", "weight": 2.0},

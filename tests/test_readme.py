@@ -41,9 +41,9 @@ def test_quickstart_runs_in_fresh_clone(tmp_path):
     r = subprocess.run(shlex.split(run), cwd=clone, capture_output=True, text=True, env=env, timeout=1500)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     folder = clone / "runs/quickstart/seed0-1x64"
-    assert (folder / "scorel2-s0/weights/best.pt").is_file() and (folder / "plain-s0/weights/best.pt").is_file()
+    assert (folder / "default-s0/weights/best.pt").is_file() and (folder / "plain-s0/weights/best.pt").is_file()
     assert (folder / "curves.png").stat().st_size > 10_000
     assert (folder / "detections.jpg").stat().st_size > 10_000
     out = r.stdout + r.stderr
-    assert "scorel2: " in out and "on 1 seed (no interval with one seed" in out  # the verdict, printed
+    assert "default: " in out and "on 1 seed (no interval with one seed" in out  # the verdict, printed
     assert "Quick start done" in out and (folder / "summary.md").is_file()

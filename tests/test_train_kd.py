@@ -39,7 +39,7 @@ def _kd(cwd, data, teacher, *extra):
 
 
 def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
-    """One epoch of the default recipe (kl output KD alone). Every KD run has distillation state (at least the
+    """One epoch of the default recipe (kl output KD + scorel2). Every KD run has distillation state (at least the
     batch counter kd.iteration) in its mid-run checkpoints, so best.pt lacking 'kd_state' shows that the
     final file is stripped to the student.
     Mutation seen failing: strip_optimizer keeping 'kd_state' (models/checkpoint.py)."""
@@ -53,8 +53,8 @@ def test_one_epoch_kd_with_fixture_teacher(coco_like, fixtures_dir, tmp_path):
     names, rows = read_results_csv(run / "results.csv")
     assert names[:14] == V6_COLUMNS
     # the terms, then output KD's parts (logged by default since issue 27)
-    assert names[14:] == ["train/kd_loss", "train/kd_box", "train/kd_obj", "train/kd_cls"]
-    assert rows[0][names.index("train/kd_loss")] > 0
+    assert names[14:] == ["train/kd_loss", "train/scorel2_loss", "train/kd_box", "train/kd_obj", "train/kd_cls"]
+    assert rows[0][names.index("train/kd_loss")] > 0 and rows[0][names.index("train/scorel2_loss")] > 0
     parts = [rows[0][names.index(f"train/kd_{k}")] for k in ("box", "obj", "cls")]
     assert all(v > 0 for v in parts)  # epoch means of the weighted parts: they add up to kd's (csv: 5 digits)
     assert sum(parts) == pytest.approx(rows[0][names.index("train/kd_loss")], rel=1e-3)
