@@ -5,7 +5,7 @@
 # their detections side by side. The same report you get on your data with compare_kd.py. CPU only, minutes.
 # Overrides: QS_EPOCHS, QS_IMG (short schedules for the tests), QS_SEED (default 0), QS_PROJECT (default
 # runs/quickstart), QS_JOBS (auto: both students at once, one share of the cores each, where there are 2+
-# cores), QS_BF16 (auto: bf16 autocast where the CPU multiplies bf16 natively, avx512_bf16 or AMX, 2x faster
+# cores), QS_BF16 (auto: bf16 autocast where the CPU multiplies bf16 natively, avx512_bf16 or AMX, a step 1.7x faster
 # there; 1 or 0 to force it on or off).
 set -euo pipefail
 cd "$(dirname "$0")"
