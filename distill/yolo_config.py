@@ -52,8 +52,9 @@ DEFAULT_TEMPERATURE = 20.0  # T of the kl/bce class terms when nothing sets it: 
 
 # train_kd.py's recipe without --kd_config: output KD as per-class binary KL plus the score-weighted L2 on the
 # maps entering Detect = data/kd/scorel2.yaml. Chosen by measurement (bench/RESULTS.md, "Distillation methods
-# compared", issue 27's tables): level with output KD alone at 192 px with the committed 30-epoch teacher, 2.6
-# points above it with the strong 120-epoch teacher (seed 0) and 5.7 in the quick start's schedule. Issue 27's
+# compared", issue 27's tables): level with output KD alone at 192 px with the committed 30-epoch teacher, 2.9
+# points above it with the strong 120-epoch teacher (2 seeds, 0.335 +- 0.009 against 0.306 +- 0.006) and 5.7 in
+# the quick start's schedule. Issue 27's
 # 320 px table put output KD alone (data/kd/kl_only.yaml) 5.4 points above it, with a teacher weaker there than
 # the students it teaches (0.241 mAP@0.5:0.95 at 320 px): a regime users rarely distil in, so the default stays
 # until the two-size table is repeated with a strong teacher. data/kd/l2_at.yaml is l2 + AT, card.yaml the card's.
